@@ -1,0 +1,7 @@
+"""The smallest WSGI app: used by the README, tests and benchmarks."""
+
+
+def application(environ, start_response):
+    body = b"Hello, world!\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,162 @@
+"""The `railcar` command: start, stop, restart, status, backtraces.
+
+`start` options are generated from settings.SETTINGS. The other commands find the master by
+its admin socket (`--admin-socket`, default per user) or, for stop, by `--pid-file`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import click
+
+from . import __version__
+from .settings import SETTINGS, ConfigError, default_admin_socket
+
+
+def _start_options(function):
+    for setting in reversed([s for s in SETTINGS if s.flag]):
+        kwargs = {"help": setting.help, "default": None}
+        if setting.is_flag:
+            kwargs.update(is_flag=True, default=None)
+        if setting.multiple:
+            kwargs.update(multiple=True, default=())
+        if setting.metavar:
+            kwargs["metavar"] = setting.metavar
+        function = click.option(setting.flag, setting.name, **kwargs)(function)
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="railcar")
+def main() -> None:
+    """railcar: a Python web application server with zero-downtime rolling restarts."""
+
+
+@main.command()
+@click.argument("app_dir", required=False, type=click.Path(file_okay=False))
+@_start_options
+def start(app_dir, **values) -> None:
+    """Serve APP_DIR (default: the current directory), or the apps of --config FILE."""
+    from . import config
+
+    try:
+        server_config = config.load(values, app_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    from .launcher import launch
+
+    sys.exit(launch(server_config))
+
+
+def _admin_options(function):
+    function = click.option("--pid-file", default=None, metavar="PATH",
+                            help="Find the master by its pid file.")(function)
+    return click.option("--admin-socket", default=None, metavar="PATH",
+                        help="The master's admin socket (default: "
+                             "$RAILCAR_ADMIN_SOCKET or /tmp/railcar-UID/admin.sock).")(function)
+
+
+def _call(admin_socket, command, **kwargs):
+    from .control.client import ControlError, call
+
+    try:
+        return call(admin_socket or default_admin_socket(), command, **kwargs)
+    except ControlError as exc:
+        if exc.detail:
+            click.echo(exc.detail, err=True)
+        if exc.result is not None and command == "restart":
+            _print_restart(exc.result, err=True)
+        raise click.ClickException(str(exc)) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@main.command()
+@_admin_options
+@click.option("--fast", is_flag=True, help="Do not wait for in-flight requests.")
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the exit.")
+def stop(admin_socket, pid_file, fast, timeout) -> None:
+    """Stop the master and its workers (gracefully unless --fast)."""
+    if pid_file and not admin_socket:
+        try:
+            pid = int(open(pid_file).read().strip())
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read pid file {pid_file}: {exc}") from None
+        os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+    else:
+        pid = _call(admin_socket, "stop", graceful=not fast)["pid"]
+    if not _wait_gone(pid, timeout):
+        raise click.ClickException(f"master {pid} still running after {timeout:g} s")
+    click.echo(f"railcar master {pid} stopped")
+
+
+def _print_restart(result: dict, err: bool = False) -> None:
+    for app in result.get("apps", []):
+        took = (app.get("finished_at") or 0) - (app.get("started_at") or 0)
+        outcome = "restarted" if app["ok"] else "FAILED"
+        click.echo(f"{app['name']}: {outcome} ({took:.1f} s), release {app.get('release')}",
+                   err=err)
+
+
+@main.command()
+@click.argument("app", required=False)
+@_admin_options
+def restart(app, admin_socket, pid_file) -> None:
+    """Rolling restart of APP (default: every app); waits until done, non-zero on failure."""
+    if pid_file and not admin_socket:
+        pid = int(open(pid_file).read().strip())
+        os.kill(pid, signal.SIGHUP)
+        click.echo(f"sent SIGHUP to {pid}; the outcome is in the server log")
+        return
+    result = _call(admin_socket, "restart", app=app,
+                   on_progress=lambda text: click.echo(text, err=True))
+    _print_restart(result)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_admin_options
+def status(as_json, admin_socket, pid_file) -> None:
+    """Apps and workers: pid, release, state, requests, in flight, CPU, RSS, uptime."""
+    from .status_table import render
+
+    result = _call(admin_socket, "status")
+    click.echo(json.dumps(result, indent=2) if as_json else render(result))
+
+
+@main.command()
+@click.argument("app", required=False)
+@click.option("--worker", type=int, default=None, help="Only this worker pid.")
+@_admin_options
+def backtraces(app, worker, admin_socket, pid_file) -> None:
+    """Stacks of every thread and greenlet of the workers, without stopping them."""
+    result = _call(admin_socket, "backtraces", app=app, worker=worker)
+    for row in result["workers"]:
+        click.echo(f"===== {row['app']} worker {row['pid']} =====")
+        click.echo(row["text"])
+
+
+if __name__ == "__main__":
+    main()

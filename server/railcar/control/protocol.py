@@ -1,0 +1,39 @@
+"""The admin socket protocol.
+
+A unix stream socket, mode 0600 (owner only). Framing: one JSON object per line (UTF-8).
+The client sends one request and reads lines until the final one:
+
+    -> {"command": "status", "args": {}}
+    <- {"event": "progress", "message": "..."}     zero or more, while a command runs
+    <- {"ok": true, "result": {...}}                 final line on success
+    <- {"ok": false, "error": "one line", "detail": "multi-line text, e.g. a traceback"}
+
+Commands (args in parentheses):
+    ping                  -> {"pid", "version", "started_at"}
+    status                -> {"master": {...}, "apps": [{"name", "root", "release", "state",
+                              "error", "last_restart", "workers": [{"pid", "release", "state",
+                              "requests", "in_flight", "started_at", "rss", "cpu"}]}]}
+    restart (app)         -> {"apps": [{"name", "ok", "release", "error", ...}]}; blocks
+                              until done; ok is false on the final line if any app failed
+    stop (graceful=true)  -> {"pid"}; the master then stops (the client waits for the pid)
+    backtraces (app, worker) -> {"workers": [{"app", "pid", "text"}]}
+"""
+
+COMMANDS = ("ping", "status", "restart", "stop", "backtraces")
+
+
+def request(command: str, **args) -> dict:
+    return {"command": command, "args": {k: v for k, v in args.items() if v is not None}}
+
+
+def success(result: dict) -> dict:
+    return {"ok": True, "result": result}
+
+
+def failure(error: str, detail: str | None = None, result: dict | None = None) -> dict:
+    message = {"ok": False, "error": error}
+    if detail:
+        message["detail"] = detail
+    if result is not None:
+        message["result"] = result
+    return message

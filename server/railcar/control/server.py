@@ -1,0 +1,80 @@
+"""Serve the admin socket in the master: accept, read one request, run its handler, reply.
+
+Runs in the master (gevent); each client gets its own greenlet, so a blocking `restart`
+does not hold up `status`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+
+import gevent
+from gevent.server import StreamServer
+
+from ..channel import Channel, ChannelClosed
+from . import handlers, protocol
+
+
+class ControlServer:
+    def __init__(self, path: str, master, log):
+        self.path = path
+        self.master = master
+        self.log = log
+        self.server: StreamServer | None = None
+
+    def start(self) -> None:
+        """Bind the socket with mode 0600; refuse to take over a live master's socket."""
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)
+            else:
+                raise RuntimeError(f"another railcar master is running on {self.path}")
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        listener.listen(64)
+        self.server = StreamServer(listener, self.handle)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def handle(self, sock, address) -> None:
+        channel = Channel(sock)
+        try:
+            request = channel.receive()
+            command = request.get("command")
+            handler = getattr(handlers, "do_" + str(command), None)
+            if command not in protocol.COMMANDS or handler is None:
+                channel.send(protocol.failure(f"unknown command {command!r}"))
+                return
+            progress = lambda text: channel.send({"event": "progress", "message": text})
+            channel.send(handler(self.master, progress=progress, **request.get("args", {})))
+        except (ChannelClosed, ValueError, OSError):
+            pass
+        except Exception:
+            self.log.error("admin command failed:\n%s", traceback.format_exc())
+            try:
+                channel.send(protocol.failure("internal error", traceback.format_exc()))
+            except OSError:
+                pass
+        finally:
+            channel.close()

@@ -1,0 +1,103 @@
+"""Start a master: daemonize if asked, patch with gevent, bind, run, report the first boot.
+
+Runs in the `railcar start` process. With --daemon the foreground process forks, and waits on
+a pipe for the master to report whether its apps booted, so the command's output and exit
+status tell the user the outcome (the master keeps running and retrying either way).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .config import ServerConfig
+
+READY_POLL = 0.1
+
+
+def _daemonize(config: ServerConfig) -> int | None:
+    """Fork twice. In the original process: wait for the report, print it, return the exit
+    status. In the daemon: return None and go on."""
+    read_fd, write_fd = os.pipe()
+    if os.fork():
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            report = pipe.read().decode("utf-8", "replace")
+        status, _, text = report.partition("\n")
+        sys.stdout.write(text)
+        return 0 if status == "ok" else 1
+    os.close(read_fd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.environ["RAILCAR_REPORT_FD"] = str(write_fd)
+    return None
+
+
+def _report(text: str, ok: bool) -> None:
+    fd = os.environ.pop("RAILCAR_REPORT_FD", None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), (("ok" if ok else "error") + "\n" + text).encode())
+    finally:
+        os.close(int(fd))
+
+
+def _report_first_boot(master) -> None:
+    """Once each app has all its workers ready, or has failed to boot: report (daemon mode)."""
+    import gevent
+
+    limit = time.monotonic() + max(app.boot_timeout for app in master.config.apps) + 10
+    while time.monotonic() < limit:
+        pending = [p for p in master.pools
+                   if len(p.serving()) < p.app.workers and not p.last_error
+                   or any(w.state == "booting" for w in p.workers)]
+        if not pending:
+            break
+        gevent.sleep(READY_POLL)
+    failed = [p for p in master.pools if p.last_error and not p.current_release()]
+    lines = [f"railcar master {master.pid} started; admin socket {master.config.admin_socket}"]
+    if master.config.log_file:
+        lines.append(f"log: {master.config.log_file}")
+    for pool in master.pools:
+        if pool in failed:
+            lines.append(f"{pool.app.name}: FAILED to boot (retrying):\n{pool.last_error}")
+        else:
+            lines.append(f"{pool.app.name}: serving on {' '.join(pool.app.binds)}")
+    _report("\n".join(lines) + "\n", ok=not failed)
+
+
+def launch(config: ServerConfig) -> int:
+    if config.daemon:
+        if not config.log_file:
+            config.log_file = os.path.join(os.path.dirname(config.admin_socket), "railcar.log")
+            os.makedirs(os.path.dirname(config.log_file), mode=0o700, exist_ok=True)
+        status = _daemonize(config)
+        if status is not None:
+            return status
+
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    from . import logs
+    from .master import Master, bind_all
+    from .sockets import BindError
+
+    log = logs.setup(config.log_file)
+    try:
+        listeners = bind_all(config)
+        master = Master(config, log, listeners)
+        return master.run(on_started=_report_first_boot)
+    except (BindError, RuntimeError) as exc:
+        log.error("%s", exc)
+        _report(f"railcar: {exc}\n", ok=False)
+        if config.log_file and not config.daemon:
+            sys.stderr.write(f"railcar: {exc}\n")
+        return 1

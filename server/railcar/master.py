@@ -1,0 +1,163 @@
+"""The master process: owns the sockets, supervises every app's workers, serves the admin socket.
+
+Runs in the master, on gevent (the CLI monkey-patches before importing this module).
+Signal handlers only queue the signal; the main loop dispatches each to one `handle_<sig>`:
+    HUP   rolling restart of every app
+    TERM  graceful stop: workers finish in-flight requests (up to graceful_timeout)
+    INT, QUIT  fast stop
+    USR1  reopen log files (master and workers)
+The loop also ticks once a second: `manage_workers` of each app, and restart.txt checks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import gevent
+import gevent.queue
+
+from . import __version__, logs, sockets
+from .config import ServerConfig
+from .control.server import ControlServer
+from .pool import AppPool, RestartOutcome
+
+TICK = 1.0
+SIGNALS = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
+           signal.SIGQUIT: "quit", signal.SIGUSR1: "usr1"}
+
+
+class Master:
+    def __init__(self, config: ServerConfig, log, listeners: dict[str, object]):
+        self.config = config
+        self.log = log
+        self.listeners = listeners          # address -> socket, bound before daemonizing
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.signals: gevent.queue.Queue = gevent.queue.Queue()
+        self.stopping = False
+        self.pools = [
+            AppPool(app, [listeners[b] for b in app.binds], config.graceful_timeout, log)
+            for app in config.apps]
+        self.control = ControlServer(config.admin_socket, self, log)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def run(self, on_started=None) -> int:
+        """Serve until stopped; returns the process exit status."""
+        self.control.start()
+        self._write_pid_file()
+        for sig in SIGNALS:
+            gevent.signal_handler(sig, self.signals.put, sig)
+        self.log.info("railcar %s master %d serving %s", __version__, self.pid,
+                      ", ".join(f"{p.app.name} on {' '.join(p.app.binds)}" for p in self.pools))
+        for pool in self.pools:
+            pool.manage_workers()
+        if on_started:
+            gevent.spawn(on_started, self)
+        while not self.stopping:
+            try:
+                sig = self.signals.get(timeout=TICK)
+            except gevent.queue.Empty:
+                self.tick()
+                continue
+            getattr(self, "handle_" + SIGNALS[sig])()
+        return 0
+
+    def tick(self) -> None:
+        for pool in self.pools:
+            if pool.restart_txt_touched():
+                self.log.info("%s: tmp/restart.txt touched", pool.app.name)
+                gevent.spawn(pool.restart)
+            pool.manage_workers()
+
+    def shutdown(self, graceful: bool) -> None:
+        """Stop every app's workers, then release the sockets, pid file and admin socket."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.info("%s stop", "graceful" if graceful else "fast")
+        timeout = self.config.graceful_timeout if graceful else 5.0
+        gevent.joinall([gevent.spawn(p.stop, graceful, timeout) for p in self.pools])
+        for address, sock in self.listeners.items():
+            sockets.close(address, sock)
+        self.control.stop()
+        self._remove_pid_file()
+        self.log.info("master %d stopped", self.pid)
+
+    # --- signal handlers: one short method each -------------------------------------------
+    def handle_hup(self) -> None:
+        self.log.info("SIGHUP: rolling restart of every app")
+        gevent.spawn(self.restart, None)
+
+    def handle_term(self) -> None:
+        self.shutdown(graceful=True)
+
+    def handle_int(self) -> None:
+        self.shutdown(graceful=False)
+
+    handle_quit = handle_int
+
+    def handle_usr1(self) -> None:
+        logs.reopen(self.log)
+        for pool in self.pools:
+            for worker in pool.workers:
+                worker.tell("reopen_logs")
+        self.log.info("log files reopened")
+
+    # --- what the admin socket asks for ---------------------------------------------------
+    def find_pools(self, name: str | None) -> list[AppPool]:
+        if name is None:
+            return list(self.pools)
+        pools = [p for p in self.pools if p.app.name == name]
+        if not pools:
+            known = ", ".join(p.app.name for p in self.pools)
+            raise LookupError(f"no app named {name!r} (apps: {known})")
+        return pools
+
+    def restart(self, name: str | None) -> list[tuple[AppPool, RestartOutcome]]:
+        """Rolling restart of one app or all, concurrently; blocks until every one is done."""
+        pools = self.find_pools(name)
+        jobs = [gevent.spawn(pool.restart) for pool in pools]
+        gevent.joinall(jobs)
+        return list(zip(pools, [job.value for job in jobs]))
+
+    def request_stop(self, graceful: bool) -> None:
+        self.signals.put(signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    # --- pid file -------------------------------------------------------------------------
+    def _write_pid_file(self) -> None:
+        if self.config.pid_file:
+            tmp = self.config.pid_file + ".tmp"
+            with open(tmp, "w") as handle:
+                handle.write(f"{self.pid}\n")
+            os.replace(tmp, self.config.pid_file)
+
+    def _remove_pid_file(self) -> None:
+        if self.config.pid_file:
+            try:
+                with open(self.config.pid_file) as handle:
+                    if handle.read().strip() == str(self.pid):
+                        os.unlink(self.config.pid_file)
+            except OSError:
+                pass
+
+
+def bind_all(config: ServerConfig) -> dict[str, object]:
+    """Bind every app's addresses; on any failure close what was bound and re-raise."""
+    bound: dict[str, object] = {}
+    try:
+        for app in config.apps:
+            for address in app.binds:
+                bound[address] = sockets.bind(address)
+    except sockets.BindError:
+        for address, sock in bound.items():
+            sockets.close(address, sock)
+        raise
+    return bound
+
+
+def exit_on_error(message: str) -> None:
+    sys.stderr.write(f"railcar: {message}\n")
+    sys.exit(1)

@@ -1,0 +1,77 @@
+"""What a spawn runs: the release an app root points to now, its WSGI module and its Python.
+
+Runs in the master, once per spawn batch: a root that is a symlink (`current`) is resolved
+each time, so new workers run the release `current` points to now.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+# Modules the worker needs from the app's interpreter.
+WORKER_IMPORTS = ("railcar", "gevent", "httptools")
+
+
+class ReleaseError(Exception):
+    """The release cannot be run: the message says why in terms the user can act on."""
+
+
+@dataclass(frozen=True)
+class Release:
+    path: str       # resolved release directory (never the symlink)
+    module: str     # MODULE or MODULE:CALLABLE
+    python: str     # interpreter the workers run
+
+
+def find_module(release_dir: str, module: str | None) -> str:
+    """`--app`/`module` if given, else wsgi.py, else passenger_wsgi.py (its `application`)."""
+    if module:
+        return module
+    for candidate in ("wsgi", "passenger_wsgi"):
+        if os.path.isfile(os.path.join(release_dir, candidate + ".py")):
+            return candidate
+    raise ReleaseError(
+        f"{release_dir}: no WSGI app found: give --app MODULE:CALLABLE, a [app] module in "
+        "railcar.toml, or a wsgi.py exposing `application`")
+
+
+def find_python(release_dir: str, python: str | None) -> str:
+    """`--python` if given, else the release's .venv or venv, else railcar's own interpreter."""
+    if python:
+        return python
+    for venv in (".venv", "venv"):
+        candidate = os.path.join(release_dir, venv, "bin", "python")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+def check_python(python: str) -> None:
+    """Fail plainly if `python` cannot run or cannot import what a worker needs."""
+    if not os.access(python, os.X_OK):
+        raise ReleaseError(f"interpreter {python} does not exist or is not executable")
+    code = ("import importlib.util, sys\n"
+            f"missing = [m for m in {WORKER_IMPORTS!r} if importlib.util.find_spec(m) is None]\n"
+            "print(' '.join(missing)); sys.exit(1 if missing else 0)\n")
+    try:
+        result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReleaseError(f"interpreter {python} cannot be run: {exc}") from None
+    if result.returncode != 0:
+        missing = result.stdout.strip() or result.stderr.strip()
+        raise ReleaseError(
+            f"interpreter {python} cannot import {missing}: install railcar into that "
+            f"environment ({python} -m pip install railcar)")
+
+
+def resolve(root: str, module: str | None, python: str | None) -> Release:
+    """The release `root` points to now. Raises ReleaseError with a plain message."""
+    path = os.path.realpath(root)
+    if not os.path.isdir(path):
+        raise ReleaseError(f"app root {root} does not lead to a directory ({path})")
+    interpreter = find_python(path, python)
+    check_python(interpreter)
+    return Release(path=path, module=find_module(path, module), python=interpreter)

@@ -1,0 +1,200 @@
+"""Every setting of railcar, declared once.
+
+Each row of SETTINGS names a setting, its type, default, the `railcar start` flag that sets
+it and the key that sets it in a railcar.toml. The CLI options, config-file validation and
+the help text are all derived from this one table, so a new setting is one new row.
+
+Scopes:
+- "server": one value per master ([server] table of a --config file, or CLI flags).
+- "app": one value per app ([app] table of APP_DIR/railcar.toml, an [[apps]] table of a
+  --config file, or CLI flags for the app given on the command line).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and where it came from."""
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return number
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _bind(value: Any) -> str:
+    """`HOST:PORT`, `[::1]:PORT`, `:PORT` or `unix:PATH`."""
+    text = _text(value)
+    if text.startswith("unix:"):
+        if len(text) == len("unix:"):
+            raise ValueError("unix: needs a socket path")
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT or unix:PATH")
+    return text
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a port number")
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError("must be a port number from 1 to 65535")
+    return number
+
+
+def _env_pair(value: Any) -> str:
+    text = _text(value)
+    if "=" not in text or text.startswith("="):
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    return text
+
+
+def _bind_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    return [_bind(item) for item in items]
+
+
+def _env_table(value: Any) -> dict[str, str]:
+    """From the CLI: a list of KEY=VALUE; from TOML: a table of strings."""
+    if isinstance(value, dict):
+        return {str(key): str(val) for key, val in value.items()}
+    pairs = [_env_pair(item) for item in ([value] if isinstance(value, str) else value)]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    scope: str = "app"
+    flag: str | None = None
+    key: str | None = None
+    multiple: bool = False
+    is_flag: bool = False
+    metavar: str | None = None
+
+
+def _default_admin_socket() -> str:
+    explicit = os.environ.get("RAILCAR_ADMIN_SOCKET")
+    if explicit:
+        return explicit
+    return os.path.join(f"/tmp/railcar-{os.getuid()}", "admin.sock")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- per app --------------------------------------------------------------------------
+    Setting("name", _text, None, "App name shown by status (default: the app dir's name).",
+            flag="--name", key="name"),
+    Setting("root", _text, None, "App directory (may be a `current` symlink).", key="root"),
+    Setting("module", _text, None, "WSGI callable as MODULE:CALLABLE.",
+            flag="--app", key="module", metavar="MODULE:CALLABLE"),
+    Setting("bind", _bind_list, [], "Listen on HOST:PORT or unix:PATH (repeatable).",
+            flag="--bind", key="bind", multiple=True, metavar="ADDRESS"),
+    Setting("port", _port, None,
+            "Listen on --address:PORT (shorthand for --bind).", flag="--port", key="port"),
+    Setting("address", _text, "127.0.0.1", "Host that --port binds.",
+            flag="--address", key="address"),
+    Setting("workers", _positive_int, 2, "Worker processes for the app.",
+            flag="--workers", key="workers"),
+    Setting("python", _text, None,
+            "Interpreter of the app (default: APP_DIR/.venv or APP_DIR/venv, else railcar's).",
+            flag="--python", key="python", metavar="PATH"),
+    Setting("env", _env_table, {}, "Environment variable for the app (repeatable).",
+            flag="--env", key="env", multiple=True, metavar="KEY=VALUE"),
+    Setting("access_log", _text, None, "Access log: a file path, or '-' for the server log.",
+            flag="--access-log", key="access_log", metavar="PATH"),
+    Setting("boot_timeout", _seconds, 60.0, "Seconds a new worker has to become ready.",
+            flag="--boot-timeout", key="boot_timeout"),
+    Setting("max_request_line", _positive_int, 8190, "Longest request line in bytes (414).",
+            flag="--max-request-line", key="max_request_line"),
+    Setting("max_header_size", _positive_int, 65536,
+            "Largest request header section in bytes (431).",
+            flag="--max-header-size", key="max_header_size"),
+    Setting("max_headers", _positive_int, 100, "Most request header fields (431).",
+            flag="--max-headers", key="max_headers"),
+    Setting("max_body_size", _non_negative_int, 0, "Largest request body in bytes, 0 = no limit (413).",
+            flag="--max-body-size", key="max_body_size"),
+    Setting("keepalive_timeout", _seconds, 20.0, "Seconds an idle keep-alive connection is kept.",
+            flag="--keepalive-timeout", key="keepalive_timeout"),
+    Setting("header_timeout", _seconds, 30.0, "Seconds a client has to send the request headers.",
+            flag="--header-timeout", key="header_timeout"),
+    Setting("worker_connections", _positive_int, 1000, "Most open connections per worker.",
+            flag="--worker-connections", key="worker_connections"),
+    # --- per server -----------------------------------------------------------------------
+    Setting("config", _text, None, "Server config file with [server] and [[apps]] tables.",
+            scope="server", flag="--config", metavar="FILE"),
+    Setting("admin_socket", _text, None, "Admin socket path (mode 0600).",
+            scope="server", flag="--admin-socket", key="admin_socket", metavar="PATH"),
+    Setting("pid_file", _text, None, "Write the master's pid here.",
+            scope="server", flag="--pid-file", key="pid_file", metavar="PATH"),
+    Setting("log_file", _text, None, "Server log file (default: stderr).",
+            scope="server", flag="--log-file", key="log_file", metavar="PATH"),
+    Setting("daemon", _flag, False, "Detach and run in the background.",
+            scope="server", flag="--daemon", key="daemon", is_flag=True),
+    Setting("graceful_timeout", _seconds, 30.0,
+            "Seconds a retiring worker has to finish its requests.",
+            scope="server", flag="--graceful-timeout", key="graceful_timeout"),
+)
+
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+APP_KEYS = {s.key: s for s in SETTINGS if s.scope == "app" and s.key}
+SERVER_KEYS = {s.key: s for s in SETTINGS if s.scope == "server" and s.key}
+
+
+def default_admin_socket() -> str:
+    return _default_admin_socket()
+
+
+def coerce(setting: Setting, value: Any, where: str) -> Any:
+    """Validate one value; a ConfigError names the key and where the value came from."""
+    try:
+        return setting.type(value)
+    except (TypeError, ValueError) as exc:
+        label = setting.key or setting.flag or setting.name
+        raise ConfigError(f"{where}: {label}: {exc} (got {value!r})") from None
+
+
+def defaults(scope: str) -> dict[str, Any]:
+    return {s.name: s.default for s in SETTINGS if s.scope == scope}

@@ -1,0 +1,151 @@
+"""Worker process: `python -m railcar.worker`, started by the master with the app's interpreter.
+
+Runs in the worker. Contract with the master (see railcar.channel for the framing):
+- The environment variable RAILCAR_WORKER holds a JSON spec: module, release, listen_fds,
+  control_fd, limits, access_log, graceful_timeout.
+- gevent monkey-patches the process before the app is imported.
+- The worker sends {"event": "ready"} only after the app imported and is callable and the
+  listeners accept; if the import fails it sends {"event": "boot_error", "error": traceback}
+  and exits 1.
+- SIGTERM (or the master's channel closing): retire gracefully, then exit 0.
+  SIGINT/SIGQUIT: exit at once.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import importlib  # noqa: E402  (the app and everything below must see patched modules)
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import gevent.util  # noqa: E402
+
+from railcar import __version__  # noqa: E402
+from railcar.channel import Channel  # noqa: E402
+from railcar.http import HTTPServer, Limits  # noqa: E402
+
+SPEC_VARIABLE = "RAILCAR_WORKER"
+
+
+def load_app(module_spec: str):
+    """Import MODULE[:CALLABLE]; without a callable name, `application` then `app`."""
+    module_name, _, attribute = module_spec.partition(":")
+    module = importlib.import_module(module_name)
+    names = [attribute] if attribute else ["application", "app"]
+    for name in names:
+        app = getattr(module, name, None)
+        if app is not None:
+            if not callable(app):
+                raise TypeError(f"{module_name}:{name} is not callable")
+            return app
+    raise LookupError(f"module {module_name} ({module.__file__}) has no "
+                      + " or ".join(repr(n) for n in names))
+
+
+class AccessLog:
+    """One line per request to stderr ('-', relayed by the master) or to a file we reopen."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.stream = sys.stderr if target == "-" else None
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self.target != "-":
+            old, self.stream = self.stream, open(self.target, "a", buffering=1)
+            if old is not None:
+                old.close()
+
+    def __call__(self, line: str) -> None:
+        self.stream.write(line + "\n")
+
+
+class Worker:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.channel = Channel(socket.socket(fileno=spec["control_fd"]))
+        self.server = None
+        self.access_log = None
+        self.done = gevent.event.Event()
+        self.retiring = False
+
+    def boot(self) -> None:
+        release = self.spec["release"]
+        os.chdir(release)
+        sys.path[:] = [release] + [p for p in sys.path if p not in ("", release)]
+        try:
+            app = load_app(self.spec["module"])
+        except BaseException:
+            error = traceback.format_exc()
+            sys.stderr.write(error)
+            sys.stderr.flush()
+            self.channel.send({"event": "boot_error", "error": error})
+            sys.exit(1)
+        listeners = [socket.socket(fileno=fd) for fd in self.spec["listen_fds"]]
+        if self.spec.get("access_log"):
+            self.access_log = AccessLog(self.spec["access_log"])
+        self.server = HTTPServer(
+            listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
+            base_environ={"SERVER_SOFTWARE": f"railcar/{__version__}"})
+        self.server.start()
+        gevent.signal_handler(signal.SIGTERM, self.retire)
+        gevent.signal_handler(signal.SIGINT, self.exit_now)
+        gevent.signal_handler(signal.SIGQUIT, self.exit_now)
+        self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
+                           "release": release})
+
+    def retire(self) -> None:
+        if not self.retiring:
+            self.retiring = True
+            gevent.spawn(self._retire)
+
+    def _retire(self) -> None:
+        self.server.retire(grace=self.spec["graceful_timeout"])
+        self.done.set()
+
+    def exit_now(self) -> None:
+        self.server.stop()
+        self.done.set()
+
+    def serve_channel(self) -> None:
+        """Answer the master's calls; the channel closing means the master is gone."""
+        for message in self.channel.messages():
+            handler = getattr(self, "call_" + str(message.get("call")), None)
+            result = handler() if handler else {"error": f"unknown call {message.get('call')!r}"}
+            if "id" in message:
+                self.channel.send({"reply": message["id"], "result": result})
+        self.retire()
+
+    def call_stats(self) -> dict:
+        return self.server.stats()
+
+    def call_reopen_logs(self) -> dict:
+        if self.access_log:
+            self.access_log.reopen()
+        return {}
+
+    def call_backtraces(self) -> dict:
+        return {"text": "\n".join(gevent.util.format_run_info())}
+
+    def run(self) -> None:
+        self.boot()
+        gevent.spawn(self.serve_channel)
+        self.done.wait()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def main() -> None:
+    spec = json.loads(os.environ.pop(SPEC_VARIABLE))
+    Worker(spec).run()
+
+
+if __name__ == "__main__":
+    main()
