@@ -18,9 +18,18 @@ from . import __version__
 from .settings import SETTINGS, ConfigError, default_admin_socket
 
 
+METAVARS = {"_positive_int": "N", "_non_negative_int": "N", "_seconds": "SECONDS",
+            "_port": "PORT", "_text": "TEXT"}
+
+
 def _start_options(function):
     for setting in reversed([s for s in SETTINGS if s.flag]):
-        kwargs = {"help": setting.help, "default": None}
+        help_text = setting.help
+        if setting.default not in (None, [], {}, False):
+            help_text += f" [default: {setting.default:g}]" if isinstance(
+                setting.default, float) else f" [default: {setting.default}]"
+        kwargs = {"help": help_text, "default": None,
+                  "metavar": METAVARS.get(setting.type.__name__, "VALUE")}
         if setting.is_flag:
             kwargs.update(is_flag=True, default=None)
         if setting.multiple:

@@ -1,0 +1,91 @@
+"""A small, bounded load generator for tests: real HTTP over loopback, every outcome recorded.
+
+Each client is a thread with its own http.client connection: in "keepalive" mode it reuses
+one connection, in "close" mode it opens a new connection per request. Failures (connection
+errors, non-200 statuses) are recorded with the time they happened, never retried.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    started: float
+    finished: float
+    status: int | None
+    body: bytes
+    error: str | None = None
+
+
+@dataclass
+class Load:
+    host: str
+    port: int
+    path: str = "/"
+    clients: int = 8
+    mode: str = "keepalive"          # or "close"
+    max_seconds: float = 60.0
+    max_requests: int = 200_000
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "Load":
+        self._deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.clients):
+            thread = threading.Thread(target=self._client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> "Load":
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        return self
+
+    def _record(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.outcomes.append(outcome)
+
+    def _running(self) -> bool:
+        return (not self._stop.is_set() and time.monotonic() < self._deadline
+                and len(self.outcomes) < self.max_requests)
+
+    def _client(self) -> None:
+        conn = None
+        while self._running():
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                headers = {"Connection": "close"} if self.mode == "close" else {}
+                conn.request("GET", self.path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                self._record(Outcome(started, time.monotonic(), response.status, body))
+                if self.mode == "close" or response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                self._record(Outcome(started, time.monotonic(), None, b"", repr(exc)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    # --- reading the results --------------------------------------------------------------
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.error or o.status != 200]
+
+    def started_after(self, moment: float) -> list[Outcome]:
+        return [o for o in self.outcomes if o.started >= moment]

@@ -1,0 +1,212 @@
+"""The master against real processes: start/stop, crash respawn, malformed requests, boot
+failures, config errors, daemon mode and unix sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from conftest import REPO, copy_example, free_port, railcar_command, wait_for
+
+SLEEPY_APP = '''
+import os, time
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"] or 1))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+@pytest.fixture
+def sleepy(tmp_path):
+    app = tmp_path / "sleepy"
+    app.mkdir()
+    (app / "wsgi.py").write_text(SLEEPY_APP)
+    return app
+
+
+def test_flask_example_serves_and_stops_without_orphans(railcar, tmp_path):
+    server = railcar().start(str(REPO / "examples" / "flaskapp"), "--workers", "2",
+                             workers_ready=2)
+    response = server.get("/")
+    assert response.status_code == 200
+    assert "railcar flask example" in response.text
+    posted = requests.post(server.url + "/notes", data={"text": "hi"}, timeout=10)
+    assert posted.status_code == 201
+    master_pid = server.proc.pid
+    workers = [w["pid"] for w in server.workers()]
+    assert len(workers) == 2
+    assert all(psutil.Process(pid).ppid() == master_pid for pid in workers)
+
+    table = server.cli("status")
+    assert table.returncode == 0
+    assert "flaskapp" in table.stdout and str(workers[0]) in table.stdout
+
+    result = server.cli("stop")
+    assert result.returncode == 0, result.stderr
+    server.proc.wait(timeout=30)
+    for pid in workers + [master_pid]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(server.admin_socket)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url, timeout=2)
+
+
+def test_killed_worker_is_respawned_and_others_unaffected(railcar, sleepy):
+    server = railcar().start(str(sleepy), "--workers", "2", workers_ready=2)
+    pids = [w["pid"] for w in server.workers()]
+    results: list = []
+
+    def slow_request():
+        try:
+            results.append(requests.get(server.url + "/sleep?1.5", timeout=10).text)
+        except requests.RequestException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    victim = pids[0]
+    os.kill(victim, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=20)
+    served = [r for r in results if isinstance(r, str)]
+    # Every request that the surviving worker took completed normally.
+    assert served and all(int(pid) != victim for pid in served)
+    assert all(int(pid) == pids[1] for pid in served)
+    wait_for(lambda: len(server.workers()) == 2 and victim not in
+             {w["pid"] for w in server.workers()}, 10, what="a respawned worker")
+    assert pids[1] in {w["pid"] for w in server.workers()}
+    assert "exited unexpectedly (killed by SIGKILL)" in server.log()
+    server.stop()
+
+
+MALFORMED = {
+    "garbage request line": b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+    "100 KB header": b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "invalid chunk size": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"zz\r\nhello\r\n0\r\n\r\n"),
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "bare LF": b"GET / HTTP/1.1\nHost: x\n\n",
+    "NUL in header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "plus content-length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+}
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_request_gets_4xx_and_worker_lives(railcar, case, sleepy):
+    server = railcar().start(str(sleepy), "--workers", "1", workers_ready=1)
+    pid = server.workers()[0]["pid"]
+    reply = send_raw(server.port, MALFORMED[case])
+    if reply:
+        status = int(reply.split(b" ", 2)[1])
+        assert 400 <= status < 500, reply[:200]
+        assert reply.count(b"HTTP/1.1") == 1, "a second (smuggled) response was sent"
+    assert server.get("/").text == str(pid)
+    assert [w["pid"] for w in server.workers()] == [pid]
+    server.stop()
+
+
+BROKEN_APP = 'raise ImportError("no module named totally_missing_dependency")\n'
+
+
+def test_app_failing_to_boot_at_start_keeps_master_up(railcar, tmp_path, sleepy):
+    app = tmp_path / "broken"
+    app.mkdir()
+    (app / "wsgi.py").write_text(BROKEN_APP)
+    server = railcar().start(str(app), "--workers", "1", wait=False)
+    status = wait_for(lambda: os.path.exists(server.admin_socket) and
+                      server.status()["apps"][0]["error"], 30, what="the boot error")
+    assert "totally_missing_dependency" in status
+    assert server.proc.poll() is None
+    (app / "wsgi.py").write_text(SLEEPY_APP)
+    result = server.cli("restart")
+    assert result.returncode == 0, result.stderr
+    assert server.get("/").status_code == 200
+    server.stop()
+
+
+def test_bad_config_names_key_and_file(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "wsgi.py").write_text(SLEEPY_APP)
+    (app / "railcar.toml").write_text('[app]\nworkers = "two"\n')
+    result = subprocess.run(railcar_command() + ["start", str(app)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode != 0
+    assert "workers" in result.stderr and str(app / "railcar.toml") in result.stderr
+    (app / "railcar.toml").write_text('[app]\nwrokers = 2\n')
+    result = subprocess.run(railcar_command() + ["start", str(app)], capture_output=True,
+                            text=True, timeout=30)
+    assert "unknown key 'wrokers'" in result.stderr
+
+
+def test_python_without_railcar_is_named(railcar, tmp_path, sleepy, make_venv):
+    bare = make_venv(tmp_path / "bare", with_railcar=False)
+    server = railcar().start(str(sleepy), "--python", str(bare), wait=False)
+    error = wait_for(lambda: os.path.exists(server.admin_socket) and
+                     server.status()["apps"][0]["error"], 30, what="the interpreter error")
+    assert str(bare) in error and "cannot import railcar" in error
+    server.stop()
+
+
+def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
+    admin = str(tmp_path / "admin.sock")
+    pid_file = tmp_path / "railcar.pid"
+    unix_path = tmp_path / "app.sock"
+    result = subprocess.run(
+        railcar_command() + ["start", str(sleepy), "--daemon", "--bind", f"unix:{unix_path}",
+                             "--workers", "1", "--admin-socket", admin, "--pid-file",
+                             str(pid_file), "--log-file", str(tmp_path / "log")],
+        capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = int(pid_file.read_text())
+    try:
+        assert psutil.pid_exists(pid)
+        assert oct(os.stat(admin).st_mode & 0o777) == "0o600"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(unix_path))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        stop = subprocess.run(railcar_command() + ["stop", "--admin-socket", admin],
+                              capture_output=True, text=True, timeout=90)
+    assert stop.returncode == 0, stop.stderr
+    assert not psutil.pid_exists(pid)
+    assert not pid_file.exists()
