@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import REPO, copy_example, free_port, railcar_command, wait_for
+from conftest import REPO, gone, railcar_command, wait_for
 
 SLEEPY_APP = '''
 import os, time
@@ -57,7 +57,7 @@ def test_flask_example_serves_and_stops_without_orphans(railcar, tmp_path):
     assert result.returncode == 0, result.stderr
     server.proc.wait(timeout=30)
     for pid in workers + [master_pid]:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
     assert not os.path.exists(server.admin_socket)
     with pytest.raises(requests.ConnectionError):
         requests.get(server.url, timeout=2)
@@ -208,5 +208,5 @@ def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
         stop = subprocess.run(railcar_command() + ["stop", "--admin-socket", admin],
                               capture_output=True, text=True, timeout=90)
     assert stop.returncode == 0, stop.stderr
-    assert not psutil.pid_exists(pid)
+    assert gone(pid)
     assert not pid_file.exists()

@@ -1,0 +1,66 @@
+"""Configuration: the settings table, railcar.toml files and the errors users see."""
+
+from __future__ import annotations
+
+import pytest
+
+from railcar import config
+from railcar.settings import SETTINGS, ConfigError
+
+
+def cli(**values):
+    return {s.name: None for s in SETTINGS} | values
+
+
+def test_defaults_for_an_app_dir(tmp_path):
+    server = config.load(cli(), str(tmp_path))
+    [app] = server.apps
+    assert app.root == str(tmp_path)
+    assert app.binds == ["127.0.0.1:8000"]
+    assert app.workers == 2
+    assert server.graceful_timeout == 30.0
+
+
+def test_cli_overrides_railcar_toml(tmp_path):
+    (tmp_path / "railcar.toml").write_text(
+        '[app]\nworkers = 3\nmodule = "site:app"\nenv = { A = "1" }\n'
+        '[server]\ngraceful_timeout = 7\n')
+    server = config.load(cli(workers="5", port="9001", env=("B=2",)), str(tmp_path))
+    [app] = server.apps
+    assert app.workers == 5
+    assert app.module == "site:app"
+    assert app.binds == ["127.0.0.1:9001"]
+    assert app.env == {"B": "2"}
+    assert server.graceful_timeout == 7.0
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[app]\nworkers = "two"\n', "workers"),
+    ('[app]\nworkers = 0\n', "workers: must be at least 1"),
+    ('[app]\nbind = ["nowhere"]\n', "bind"),
+    ('[app]\nwrokers = 2\n', "unknown key 'wrokers'"),
+    ('[ap]\nworkers = 2\n', "unknown table"),
+    ('[app\n', "not valid TOML"),
+])
+def test_bad_railcar_toml_names_key_and_file(tmp_path, toml, message):
+    (tmp_path / "railcar.toml").write_text(toml)
+    with pytest.raises(ConfigError) as error:
+        config.load(cli(), str(tmp_path))
+    assert message in str(error.value)
+    assert str(tmp_path / "railcar.toml") in str(error.value)
+
+
+def test_bad_cli_value_names_the_option(tmp_path):
+    with pytest.raises(ConfigError, match="--workers"):
+        config.load(cli(workers="-1"), str(tmp_path))
+
+
+def test_multi_app_config_names_the_app(tmp_path):
+    (tmp_path / "one").mkdir()
+    path = tmp_path / "railcar.toml"
+    path.write_text('[[apps]]\nname = "one"\nroot = "one"\nbind = ["unix:/tmp/one.sock"]\n'
+                    '[[apps]]\nname = "two"\nroot = "missing"\n')
+    with pytest.raises(ConfigError) as error:
+        config.load(cli(config=str(path)), None)
+    assert "(two)" in str(error.value) and "root" in str(error.value)
+    assert str(path) in str(error.value)
