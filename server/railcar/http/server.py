@@ -1,0 +1,449 @@
+"""The worker's HTTP server: accept loop, per-connection handler, graceful retire, stats.
+
+Runs in a worker process that is already gevent monkey-patched. The listening sockets are
+inherited from the master, which keeps its own copies open across restarts; closing ours only
+stops this worker from accepting, so queued connections go to the other workers.
+
+One greenlet accepts per listener; one greenlet serves each connection, request after request
+(keep-alive, pipelining). No exception escapes a connection greenlet: protocol errors become
+4xx/505 responses, application errors 500s, and socket errors a quiet close.
+"""
+
+import errno
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from time import monotonic, perf_counter, strftime
+
+import gevent
+from gevent.event import Event
+from gevent.hub import get_hub
+from gevent.socket import socket as gsocket
+
+from .parser import HTTPError, Request, RequestParser
+from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, base_environ,
+                   build_environ, error_response, send_all)
+
+__all__ = ["HTTPServer", "Limits"]
+
+_RECV_SIZE = 65536
+_DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
+_RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# accept() errors that mean "try again later" rather than "this listener is gone".
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-worker protocol limits and timeouts (seconds). max_body_size 0 means unlimited."""
+
+    max_request_line: int = 8190
+    max_header_size: int = 65536
+    max_headers: int = 100
+    keepalive_timeout: float = 20.0
+    header_timeout: float = 30.0
+    worker_connections: int = 1000
+    max_body_size: int = 0
+
+
+class _IdleRetire(Exception):
+    """Thrown into a connection greenlet blocked between requests when the server retires."""
+
+
+class HTTPServer:
+    """Serves one WSGI `app` on already-listening sockets (TCP or AF_UNIX).
+
+    `access_log`, if given, is called with one line per request:
+    `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
+    `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
+    """
+
+    def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None):
+        self.listeners = list(listeners)
+        self.app = app
+        self.limits = limits or Limits()
+        self.access_log = access_log
+        self.extra_environ = dict(base_environ or {})
+        self.requests = 0
+        self.in_flight = 0
+        self.retiring = False
+        self.recv_buffer = bytearray(_RECV_SIZE)  # shared: filled and parsed without a switch
+        self._conns = set()
+        self._acceptors = []
+        self._room = Event()  # set while under worker_connections
+        self._room.set()
+        self._all_closed = Event()
+
+    # -- public interface ---------------------------------------------------------------------
+
+    def start(self):
+        """Start one accept greenlet per listener and return at once."""
+        for listener in self.listeners:
+            self._acceptors.append(gevent.spawn(self._accept_loop, listener))
+
+    def stats(self):
+        """Requests served in total, requests in flight, open connections."""
+        return {"requests": self.requests, "in_flight": self.in_flight,
+                "connections": len(self._conns)}
+
+    def retire(self, grace=30.0):
+        """Graceful stop; blocks the calling greenlet until done. Returns True if every
+        connection finished on its own within `grace` seconds.
+
+        Stops accepting and closes our copies of the listeners; every request in flight gets
+        `Connection: close`; a connection idle between requests may still start one within
+        ~1 s (its client may be mid-send), then it is closed. After `grace`, what is left
+        is killed.
+        """
+        self.retiring = True
+        self._close_listeners()
+        for conn in list(self._conns):
+            conn.wake_if_idle()
+        if self._conns and not self._all_closed.wait(grace):
+            self._kill_connections()
+            return False
+        return True
+
+    def stop(self):
+        """Immediate stop: close the listeners and every connection."""
+        self.retiring = True
+        self._close_listeners()
+        self._kill_connections()
+
+    # -- accepting ----------------------------------------------------------------------------
+
+    def _accept_loop(self, listener):
+        """Accept connections from `listener` until the server retires.
+
+        Several worker processes accept from the same listening socket, and all of them wake
+        when a connection arrives. A gevent worker that accepts greedily takes connections
+        while it is busy, so they wait for its event loop while other workers sit idle
+        (gunicorn -k gevent shows this as requests queued up to half a second). So: accept
+        one connection per wake, non-blocking (EAGAIN just means another process won the
+        race), and when this worker already has connections, first let its event loop run
+        everything that is ready (`gevent.idle()`): an idle worker gets to the accept first.
+        At `worker_connections` we stop accepting until a connection closes.
+        """
+        raw = getattr(listener, "_sock", listener)  # the C-level socket under gevent's
+        raw.setblocking(False)
+        family = listener.family
+        if family == socket.AF_UNIX:
+            base = base_environ("", "", self.extra_environ)
+        else:
+            host, port = listener.getsockname()[:2]
+            base = base_environ(host, str(port), self.extra_environ)
+        watcher = get_hub().loop.io(raw.fileno(), 1)
+        wait = get_hub().wait
+        while not self.retiring:
+            if not self._room.is_set():
+                self._room.wait()
+                continue
+            if self._conns:
+                gevent.idle()
+            try:
+                fd, addr = raw._accept()
+            except BlockingIOError:
+                wait(watcher)
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    gevent.sleep(0.1)  # out of descriptors or memory: back off, keep serving
+                    continue
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                raise
+            self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd), addr,
+                                   base)
+
+    def _spawn_connection(self, sock, addr, base):
+        if sock.family == socket.AF_UNIX:
+            remote_addr = remote_port = ""
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            remote_addr, remote_port = addr[0], str(addr[1])
+        conn = Connection(self, sock, remote_addr, remote_port, base)
+        self._conns.add(conn)
+        if len(self._conns) >= self.limits.worker_connections:
+            self._room.clear()
+        conn.greenlet = gevent.spawn(conn.run)
+
+    def _connection_closed(self, conn):
+        self._conns.discard(conn)
+        self._room.set()
+        if self.retiring and not self._conns:
+            self._all_closed.set()
+
+    def _close_listeners(self):
+        """Stop the accept greenlets (which stops their fd watchers), then close our fds."""
+        gevent.killall(self._acceptors)
+        self._acceptors = []
+        for listener in self.listeners:
+            listener.close()
+
+    def _kill_connections(self):
+        gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
+
+
+class Connection:
+    """One client connection, served by its own greenlet (`run`) request after request."""
+
+    __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
+                 "greenlet", "idle", "served", "timeout", "response", "expecting")
+
+    def __init__(self, server, sock, remote_addr, remote_port, base):
+        limits = server.limits
+        self.server = server
+        self.sock = sock
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.base = base
+        self.limits = limits
+        self.parser = RequestParser(limits.max_request_line, limits.max_header_size,
+                                    limits.max_headers, limits.max_body_size, _RECV_SIZE)
+        self.greenlet = None
+        self.idle = False  # True only while blocked waiting for the next request
+        self.served = 0
+        self.timeout = None
+        self.response = None
+        self.expecting = False  # the client awaits "100 Continue" we have not sent
+
+    def run(self):
+        """Serve until the client or the server ends the connection. Never raises."""
+        try:
+            self._serve()
+        except (ClientDisconnected, ConnectionError, TimeoutError):
+            pass
+        except Exception:
+            sys.stderr.write(f"railcar: internal error on connection from "
+                             f"{self.remote_addr or 'unix socket'}:\n{traceback.format_exc()}")
+        finally:
+            self.sock.close()
+            self.server._connection_closed(self)
+
+    def _serve(self):
+        while True:
+            item = self._next_request()
+            if item is None:
+                return
+            if type(item) is not Request:
+                self._refuse(item)
+                return
+            if not self._handle(item):
+                return
+            self.served += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _next_request(self):
+        """The next queued Request or HTTPError; None if the connection should close
+        (EOF, timeout, or nothing more can be parsed)."""
+        parser = self.parser
+        ready = parser.ready
+        if not ready and not parser.in_message:
+            if parser.closed or not self._wait_first_bytes():
+                return None
+        deadline = None
+        while not ready:
+            if parser.closed:
+                return None
+            if deadline is None:
+                deadline = monotonic() + self.limits.header_timeout
+            remaining = deadline - monotonic()
+            if remaining <= 0 or not self._fill_quietly(remaining):
+                return None
+        return ready.popleft()
+
+    def _wait_first_bytes(self):
+        """Wait, idle, for the start of the next request. False: close the connection."""
+        if self.server.retiring:
+            timeout = _RETIRE_IDLE
+        elif self.served:
+            timeout = self.limits.keepalive_timeout
+        else:
+            timeout = self.limits.header_timeout
+        self.idle = True
+        try:
+            return self._fill_quietly(timeout)
+        except _IdleRetire:
+            self.idle = False
+            return self._fill_quietly(_RETIRE_IDLE)
+        finally:
+            self.idle = False
+
+    def wake_if_idle(self):
+        """Called when the server retires: cut an idle wait short (to ~1 s from now).
+
+        The exception is thrown from a hub callback that checks `idle` again when it runs,
+        so a connection that has meanwhile started a request is left alone.
+        """
+        if self.idle:
+            get_hub().loop.run_callback(self._throw_if_idle)
+
+    def _throw_if_idle(self):
+        if self.idle and self.greenlet:
+            self.greenlet.throw(_IdleRetire)
+
+    def _fill(self, timeout):
+        """Receive once (waiting up to `timeout` s) and feed the parser; return the byte
+        count, 0 at EOF. Raises TimeoutError or OSError."""
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+        buf = self.server.recv_buffer
+        n = self.sock.recv_into(buf)
+        if n:
+            self.parser.feed(memoryview(buf)[:n])
+        return n
+
+    def _fill_quietly(self, timeout):
+        try:
+            return self._fill(timeout)
+        except OSError:  # timeouts, resets
+            return 0
+
+    def pull(self):
+        """Receive more of a request body (wsgi.input's source)."""
+        try:
+            n = self._fill(self.limits.header_timeout)
+        except TimeoutError:
+            raise ClientDisconnected("timed out reading the request body") from None
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+        if not n:
+            raise ClientDisconnected("client closed the connection during the request body")
+
+    def send_continue(self):
+        """Send `100 Continue` (wsgi.input calls this on its first read of a waiting body)."""
+        self.expecting = False
+        if not self.response.headers_sent:
+            send_all(self.sock, _CONTINUE)
+
+    # -- responding ---------------------------------------------------------------------------
+
+    def _handle(self, request):
+        """Run the application for `request`; True if the connection can serve another."""
+        server = self.server
+        log = server.access_log
+        started = perf_counter() if log is not None else 0.0
+        try:
+            environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
+                                    self.limits.max_body_size)
+        except HTTPError as error:
+            self._refuse(error, request)
+            return False
+        http11 = request.version == "1.1"
+        response = Response(self.sock, request.method, http11,
+                            request.keep_alive and not server.retiring)
+        self.response = response
+        self.expecting = False
+        if request.complete and not request.body and request.error is None:
+            environ["wsgi.input"] = EMPTY_INPUT
+        else:
+            expect = http11 and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
+            self.expecting = expect
+            environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
+                                          else None)
+        server.in_flight += 1
+        try:
+            ok = self._run_app(environ, response)
+        finally:
+            server.in_flight -= 1
+            server.requests += 1
+        if log is not None:
+            self._log(request, response.code, response.sent, started)
+        return ok and response.keep_alive and (request.complete or self._drain(request)) \
+            and request.error is None
+
+    def _run_app(self, environ, response):
+        """Call the app and write its response; False if the connection must close."""
+        result = None
+        try:
+            result = self.server.app(environ, response.start_response)
+            if type(result) is list and not response.headers_sent:
+                response.send_whole(result[0] if len(result) == 1 and type(result[0]) is bytes
+                                    else b"".join(result))
+            else:
+                for data in result:
+                    response.write(data)
+                    if response.head_only and response.headers_sent:
+                        break
+                response.finish()
+            return True
+        except ClientDisconnected:
+            return False
+        except HTTPError as error:  # a bad body, raised by wsgi.input
+            if not response.headers_sent:
+                self._send_quietly(error_response(error.status, error.detail))
+                response.code = int(error.status[:3])
+            return False
+        except Exception:
+            self._app_error(environ, response)
+            return False
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self._app_error(environ, response)
+
+    def _app_error(self, environ, response):
+        """Print the traceback, prefixed with the request; answer 500 if nothing was sent."""
+        sys.stderr.write(f"railcar: error in application handling {environ['REQUEST_METHOD']} "
+                         f"{environ['RAW_URI']}:\n{traceback.format_exc()}")
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.code = 500
+            self._send_quietly(error_response("500 Internal Server Error"))
+
+    def _drain(self, request):
+        """Read and discard a small unread body so the connection can be reused."""
+        if self.expecting:  # the client may never send the body it asked permission for
+            return False
+        length = _content_length(request)
+        if length is not None and length - request.body_size > _DRAIN_LIMIT:
+            return False
+        limit = request.body_size + _DRAIN_LIMIT
+        while not request.complete:
+            request.body.clear()
+            if request.body_size > limit:
+                return False
+            try:
+                if not self._fill(self.limits.header_timeout):
+                    return False
+            except OSError:
+                return False
+        request.body.clear()
+        return request.error is None
+
+    def _refuse(self, error, request=None):
+        """Answer a request we will not serve, then the connection closes."""
+        self._send_quietly(error_response(error.status, error.detail))
+        if self.server.access_log is not None:
+            self._log(request, int(error.status[:3]), 0, perf_counter())
+
+    def _send_quietly(self, data):
+        try:
+            send_all(self.sock, data)
+        except ClientDisconnected:
+            pass
+
+    def _log(self, request, code, sent, started):
+        millis = (perf_counter() - started) * 1000.0
+        if request is None:
+            line = "-"
+        else:
+            line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
+        self.server.access_log(f"{self.remote_addr or '-'} - - [{strftime('%d/%b/%Y:%H:%M:%S %z')}]"
+                               f" \"{line}\" {code} {sent} {millis:.1f}")
+
+
+def _content_length(request):
+    """The request's Content-Length, or None (chunked)."""
+    for name, value in request.headers:
+        if name.lower() == b"content-length":
+            return int(value)
+    return None

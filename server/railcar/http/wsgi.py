@@ -1,0 +1,445 @@
+"""PEP 3333 glue: the environ, wsgi.input, start_response and response writing.
+
+Runs in a worker process. The connection (server.py) owns the socket and the parser; this
+module turns one parsed `Request` into an environ, gives the application a `Response` whose
+`start_response` and `write` it calls, and frames what the application produces:
+
+- a list or tuple body is sent with a computed Content-Length in a single `sendall`, status line
+  and headers included (the hello-world hot path);
+- any other iterable is streamed, each non-empty chunk written as soon as it is produced, with
+  chunked transfer-coding when the application set no Content-Length and the client speaks
+  HTTP/1.1, else by closing the connection at the end;
+- a HEAD response, 1xx, 204 and 304 never carry a body, whatever the application yields.
+
+`Date` and `Server` are added unless the application set them; hop-by-hop headers from the
+application are replaced by our own framing (`Connection: close` from the app is honoured).
+"""
+
+import sys
+from email.utils import formatdate
+from time import time
+from urllib.parse import unquote_to_bytes
+from wsgiref.util import FileWrapper
+
+import httptools
+
+from .parser import BAD_REQUEST, BODY_TOO_LARGE, HTTPError
+
+__all__ = ["ClientDisconnected", "Input", "EMPTY_INPUT", "Response", "base_environ",
+           "build_environ", "error_response"]
+
+
+class ClientDisconnected(OSError):
+    """The client went away (or stalled past a timeout) while we read from or wrote to it."""
+
+
+def base_environ(server_name, server_port, extra=None):
+    """The per-listener constant part of every environ, copied for each request."""
+    environ = {
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    if extra:
+        environ.update(extra)
+    return environ
+
+
+# Header name (bytes, as received) -> environ key, or None for names we drop. Bounded so that a
+# client sending endless distinct names cannot grow it without limit.
+_KEYS = {b"Content-Type": "CONTENT_TYPE", b"Content-Length": "CONTENT_LENGTH"}
+_KEYS_MAX = 2048
+
+
+def _environ_key(name):
+    key = _KEYS.get(name)
+    if key is None and name not in _KEYS:
+        if b"_" in name:
+            # Dropped as nginx and gunicorn do: "X_Foo" would otherwise pose as "X-Foo".
+            key = None
+        else:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[name] = key
+    return key
+
+
+def build_environ(base, request, remote_addr, remote_port, max_body_size=0):
+    """Return the environ for `request` (without wsgi.input). Raises HTTPError for a request
+    that is well-formed HTTP but unacceptable: missing or repeated Host in HTTP/1.1, a bad
+    request target, or a Content-Length over `max_body_size`.
+    """
+    environ = base.copy()
+    environ["REQUEST_METHOD"] = request.method
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    environ["REMOTE_ADDR"] = remote_addr
+    environ["REMOTE_PORT"] = remote_port
+    _set_target(environ, request.url)
+    for name, value in request.headers:
+        key = _KEYS.get(name) or _environ_key(name)
+        if key is None:
+            continue
+        value = value.rstrip(b" \t").decode("latin-1")
+        if key in environ:
+            if key == "HTTP_HOST":
+                raise HTTPError(BAD_REQUEST, "more than one Host header")
+            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
+        environ[key] = value
+    if "HTTP_HOST" not in environ and request.version == "1.1":
+        raise HTTPError(BAD_REQUEST, "missing Host header")
+    if max_body_size and int(environ.get("CONTENT_LENGTH", 0)) > max_body_size:
+        raise HTTPError(BODY_TOO_LARGE, "request body too large")
+    if not environ["SERVER_NAME"]:
+        _server_from_host(environ)
+    return environ
+
+
+def _set_target(environ, url):
+    """Set PATH_INFO (percent-decoded, latin-1), QUERY_STRING and RAW_URI from the target."""
+    raw = url.decode("latin-1")
+    environ["RAW_URI"] = raw
+    if url[:1] == b"/":
+        path, _, query = url.partition(b"?")
+        if b"#" in path or b"#" in query:
+            path = path.partition(b"#")[0]
+            query = query.partition(b"#")[0]
+    elif url == b"*":  # OPTIONS *
+        path = query = b""
+    else:  # absolute-form or CONNECT's authority-form
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise HTTPError(BAD_REQUEST, "invalid request target") from None
+        path, query = parsed.path or b"", parsed.query or b""
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    environ["PATH_INFO"] = path.decode("latin-1")
+    environ["QUERY_STRING"] = query.decode("latin-1")
+
+
+def _server_from_host(environ):
+    """SERVER_NAME/PORT for listeners without an address of their own (unix sockets)."""
+    host = environ.get("HTTP_HOST", "")
+    name, sep, port = host.rpartition(":")
+    if not sep or "]" in port:  # no port, or a bare IPv6 literal
+        name, port = host, "80"
+    environ["SERVER_NAME"] = name or "localhost"
+    environ["SERVER_PORT"] = port
+
+
+class EmptyInput:
+    """wsgi.input for a request whose body is known to be empty: stateless, shared."""
+
+    __slots__ = ()
+
+    def read(self, size=-1):
+        return b""
+
+    def readline(self, size=-1):
+        return b""
+
+    def readlines(self, hint=-1):
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+EMPTY_INPUT = EmptyInput()
+
+
+class Input:
+    """wsgi.input: the request body, pulled from the socket only as the application reads.
+
+    `pull()` (the connection's) receives more bytes and feeds the parser, which appends body
+    chunks to `request.body`; before the first pull, `expect_continue()` sends the interim
+    `100 Continue` the client may be waiting for. `read(n)` returns exactly n bytes unless the
+    body ends first. A body error (bad chunk, too large) raises HTTPError; a client that goes
+    away raises ClientDisconnected.
+    """
+
+    __slots__ = ("_request", "_pull", "_continue", "_pending")
+
+    def __init__(self, request, pull, expect_continue=None):
+        self._request = request
+        self._pull = pull
+        self._continue = expect_continue
+        self._pending = b""
+
+    def _chunk(self):
+        """The next body chunk, or b"" at the end of the body."""
+        if self._pending:
+            chunk, self._pending = self._pending, b""
+            return chunk
+        request = self._request
+        body = request.body
+        while not body:
+            if request.complete:
+                if request.error is not None:
+                    raise request.error
+                return b""
+            if self._continue is not None:
+                self._continue, send_continue = None, self._continue
+                send_continue()
+            self._pull()
+        return body.popleft()
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return b"".join(iter(self._chunk, b""))
+        parts = []
+        while size > 0:
+            chunk = self._chunk()
+            if not chunk:
+                break
+            if len(chunk) > size:
+                chunk, self._pending = chunk[:size], chunk[size:]
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+
+    def readline(self, size=-1):
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        while size > 0:
+            chunk = self._chunk()
+            if not chunk:
+                break
+            end = chunk.find(b"\n", 0, size) + 1 or min(len(chunk), size)
+            if end < len(chunk):
+                chunk, self._pending = chunk[:end], chunk[end:]
+            parts.append(chunk)
+            size -= len(chunk)
+            if chunk[-1:] == b"\n":
+                break
+        return b"".join(parts)
+
+    def readlines(self, hint=-1):
+        lines, total = [], 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+_SERVER = "Server: railcar\r\n"
+_NO_BODY_CODES = frozenset((204, 304))
+# Response header names (lower-cased) that change framing or that we add ourselves.
+_SPECIAL = frozenset(("content-length", "date", "server", "connection", "transfer-encoding",
+                      "keep-alive"))
+_date_cache = [0, ""]
+
+
+def date_header():
+    """The Date header line, formatted at most once per second."""
+    now = int(time())
+    if now != _date_cache[0]:
+        _date_cache[1] = "Date: " + formatdate(now, usegmt=True) + "\r\n"
+        _date_cache[0] = now
+    return _date_cache[1]
+
+
+def error_response(status, detail=""):
+    """A complete plain-text response carrying `Connection: close`, as bytes."""
+    body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
+    head = (f"HTTP/1.1 {status}\r\n{date_header()}{_SERVER}Content-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def send_all(sock, data):
+    """sendall, with a direct non-blocking send first (the common case for small writes)."""
+    try:
+        sent = sock._sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise ClientDisconnected(str(exc)) from exc
+    if sent < len(data):
+        try:
+            sock.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+
+
+class Response:
+    """The response to one request: start_response, write, and framing decisions.
+
+    `keep_alive` starts as what the request allows (False while the server retires) and may
+    only drop: when the application says `Connection: close`, when the body cannot be framed
+    (HTTP/1.0 without Content-Length), or when fewer bytes than Content-Length were sent.
+    After the application finishes, the connection may serve another request iff `keep_alive`.
+    """
+
+    __slots__ = ("sock", "head_only", "http11", "keep_alive", "status", "code", "headers",
+                 "headers_sent", "chunked", "remaining", "sent", "broken")
+
+    def __init__(self, sock, method, http11, keep_alive):
+        self.sock = sock
+        self.head_only = method == "HEAD"
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.status = None
+        self.code = 0
+        self.headers = None
+        self.headers_sent = False
+        self.chunked = False
+        self.remaining = None  # Content-Length bytes still to send, if the app set one
+        self.sent = 0  # body bytes sent
+        self.broken = False
+
+    def start_response(self, status, headers, exc_info=None):
+        """PEP 3333 start_response; returns `write`."""
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or status[3] != " ":
+            raise ValueError(f"invalid status {status!r}")
+        self.code = int(status[:3])
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head(self, body_length):
+        """Status line and headers as bytes. Decides framing: Content-Length (the app's, or
+        `body_length` when the whole body is known), chunked, or close-delimited.
+        """
+        if self.status is None:
+            raise AssertionError("the application did not call start_response")
+        lines = ["HTTP/1.1 ", self.status, "\r\n"]
+        length = None
+        add_date = add_server = True
+        for name, value in self.headers:
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"header {name!r}: {value!r} is not a pair of str")
+            lname = name.lower()
+            if lname in _SPECIAL:
+                if lname == "content-length":
+                    length = int(value)
+                    if length < 0:
+                        raise ValueError(f"invalid Content-Length {value!r}")
+                elif lname == "date":
+                    add_date = False
+                elif lname == "server":
+                    add_server = False
+                else:  # hop-by-hop: ours to write
+                    if lname == "connection" and "close" in value.lower():
+                        self.keep_alive = False
+                    continue
+            lines.append(f"{name}: {value}\r\n")
+        code = self.code
+        no_body = self.head_only or code < 200 or code in _NO_BODY_CODES
+        if code < 200:  # interim statuses cannot end a response; upgrades are not supported
+            self.keep_alive = False
+        if length is not None:
+            if not no_body:
+                self.remaining = length
+        elif no_body:
+            pass
+        elif body_length is not None:
+            lines.append(f"Content-Length: {body_length}\r\n")
+        elif self.http11:
+            lines.append("Transfer-Encoding: chunked\r\n")
+            self.chunked = True
+        else:
+            self.keep_alive = False
+        if add_date:
+            lines.append(date_header())
+        if add_server:
+            lines.append(_SERVER)
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif not self.http11:
+            lines.append("Connection: keep-alive\r\n")
+        head = "".join(lines)
+        nlines = len(lines) - 2
+        if head.count("\n") != nlines or head.count("\r") != nlines:
+            raise ValueError("CR or LF in a response header")
+        return (head + "\r\n").encode("latin-1")
+
+    def send_whole(self, body):
+        """Send the whole response when the body is known up front (a list or tuple body)."""
+        head = self._head(len(body))
+        self.headers_sent = True
+        if self.head_only or self.code < 200 or self.code in _NO_BODY_CODES:
+            self._send(head)
+            return
+        remaining = self.remaining
+        if remaining is not None:
+            if len(body) > remaining:
+                body = body[:remaining]
+            elif len(body) < remaining:
+                self.keep_alive = False
+            self.remaining = remaining - len(body)
+        self.sent = len(body)
+        if len(body) <= 65536:
+            self._send(head + body)
+        else:
+            self._send(head)
+            self._send(body)
+
+    def write(self, data):
+        """Send one body chunk now (the PEP 3333 write callable; also used for iterables).
+        Headers go out with the first non-empty chunk.
+        """
+        if self.broken:
+            raise ClientDisconnected("client connection closed")
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"response body chunk must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        head = b""
+        if not self.headers_sent:
+            if not data:
+                return
+            head = self._head(None)
+            self.headers_sent = True
+        if self.head_only or self.code < 200 or self.code in _NO_BODY_CODES:
+            data = b""
+        elif self.remaining is not None:
+            if len(data) > self.remaining:
+                data = data[:self.remaining]
+            self.remaining -= len(data)
+        self.sent += len(data)
+        if self.chunked and data:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if head or data:
+            self._send(head + data)
+
+    def finish(self):
+        """End the body after the iterable is exhausted."""
+        if not self.headers_sent:
+            self.send_whole(b"")
+        elif self.chunked:
+            self._send(b"0\r\n\r\n")
+        elif self.remaining:
+            self.keep_alive = False  # the app sent less than its Content-Length
+
+    def _send(self, data):
+        try:
+            send_all(self.sock, data)
+        except ClientDisconnected:
+            self.broken = True
+            self.keep_alive = False
+            raise
