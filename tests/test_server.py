@@ -22,6 +22,7 @@ import os, time
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/sleep":
         time.sleep(float(environ["QUERY_STRING"] or 1))
+    environ["wsgi.input"].read()
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
