@@ -1,0 +1,110 @@
+"""Administration of a running master: status schema, backtraces, signals, logs, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import requests
+
+from conftest import gone, wait_for
+
+APP = '''
+import os, time
+def waiting_in_known_function(seconds):
+    time.sleep(seconds)
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/wait":
+        waiting_in_known_function(float(environ["QUERY_STRING"] or 2))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def make_app(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "wsgi.py").write_text(APP)
+    return app
+
+
+def test_status_json_schema_counts_requests(railcar, tmp_path):
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "2", workers_ready=2)
+    for _ in range(10):
+        assert server.get("/").status_code == 200
+    status = server.status()
+    assert status["master"]["pid"] == server.proc.pid
+    [app] = status["apps"]
+    assert {"name", "root", "release", "workers"} <= set(app)
+    assert app["release"] == str(tmp_path / "app")
+    for worker in app["workers"]:
+        assert {"pid", "release", "state", "requests", "in_flight", "started_at", "rss",
+                "cpu"} <= set(worker)
+        assert worker["rss"] > 1_000_000
+    assert sum(w["requests"] for w in app["workers"]) == 10
+    server.stop()
+
+
+def test_backtraces_show_a_blocked_greenlet(railcar, tmp_path):
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "1", workers_ready=1)
+    thread = threading.Thread(target=lambda: server.get("/wait?3"))
+    thread.start()
+    time.sleep(0.7)
+    in_flight = server.workers()[0]["in_flight"]
+    result = server.cli("backtraces")
+    thread.join(timeout=15)
+    assert in_flight == 1
+    assert result.returncode == 0, result.stderr
+    assert "waiting_in_known_function" in result.stdout
+    server.stop()
+
+
+def test_graceful_stop_finishes_in_flight_request(railcar, tmp_path):
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "1", workers_ready=1)
+    worker = server.workers()[0]["pid"]
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(server.get("/wait?2")))
+    thread.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join(timeout=20)
+    server.proc.wait(timeout=30)
+    assert answers and answers[0].status_code == 200 and answers[0].text == str(worker)
+    assert gone(worker)
+
+
+def test_usr1_reopens_the_log(railcar, tmp_path):
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "1", workers_ready=1)
+    rotated = tmp_path / "rotated.log"
+    os.rename(server.log_file, rotated)
+    server.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: server.log_file.exists(), 10, what="a new log file")
+    assert "log files reopened" in server.log()
+    server.stop()
+
+
+def test_workers_exit_when_the_master_is_killed(railcar, tmp_path):
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "2", workers_ready=2)
+    workers = [w["pid"] for w in server.workers()]
+    server.proc.kill()
+    server.proc.wait()
+    wait_for(lambda: all(gone(pid) for pid in workers), 30, what="orphaned workers to exit")
+
+
+def test_access_log_and_admin_socket_mode(railcar, tmp_path):
+    access = tmp_path / "access.log"
+    server = railcar().start(str(make_app(tmp_path)), "--workers", "1",
+                             "--access-log", str(access), workers_ready=1)
+    assert oct(os.stat(server.admin_socket).st_mode & 0o777) == "0o600"
+    requests.get(server.url + "/hello?x=1", timeout=10)
+    wait_for(lambda: access.exists() and "/hello?x=1" in access.read_text(), 10,
+             what="the access log line")
+    line = access.read_text().strip().splitlines()[-1]
+    assert '"GET /hello?x=1 HTTP/1.1" 200' in line
+    server.stop()
+    assert psutil.pid_exists(server.proc.pid) is False or gone(server.proc.pid)
