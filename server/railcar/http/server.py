@@ -30,6 +30,8 @@ __all__ = ["HTTPServer", "Limits"]
 _RECV_SIZE = 65536
 _DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
 _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
+_LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
+_LINGER_BYTES = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -192,7 +194,7 @@ class Connection:
     """One client connection, served by its own greenlet (`run`) request after request."""
 
     __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
-                 "greenlet", "idle", "served", "timeout", "response", "expecting")
+                 "greenlet", "idle", "served", "timeout", "response", "expecting", "linger")
 
     def __init__(self, server, sock, remote_addr, remote_port, base):
         limits = server.limits
@@ -210,6 +212,7 @@ class Connection:
         self.timeout = None
         self.response = None
         self.expecting = False  # the client awaits "100 Continue" we have not sent
+        self.linger = False  # close with unread input: discard it first (see _linger)
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
@@ -221,8 +224,33 @@ class Connection:
             sys.stderr.write(f"railcar: internal error on connection from "
                              f"{self.remote_addr or 'unix socket'}:\n{traceback.format_exc()}")
         finally:
+            if self.linger:
+                self._linger()
             self.sock.close()
             self.server._connection_closed(self)
+
+    def _linger(self):
+        """Half-close, then read and discard for a bounded time before closing.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy our
+        error response before the client has read it (say, a 413 to a client still
+        uploading). So we shut down our side and drain first, as nginx's lingering close does.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = monotonic() + _LINGER_TIME
+            total = 0
+            while total < _LINGER_BYTES:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                self.sock.settimeout(remaining)
+                n = self.sock.recv_into(self.server.recv_buffer)
+                if not n:
+                    break
+                total += n
+        except OSError:
+            pass
 
     def _serve(self):
         while True:
@@ -233,6 +261,8 @@ class Connection:
                 self._refuse(item)
                 return
             if not self._handle(item):
+                if not item.complete or self.parser.in_message:
+                    self.linger = True
                 return
             self.served += 1
 
@@ -336,13 +366,14 @@ class Connection:
             self._refuse(error, request)
             return False
         http11 = request.version == "1.1"
-        response = Response(self.sock, request.method, http11,
+        response = Response(self.sock, request, http11,
                             request.keep_alive and not server.retiring)
         self.response = response
         self.expecting = False
         if request.complete and not request.body and request.error is None:
             environ["wsgi.input"] = EMPTY_INPUT
         else:
+            response.body_drainable = self.body_drainable
             expect = http11 and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
             self.expecting = expect
             environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
@@ -399,12 +430,20 @@ class Connection:
             response.code = 500
             self._send_quietly(error_response("500 Internal Server Error"))
 
-    def _drain(self, request):
-        """Read and discard a small unread body so the connection can be reused."""
+    def body_drainable(self):
+        """Whether the unread rest of the request body is small enough to discard, so that
+        the connection can serve another request (Response consults it for its headers)."""
+        request = self.response.request
+        if request.complete:
+            return request.error is None
         if self.expecting:  # the client may never send the body it asked permission for
             return False
         length = _content_length(request)
-        if length is not None and length - request.body_size > _DRAIN_LIMIT:
+        return length is None or length - request.body_size <= _DRAIN_LIMIT
+
+    def _drain(self, request):
+        """Read and discard a small unread body so the connection can be reused."""
+        if not self.body_drainable():
             return False
         limit = request.body_size + _DRAIN_LIMIT
         while not request.complete:
@@ -421,6 +460,7 @@ class Connection:
 
     def _refuse(self, error, request=None):
         """Answer a request we will not serve, then the connection closes."""
+        self.linger = True
         self._send_quietly(error_response(error.status, error.detail))
         if self.server.access_log is not None:
             self._log(request, int(error.status[:3]), 0, perf_counter())

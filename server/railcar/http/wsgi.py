@@ -283,18 +283,22 @@ class Response:
 
     `keep_alive` starts as what the request allows (False while the server retires) and may
     only drop: when the application says `Connection: close`, when the body cannot be framed
-    (HTTP/1.0 without Content-Length), or when fewer bytes than Content-Length were sent.
+    (HTTP/1.0 without Content-Length), when fewer bytes than Content-Length were sent, or when
+    too much of the request body is left unread to discard (`body_drainable`).
     After the application finishes, the connection may serve another request iff `keep_alive`.
     """
 
-    __slots__ = ("sock", "head_only", "http11", "keep_alive", "status", "code", "headers",
-                 "headers_sent", "chunked", "remaining", "sent", "broken")
+    __slots__ = ("sock", "request", "head_only", "http11", "keep_alive", "body_drainable",
+                 "status", "code", "headers", "headers_sent", "chunked", "remaining", "sent",
+                 "broken")
 
-    def __init__(self, sock, method, http11, keep_alive):
+    def __init__(self, sock, request, http11, keep_alive):
         self.sock = sock
-        self.head_only = method == "HEAD"
+        self.request = request
+        self.head_only = request.method == "HEAD"
         self.http11 = http11
         self.keep_alive = keep_alive
+        self.body_drainable = None  # set when the request body may still be unread
         self.status = None
         self.code = 0
         self.headers = None
@@ -351,6 +355,8 @@ class Response:
         code = self.code
         no_body = self.head_only or code < 200 or code in _NO_BODY_CODES
         if code < 200:  # interim statuses cannot end a response; upgrades are not supported
+            self.keep_alive = False
+        elif self.body_drainable is not None and self.keep_alive and not self.body_drainable():
             self.keep_alive = False
         if length is not None:
             if not no_body:
