@@ -126,7 +126,6 @@ def checked(environ, start_response):
 
 
 ROUTES = {
-    "/": hello,
     "/hello": hello,
     "/environ": echo_environ,
     "/upload": upload_hash,

@@ -75,6 +75,7 @@ class ServerProcess:
 
     def __init__(self, *options):
         self.stderr_file = tempfile.TemporaryFile()
+        self._out = b""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "server"), str(ROOT)]))
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.http.serve", *options],
                                      cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -87,8 +88,18 @@ class ServerProcess:
 
     def readline(self, timeout):
         """One line of the server's stdout, or "" after `timeout` seconds."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().decode().strip() if ready else ""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._out:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return ""
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return ""
+            self._out += chunk
+        line, _, self._out = self._out.partition(b"\n")
+        return line.decode().strip()
 
     def url(self, path="/"):
         return f"http://127.0.0.1:{self.port}{path}"

@@ -360,14 +360,15 @@ class Connection:
         log = server.access_log
         started = perf_counter() if log is not None else 0.0
         try:
+            if request.error is not None:  # the body is already known to be bad
+                raise request.error
             environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
                                     self.limits.max_body_size)
         except HTTPError as error:
             self._refuse(error, request)
             return False
         http11 = request.version == "1.1"
-        response = Response(self.sock, request, http11,
-                            request.keep_alive and not server.retiring)
+        response = Response(self.sock, server, request, http11)
         self.response = response
         self.expecting = False
         if request.complete and not request.body and request.error is None:

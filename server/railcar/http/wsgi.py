@@ -281,23 +281,25 @@ def send_all(sock, data):
 class Response:
     """The response to one request: start_response, write, and framing decisions.
 
-    `keep_alive` starts as what the request allows (False while the server retires) and may
-    only drop: when the application says `Connection: close`, when the body cannot be framed
-    (HTTP/1.0 without Content-Length), when fewer bytes than Content-Length were sent, or when
-    too much of the request body is left unread to discard (`body_drainable`).
+    `keep_alive` starts as what the request allows and may only drop: when the server
+    (anything with a `retiring` flag) retires, when the application says `Connection: close`,
+    when the body cannot be framed (HTTP/1.0 without Content-Length), when fewer bytes than
+    Content-Length were sent, or when too much of the request body is left unread to discard
+    (`body_drainable`).
     After the application finishes, the connection may serve another request iff `keep_alive`.
     """
 
-    __slots__ = ("sock", "request", "head_only", "http11", "keep_alive", "body_drainable",
-                 "status", "code", "headers", "headers_sent", "chunked", "remaining", "sent",
-                 "broken")
+    __slots__ = ("sock", "server", "request", "head_only", "http11", "keep_alive",
+                 "body_drainable", "status", "code", "headers", "headers_sent", "chunked",
+                 "remaining", "sent", "broken")
 
-    def __init__(self, sock, request, http11, keep_alive):
+    def __init__(self, sock, server, request, http11):
         self.sock = sock
+        self.server = server
         self.request = request
         self.head_only = request.method == "HEAD"
         self.http11 = http11
-        self.keep_alive = keep_alive
+        self.keep_alive = request.keep_alive
         self.body_drainable = None  # set when the request body may still be unread
         self.status = None
         self.code = 0
@@ -354,7 +356,9 @@ class Response:
             lines.append(f"{name}: {value}\r\n")
         code = self.code
         no_body = self.head_only or code < 200 or code in _NO_BODY_CODES
-        if code < 200:  # interim statuses cannot end a response; upgrades are not supported
+        if code < 200 or self.server.retiring:
+            # Interim statuses cannot end a response (upgrades are not supported); a retiring
+            # server tells every client it is closing.
             self.keep_alive = False
         elif self.body_drainable is not None and self.keep_alive and not self.body_drainable():
             self.keep_alive = False
