@@ -23,7 +23,6 @@ from tests.http.apps import app  # noqa: E402
 def main(argv):
     options = dict(arg.split("=", 1) for arg in argv)
     grace = float(options.pop("RETIRE_GRACE", 5))
-    workers = int(options.pop("WORKERS", 1))
     unix = options.pop("UNIX", None)
     limits = Limits(**{k: type(getattr(Limits(), k))(v) for k, v in options.items()})
     if unix:

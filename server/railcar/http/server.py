@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from time import monotonic, perf_counter, strftime
 
 import gevent
+from gevent import GreenletExit
 from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.socket import socket as gsocket
@@ -29,6 +30,7 @@ __all__ = ["HTTPServer", "Limits"]
 
 _RECV_SIZE = 65536
 _DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
+_ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to idler workers
 _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
 _LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
 _LINGER_BYTES = 1 << 20
@@ -126,7 +128,9 @@ class HTTPServer:
         one connection per wake, non-blocking (EAGAIN just means another process won the
         race), and when this worker already has connections, first let its event loop run
         everything that is ready (`gevent.idle()`): an idle worker gets to the accept first.
-        At `worker_connections` we stop accepting until a connection closes.
+        The deferral is bounded (`_ACCEPT_DEFER`) so that a worker saturated on its own, with
+        no idle peer, still accepts. At `worker_connections` we stop accepting until a
+        connection closes.
         """
         raw = getattr(listener, "_sock", listener)  # the C-level socket under gevent's
         raw.setblocking(False)
@@ -136,30 +140,41 @@ class HTTPServer:
         else:
             host, port = listener.getsockname()[:2]
             base = base_environ(host, str(port), self.extra_environ)
-        watcher = get_hub().loop.io(raw.fileno(), 1)
-        wait = get_hub().wait
-        while not self.retiring:
-            if not self._room.is_set():
-                self._room.wait()
-                continue
-            if self._conns:
-                gevent.idle()
-            try:
-                fd, addr = raw._accept()
-            except BlockingIOError:
-                wait(watcher)
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    gevent.sleep(0.1)  # out of descriptors or memory: back off, keep serving
+        hub = get_hub()
+        watcher = hub.loop.io(raw.fileno(), 1)
+        try:
+            while not self.retiring:
+                if not self._room.is_set():
+                    self._room.wait()
                     continue
-                if exc.errno == errno.ECONNABORTED:
+                if self._conns:
+                    with gevent.Timeout(_ACCEPT_DEFER, False):
+                        gevent.idle()
+                try:
+                    fd, addr = raw._accept()
+                except BlockingIOError:
+                    hub.wait(watcher)
                     continue
-                raise
-            self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd), addr,
-                                   base)
+                except OSError as exc:
+                    if not self._accept_failed(exc, listener):
+                        return
+                    continue
+                self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
+                                       addr, base)
+        finally:
+            watcher.close()
+
+    def _accept_failed(self, exc, listener):
+        """Handle an accept() error; False when the listener is unusable."""
+        if exc.errno in (errno.EINTR, errno.ECONNABORTED, errno.EPROTO):
+            return True  # that one connection is gone; carry on
+        if self.retiring:
+            return False
+        sys.stderr.write(f"railcar: accept() on {listener!r} failed: {exc}\n")
+        if exc.errno in _ACCEPT_RETRY:
+            gevent.sleep(0.5)  # out of descriptors or memory: back off, keep serving
+            return True
+        return False
 
     def _spawn_connection(self, sock, addr, base):
         if sock.family == socket.AF_UNIX:
@@ -220,6 +235,9 @@ class Connection:
             self._serve()
         except (ClientDisconnected, ConnectionError, TimeoutError):
             pass
+        except GreenletExit:  # killed by stop() or at the end of retire()'s grace
+            self.linger = False
+            raise
         except Exception:
             sys.stderr.write(f"railcar: internal error on connection from "
                              f"{self.remote_addr or 'unix socket'}:\n{traceback.format_exc()}")
