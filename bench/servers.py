@@ -1,0 +1,229 @@
+"""The servers under test: how to start each on a WSGI app, wait until it serves, and stop it.
+
+Every server gets the same app directory (holding `wsgi.py` with `application`), the same
+number of worker processes and a fresh loopback port. Each runs in its own session (process
+group), so Ctrl-C at the terminal reaches only the benchmark, which then stops the server.
+Only processes started here are ever signalled: the server's pid, and as a last resort its
+process group (whose id is that same pid).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+STOP_TIMEOUT = 20.0      # seconds from SIGTERM to SIGKILL of the process group
+POLL_INTERVAL = 0.1
+
+
+class ServerError(Exception):
+    """A server could not be started or never answered."""
+
+
+@dataclass
+class Launch:
+    """What every server is started with."""
+    app_dir: Path
+    port: int
+    workers: int
+    threads: int          # for thread-based peers only
+    tmp: Path             # a private directory for sockets and logs
+    executable: str       # the resolved path of the server's program
+
+
+@dataclass
+class ServerKind:
+    name: str
+    program: str                           # looked up in the venv's bin/, then on PATH
+    argv: Callable[[Launch], list[str]]
+    install: str                           # how to get it, shown when it is missing
+    note: str = ""                         # how it runs, shown in the report
+
+
+def _railcar(launch: Launch) -> list[str]:
+    return [launch.executable, "start", str(launch.app_dir), "--port", str(launch.port),
+            "--workers", str(launch.workers),
+            "--admin-socket", str(launch.tmp / "admin.sock"),
+            "--log-file", str(launch.tmp / "railcar.log")]
+
+
+def _gunicorn(worker_class: str, *extra: str) -> Callable[[Launch], list[str]]:
+    def argv(launch: Launch) -> list[str]:
+        return [launch.executable, "-k", worker_class, "-w", str(launch.workers),
+                "-b", f"127.0.0.1:{launch.port}", "--chdir", str(launch.app_dir),
+                *[arg.format(threads=launch.threads) for arg in extra], "wsgi:application"]
+    return argv
+
+
+def _uwsgi(launch: Launch) -> list[str]:
+    return [launch.executable, "--master", "--processes", str(launch.workers),
+            "--http-socket", f"127.0.0.1:{launch.port}", "--gevent", "1000",
+            "--gevent-monkey-patch", "--chdir", str(launch.app_dir),
+            "--wsgi-file", "wsgi.py", "--callable", "application",
+            "--need-app", "--die-on-term", "--disable-logging"]
+
+
+def _granian(launch: Launch) -> list[str]:
+    return [launch.executable, "--interface", "wsgi", "--host", "127.0.0.1",
+            "--port", str(launch.port), "--workers", str(launch.workers), "wsgi:application"]
+
+
+def _waitress(launch: Launch) -> list[str]:
+    return [launch.executable, f"--listen=127.0.0.1:{launch.port}",
+            f"--threads={launch.threads * launch.workers}", "wsgi:application"]
+
+
+KINDS = {kind.name: kind for kind in [
+    ServerKind("railcar", "railcar", _railcar, "pip install -e .",
+               "master + N gevent workers"),
+    ServerKind("gunicorn-gevent", "gunicorn", _gunicorn("gevent"), "pip install gunicorn",
+               "-k gevent, worker_connections 1000"),
+    ServerKind("gunicorn-sync", "gunicorn", _gunicorn("sync"), "pip install gunicorn",
+               "-k sync: one request at a time per worker, no keep-alive"),
+    ServerKind("gunicorn-gthread", "gunicorn", _gunicorn("gthread", "--threads", "{threads}"),
+               "pip install gunicorn", "-k gthread --threads T per worker (time.sleep blocks "
+               "a thread)"),
+    ServerKind("uwsgi", "uwsgi", _uwsgi, "pip install uwsgi",
+               "--http-socket, --gevent 1000 --gevent-monkey-patch"),
+    ServerKind("granian", "granian", _granian, "pip install granian",
+               "--interface wsgi, default blocking threads"),
+    ServerKind("waitress", "waitress-serve", _waitress, "pip install waitress",
+               "one process, --threads T x workers"),
+]}
+
+
+def find_program(program: str, bin_dir: Path) -> str | None:
+    """The program in BIN_DIR (the benchmark's venv), else on PATH, else None."""
+    candidate = bin_dir / program
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return shutil.which(program)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(port: int, path: str = "/") -> int | None:
+    """The status of one GET to 127.0.0.1:PORT, or None if no HTTP answer came in 2 s."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+class RunningServer:
+    """One started server. Use as a context manager: stops it and removes its temp dir."""
+
+    def __init__(self, kind: ServerKind, executable: str, app_dir: Path, workers: int,
+                 threads: int, boot_timeout: float):
+        self.kind = kind
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{kind.name}-"))
+        self.launch = Launch(app_dir=app_dir, port=free_port(), workers=workers,
+                             threads=threads, tmp=self.tmp, executable=executable)
+        self.boot_timeout = boot_timeout
+        self.output_path = self.tmp / "output.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def port(self) -> int:
+        return self.launch.port
+
+    def __enter__(self) -> "RunningServer":
+        try:
+            self.start()
+            self.wait_until_serving()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(self.launch.app_dir), PYTHONUNBUFFERED="1")
+        with open(self.output_path, "wb") as output:
+            self.process = subprocess.Popen(
+                self.kind.argv(self.launch), cwd=self.launch.app_dir, env=env,
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def wait_until_serving(self) -> None:
+        """Return once a GET / answers 200; raise ServerError on exit or after boot_timeout."""
+        deadline = time.monotonic() + self.boot_timeout
+        status = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"{self.kind.name} exited with status "
+                                  f"{self.process.returncode} before serving\n{self.log_tail()}")
+            status = answers(self.port)
+            if status == 200:
+                return
+            time.sleep(POLL_INTERVAL)
+        raise ServerError(f"{self.kind.name} did not answer GET / with 200 within "
+                          f"{self.boot_timeout:g} s (last status: {status})\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        texts = []
+        for path in (self.output_path, self.tmp / "railcar.log"):
+            if path.exists():
+                texts += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join("    " + line for line in texts[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM (graceful stop for every server here), then SIGKILL the group if needed."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self.process.wait(5)
+        # Workers outlive a master that died abruptly; they are still in its process group.
+        if self._group_alive():
+            deadline = time.monotonic() + 5
+            while self._group_alive() and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL)
+            self._kill_group()
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
