@@ -1,0 +1,88 @@
+"""Health check run ON THE HOST by the server's python: GET a path through the app's unix
+socket until it answers 2xx/3xx, and check that every worker runs the expected release.
+
+    python -m railcar.deploy.probe --socket S --path /health --admin-socket A --release DIR
+
+Exit 0 when healthy, 1 with the reason on stderr. Bounded by --timeout seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import sys
+import time
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def get(path: str, unix_socket: str, timeout: float = 10) -> tuple[int, bytes]:
+    conn = UnixHTTPConnection(unix_socket, timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "localhost", "User-Agent": "railcar-probe"})
+        response = conn.getresponse()
+        return response.status, response.read(2000)
+    finally:
+        conn.close()
+
+
+def releases_served(admin_socket: str, app: str | None) -> set[str]:
+    from railcar.control.client import call
+
+    status = call(admin_socket, "status", timeout=10)
+    return {w.get("release") for a in status["apps"] if app in (None, a["name"])
+            for w in a["workers"] if w.get("state") == "ready"}
+
+
+def check(args) -> str | None:
+    """None when healthy, else why not."""
+    try:
+        status, body = get(args.path, args.socket)
+    except OSError as exc:
+        return f"GET {args.path} via {args.socket}: {exc}"
+    if not 200 <= status < 400:
+        return f"GET {args.path}: HTTP {status}: {body[:500].decode('utf-8', 'replace')}"
+    if args.release and args.admin_socket:
+        served = releases_served(args.admin_socket, args.app)
+        want = os.path.realpath(args.release)
+        if served != {want}:
+            return f"workers serve {sorted(map(str, served))}, expected {want}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--admin-socket")
+    parser.add_argument("--app")
+    parser.add_argument("--release")
+    parser.add_argument("--timeout", type=float, default=30)
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.timeout
+    problem = "not checked"
+    for _attempt in range(10_000):
+        problem = check(args)
+        if problem is None:
+            print(f"healthy: GET {args.path} answered")
+            return 0
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    print(f"unhealthy after {args.timeout:g} s: {problem}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

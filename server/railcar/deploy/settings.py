@@ -1,0 +1,237 @@
+"""The deploy settings: defaults in one place, validated once, errors naming key and file.
+
+Users set them under the `railcar:` key of Fabric's config (fabric.yaml next to the fabfile,
+~/.fabric.yaml, `-f FILE`, or FABRIC_RAILCAR_* environment variables). `per_host` overrides
+any key for one host, by the name the host was given (`-H` or `hosts`).
+Pure functions of the config: no connection, no file outside the source is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+DEFAULTS: dict[str, Any] = {
+    "app": None,                  # app name: service name, admin socket, status
+    "source": ".",                # a local git repo (archive of `ref`) or a plain directory
+    "ref": "HEAD",                # git ref to deploy; ignored for a plain directory
+    "deploy_to": None,            # default /srv/APP
+    "hosts": [],                  # used when no -H is given
+    "per_host": {},               # {host: {key: value}}: overrides for one host
+    "keep_releases": 5,           # good releases kept by cleanup
+    "shared_dirs": [],            # linked from shared/ into every release
+    "shared_files": [],           # must exist in shared/ before a deploy
+    "requirements": "requirements.txt",  # relative to the release; may be missing
+    "python": "python3",          # interpreter on the host for the virtualenvs
+    "pip_args": [],               # extra `pip install` arguments (e.g. an index URL)
+    "wheel": None,                # railcar wheel to upload (default: built locally)
+    "wheelhouse": None,           # local dir of extra wheels uploaded for pip --find-links
+    "workers": 2,
+    "bind": [],                   # extra binds; unix:DEPLOY_TO/run/app.sock is always there
+    "env": {},                    # environment of the app and of the hooks
+    "hooks": [],                  # run in the release before the swap: "cmd" or [argv]
+    "health_path": "/",
+    "health_timeout": 30,         # seconds for the health check to get a 2xx/3xx
+    "lock_timeout": 3600,         # seconds after which a lock held from another machine is stale
+    "systemd": "auto",            # auto: a unit when systemd runs on the host; else a daemon
+}
+
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(Exception):
+    """A deploy setting is wrong; the message names the key and where it was set."""
+
+
+def _name(value):
+    if not isinstance(value, str) or not APP_NAME.match(value):
+        raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _abs_path(value):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("expected an absolute path on the host")
+    return value.rstrip("/") or "/"
+
+
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
+def _int(minimum):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError("expected a whole number")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return int(value)
+    return check
+
+
+def _str_list(value):
+    if isinstance(value, str):
+        value = [item for item in value.split(",") if item]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of strings")
+    return list(value)
+
+
+def _relative_list(value):
+    items = _str_list(value)
+    for item in items:
+        if item.startswith("/") or ".." in item.split("/"):
+            raise ValueError(f"{item!r} must be a path relative to the release")
+    return items
+
+
+def _mapping(value):
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _hooks(value):
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of commands (strings or lists of arguments)")
+    hooks = []
+    for hook in value:
+        if isinstance(hook, str) and hook.strip():
+            hooks.append(["sh", "-c", hook])
+        elif isinstance(hook, (list, tuple)) and hook and all(isinstance(a, str) for a in hook):
+            hooks.append(list(hook))
+        else:
+            raise ValueError(f"hook {hook!r} is not a command string or a list of arguments")
+    return hooks
+
+
+def _systemd(value):
+    if value not in ("auto", True, False):
+        raise ValueError("expected auto, true or false")
+    return value
+
+
+def _per_host(value):
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError("expected a mapping of host name to a mapping of settings")
+    return value
+
+
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "app": _optional(_name), "source": _text, "ref": _text, "deploy_to": _optional(_abs_path),
+    "hosts": _str_list, "per_host": _per_host, "keep_releases": _int(1),
+    "shared_dirs": _relative_list, "shared_files": _relative_list,
+    "requirements": _text, "python": _text, "pip_args": _str_list,
+    "wheel": _optional(_text), "wheelhouse": _optional(_text), "workers": _int(1),
+    "bind": _str_list, "env": _mapping, "hooks": _hooks, "health_path": _text,
+    "health_timeout": _int(1), "lock_timeout": _int(1), "systemd": _systemd,
+}
+assert set(CHECKS) == set(DEFAULTS)
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """The validated settings for one host."""
+
+    host: str | None
+    app: str
+    source: str
+    ref: str
+    deploy_to: str
+    keep_releases: int
+    shared_dirs: list[str]
+    shared_files: list[str]
+    requirements: str
+    python: str
+    pip_args: list[str]
+    wheel: str | None
+    wheelhouse: str | None
+    workers: int
+    bind: list[str]
+    env: dict[str, str]
+    hooks: list[list[str]]
+    health_path: str
+    health_timeout: int
+    lock_timeout: int
+    systemd: Any
+    hosts: list[str] = field(default_factory=list)
+
+
+def where_set(config, key: str) -> str:
+    """Which source gave `railcar.<key>` its value: a file, the environment, or defaults."""
+    for level in ("runtime", "project", "user", "system"):
+        data = getattr(config, f"_{level}", None) or {}
+        if key in (data.get("railcar") or {}):
+            return str(getattr(config, f"_{level}_path", None) or f"{level} config file")
+    env = getattr(config, "_env", None) or {}
+    if key in (env.get("railcar") or {}):
+        return f"environment variable FABRIC_RAILCAR_{key.upper()}"
+    files = [str(getattr(config, f"_{level}_path", None)) for level in ("runtime", "project")
+             if getattr(config, f"_{level}_found", None)]
+    return " / ".join(files) or "fabric config (no fabric.yaml found)"
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain dicts and lists (Fabric hands out DataProxy objects)."""
+    if hasattr(value, "items") and not isinstance(value, str):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _raw(config) -> dict[str, Any]:
+    try:
+        section = config["railcar"]
+    except KeyError:
+        section = {}
+    return _plain(section) if section else {}
+
+
+def validate(raw: dict[str, Any], where: Callable[[str], str], host: str | None) -> DeployConfig:
+    """Check every key of one host's settings; raise ConfigError naming the key and source."""
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where(unknown[0])}: railcar.{unknown[0]}: unknown setting "
+                          f"(known: {', '.join(sorted(DEFAULTS))})")
+    values = dict(DEFAULTS)
+    values.update(raw)
+    out = {}
+    for key, check in CHECKS.items():
+        try:
+            out[key] = check(values[key])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where(key)}: railcar.{key}: {exc} (got {values[key]!r})") from None
+    if out["app"] is None:
+        raise ConfigError(f"{where('app')}: railcar.app: required (the app's name)")
+    out["deploy_to"] = out["deploy_to"] or f"/srv/{out['app']}"
+    out["source"] = os.path.abspath(os.path.expanduser(out["source"]))
+    if not os.path.isdir(out["source"]):
+        raise ConfigError(f"{where('source')}: railcar.source: {out['source']} is not a directory")
+    del out["per_host"]
+    return DeployConfig(host=host, **out)
+
+
+def load(config, host: str | None = None) -> DeployConfig:
+    """The settings of `host` (None: no host given) from a Fabric/invoke config object."""
+    raw = _raw(config)
+    per_host = raw.get("per_host") or {}
+    if host is not None and isinstance(per_host, dict) and isinstance(per_host.get(host), dict):
+        override = per_host[host]
+        raw = {**raw, **override}
+
+        def where(key: str) -> str:
+            origin = where_set(config, "per_host" if key in override else key)
+            return f"{origin} (per_host {host})" if key in override else origin
+    else:
+        def where(key: str) -> str:
+            return where_set(config, key)
+    return validate(raw, where, host)

@@ -1,0 +1,139 @@
+"""Loopback SSH test hosts: real OpenSSH `sshd` on 127.0.0.1, one per host, as this user.
+
+Each host gets a generated host key, the shared generated client key in its
+authorized_keys, its own port and its own deploy root. Root may log in by key only, and only
+in this generated config. An ssh_config file maps each host name to its port, user and key,
+so Fabric (`ssh_config_path`) and plain `ssh -F` reach it by name.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {host_key}
+AuthorizedKeysFile {authorized_keys}
+PidFile {pid_file}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+StrictModes no
+AllowUsers {user}
+MaxStartups 50:30:100
+MaxSessions 50
+LogLevel ERROR
+Subsystem sftp internal-sftp
+"""
+
+CLIENT_CONFIG = """\
+Host {name}
+    HostName 127.0.0.1
+    Port {port}
+    User {user}
+    IdentityFile {key}
+    IdentitiesOnly yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    LogLevel ERROR
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, timeout=30)
+    return path
+
+
+@dataclass
+class SshHost:
+    name: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def deploy_to(self) -> Path:
+        return self.workdir / "srv"
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd for {self.name} exited: {self.proc.stderr.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sshd for {self.name} not answering on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+class SshHosts:
+    """Start named loopback hosts; `ssh_config` names them for Fabric."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.user = getpass.getuser()
+        self.client_key = keygen(workdir / "client_key")
+        self.authorized_keys = workdir / "authorized_keys"
+        self.authorized_keys.write_text((workdir / "client_key.pub").read_text())
+        self.ssh_config = workdir / "ssh_config"
+        self.hosts: dict[str, SshHost] = {}
+
+    def start(self, name: str) -> SshHost:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        hostdir = self.workdir / name
+        hostdir.mkdir()
+        host = SshHost(name, free_port(), hostdir)
+        config = hostdir / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(
+            port=host.port, host_key=keygen(hostdir / "host_key"),
+            authorized_keys=self.authorized_keys, pid_file=hostdir / "sshd.pid", user=self.user))
+        host.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.hosts[name] = host
+        with self.ssh_config.open("a") as handle:
+            handle.write(CLIENT_CONFIG.format(name=name, port=host.port, user=self.user,
+                                              key=self.client_key))
+        host.wait_ready()
+        return host
+
+    def ssh(self, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        import shlex
+
+        return subprocess.run(["ssh", "-F", str(self.ssh_config), name, shlex.join(argv)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def stop_all(self) -> None:
+        for host in self.hosts.values():
+            host.stop()

@@ -1,0 +1,87 @@
+"""railcar.deploy without hosts: settings validation, command quoting, release choices."""
+
+from __future__ import annotations
+
+import pytest
+from invoke import Config
+
+from railcar.deploy import releases as rel
+from railcar.deploy.remote import Remote
+from railcar.deploy.settings import ConfigError, load
+from railcar.deploy.tasks import cli_hosts
+
+
+def config_from_file(tmp_path, text: str) -> Config:
+    path = tmp_path / "fabric.yaml"
+    path.write_text(text)
+    config = Config(runtime_path=str(path))
+    config.load_runtime()
+    return config
+
+
+def test_settings_defaults_and_per_host(tmp_path):
+    config = config_from_file(tmp_path, f"""
+railcar:
+  app: shop
+  source: {tmp_path}
+  per_host:
+    web2: {{deploy_to: /opt/shop, workers: 4}}
+""")
+    one = load(config, "web1")
+    two = load(config, "web2")
+    assert (one.deploy_to, one.workers, one.keep_releases) == ("/srv/shop", 2, 5)
+    assert (two.deploy_to, two.workers) == ("/opt/shop", 4)
+
+
+@pytest.mark.parametrize("body, words", [
+    ("keep_releases: 0", ["railcar.keep_releases", "at least 1"]),
+    ("deploy_to: relative/path", ["railcar.deploy_to", "absolute"]),
+    ("hooks: [[]]", ["railcar.hooks"]),
+    ("colour: blue", ["railcar.colour", "unknown setting"]),
+    ("shared_dirs: ['../etc']", ["railcar.shared_dirs", "relative"]),
+])
+def test_bad_settings_name_the_key_and_the_file(tmp_path, body, words):
+    config = config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n  {body}\n")
+    with pytest.raises(ConfigError) as error:
+        load(config, "web1")
+    message = str(error.value)
+    assert str(tmp_path / "fabric.yaml") in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_app_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="railcar.app: required"):
+        load(config_from_file(tmp_path, f"railcar:\n  source: {tmp_path}\n"))
+
+
+def test_every_argument_is_quoted():
+    text = Remote.command(["sh", "-c", "echo $HOME; rm -rf /"], cwd="/srv/my app",
+                          env={"A": "b c"})
+    assert text == "cd '/srv/my app' && env 'A=b c' sh -c 'echo $HOME; rm -rf /'"
+    with pytest.raises(TypeError):
+        Remote.command("ls -l")
+
+
+def test_cli_hosts():
+    assert cli_hosts(["fab", "-H", "a,b", "deploy"]) == ["a", "b"]
+    assert cli_hosts(["fab", "--hosts=a", "-Hc", "deploy"]) == ["a", "c"]
+    assert cli_hosts(["fab", "deploy"]) == []
+
+
+def releases(*rows):
+    return [rel.Release(name, state, 0, "", current) for name, state, current in rows]
+
+
+def test_previous_good_skips_failed_and_incomplete():
+    inventory = releases(("1", "good", False), ("2", "failed", False),
+                         ("3", "good", True), ("4", "failed", False), ("5", "incomplete", False))
+    assert rel.previous_good(inventory).name == "1"
+
+
+def test_cleanup_keeps_n_good_and_never_current_or_previous():
+    inventory = releases(("1", "good", False), ("2", "good", False), ("3", "failed", False),
+                         ("4", "good", True), ("5", "good", False), ("6", "incomplete", False))
+    removed = {r.name for r in rel.to_remove(inventory, keep=1, protect=set())}
+    # 5 is the newest good (kept), 4 is current, 2 is the previous good before current.
+    assert removed == {"1", "3", "6"}
