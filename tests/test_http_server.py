@@ -282,6 +282,25 @@ def test_client_disconnect_mid_response(server):
     assert "big" not in server.stderr()  # no traceback for a client that went away
 
 
+def test_slow_reader_gets_a_large_body(fresh_server):
+    """The socket timeout bounds each wait for the client, not the whole transfer."""
+    proc = fresh_server("keepalive_timeout=1", "header_timeout=1")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(5)
+    with sock:
+        sock.connect(("127.0.0.1", proc.port))
+        sock.sendall(request_bytes("GET", "/big-once"))
+        started, received = time.monotonic(), 0
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+            time.sleep(0.01)
+            if received >= 16 << 20:
+                break
+    assert received >= 16 << 20
+    assert time.monotonic() - started > 1.2  # slower than one timeout, yet not cut off
+
+
 def test_validator_app_runs_clean(server):
     assert get(server, "/validated").text == "got 0"
     assert requests.post(server.url("/validated"), data=b"12345", timeout=5).text == "got 5"

@@ -72,6 +72,13 @@ def big(environ, start_response):
         yield piece
 
 
+def big_once(environ, start_response):
+    """A 16 MiB body as a single list item: sent with one send_all."""
+    body = b"y" * (16 << 20)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+
+
 def ignore_body(environ, start_response):
     """Answers without reading the request body."""
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
@@ -134,6 +141,7 @@ ROUTES = {
     "/crash": crash,
     "/crash-mid-stream": crash_mid_stream,
     "/big": big,
+    "/big-once": big_once,
     "/ignore-body": ignore_body,
     "/head-body": head_body,
     "/read-later": read_later,

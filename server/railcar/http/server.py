@@ -496,8 +496,9 @@ class Connection:
             line = "-"
         else:
             line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
-        self.server.access_log(f"{self.remote_addr or '-'} - - [{strftime('%d/%b/%Y:%H:%M:%S %z')}]"
-                               f" \"{line}\" {code} {sent} {millis:.1f}")
+        stamp = strftime("%d/%b/%Y:%H:%M:%S %z")
+        self.server.access_log(f'{self.remote_addr or "-"} - - [{stamp}] "{line}" {code} {sent} '
+                               f"{millis:.1f}")
 
 
 def _content_length(request):

@@ -239,6 +239,7 @@ class Input:
 
 
 _SERVER = "Server: railcar\r\n"
+_SEND_CHUNK = 1 << 20
 _NO_BODY_CODES = frozenset((204, 304))
 # Response header names (lower-cased) that change framing or that we add ourselves.
 _SPECIAL = frozenset(("content-length", "date", "server", "connection", "transfer-encoding",
@@ -264,18 +265,23 @@ def error_response(status, detail=""):
 
 
 def send_all(sock, data):
-    """sendall, with a direct non-blocking send first (the common case for small writes)."""
+    """Send all of `data` on a gevent socket, or raise ClientDisconnected.
+
+    The socket's timeout bounds each wait for the client to accept more bytes, not the whole
+    transfer (gevent's own sendall gives the whole call one deadline, which would cut off a
+    large body sent to a slow but live client). Small writes take one direct send().
+    """
     try:
-        sent = sock._sock.send(data)
-    except BlockingIOError:
-        sent = 0
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            view = memoryview(data)
+            while sent < len(view):
+                sent += sock.send(view[sent:sent + _SEND_CHUNK])
     except OSError as exc:
         raise ClientDisconnected(str(exc)) from exc
-    if sent < len(data):
-        try:
-            sock.sendall(memoryview(data)[sent:])
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from exc
 
 
 class Response:
