@@ -102,6 +102,7 @@ class SshHosts:
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.client_key = keygen(workdir / "client_key")
         self.authorized_keys = workdir / "authorized_keys"

@@ -1,0 +1,331 @@
+"""`fab setup / deploy / rollback / releases` over real OpenSSH to loopback test hosts.
+
+The tests run in order on shared hosts (each deploy builds on the last), the way a site
+lives: first deploy, a changed release under load, a broken one, a failing hook, a locked and
+a killed deploy, two hosts, cleanup. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port, wait_for
+from loadgen import Load
+from sshd import SshHosts
+
+FAB = str(Path(sys.executable).parent / "fab")
+APP = '''
+import os
+{extra}
+def application(environ, start_response):
+    body = b"version {version}"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+TIMINGS: dict[str, float] = {}
+
+
+def stage_seconds(output: str, stage: str) -> float:
+    line = next(line for line in output.splitlines() if f"] {stage:<8} ok " in line)
+    return float(line.split(" ok ")[1].split("s")[0])
+
+
+class Site:
+    """The loopback hosts, the app's git repo and the project dir holding fabfile.py."""
+
+    def __init__(self, workdir: Path, wheelhouse: Path):
+        self.workdir = workdir
+        self.ssh = SshHosts(workdir / "ssh")
+        self.hosts = {}
+        self.ports = {}
+        self.app = workdir / "app"
+        self.project = workdir / "project"
+        self.wheelhouse = wheelhouse
+
+    def add_host(self, name: str):
+        self.hosts[name] = self.ssh.start(name)
+        self.ports[name] = free_port()
+        self.write_config()
+
+    def write_config(self) -> None:
+        per_host = "".join(
+            f"    {name}: {{deploy_to: {host.deploy_to}, bind: ['127.0.0.1:{self.ports[name]}']}}\n"
+            for name, host in self.hosts.items())
+        (self.project / "fabric.yaml").write_text(f"""\
+ssh_config_path: {self.ssh.ssh_config}
+railcar:
+  app: site
+  source: {self.app}
+  wheelhouse: {self.wheelhouse}
+  pip_args: [--no-index]
+  keep_releases: 3
+  shared_dirs: [log]
+  health_path: /
+  health_timeout: 15
+  per_host:
+{per_host}""")
+
+    def commit(self, version: str, extra: str = "") -> str:
+        (self.app / "wsgi.py").write_text(APP.format(version=version, extra=extra))
+        git = ["git", "-C", str(self.app), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+        subprocess.run(git + ["add", "wsgi.py", "requirements.txt"], check=True)
+        subprocess.run(git + ["commit", "-q", "-m", version], check=True)
+        return subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def fab(self, *args: str, ok: bool = True, timeout: float = 240) -> str:
+        result = subprocess.run([FAB, *args], cwd=self.project, capture_output=True, text=True,
+                                timeout=timeout)
+        output = result.stdout + result.stderr
+        print(output)
+        assert (result.returncode == 0) == ok, output
+        return output
+
+    def popen_fab(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([FAB, *args], cwd=self.project, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def root(self, name: str = "host1") -> Path:
+        return self.hosts[name].deploy_to
+
+    def current(self, name: str = "host1") -> str:
+        return os.path.basename(os.readlink(self.root(name) / "current"))
+
+    def get(self, name: str = "host1") -> str:
+        import requests
+
+        return requests.get(f"http://127.0.0.1:{self.ports[name]}/", timeout=10).text
+
+    def states(self, name: str = "host1") -> dict[str, str]:
+        out = {}
+        for release in sorted((self.root(name) / "releases").iterdir()):
+            state = release / ".railcar-state"
+            out[release.name] = state.read_text().strip() if state.exists() else "incomplete"
+        return out
+
+    def stop_servers(self) -> None:
+        for name in self.hosts:
+            admin = self.root(name) / "run" / "admin.sock"
+            railcar = self.root(name) / "railcar" / "bin" / "railcar"
+            if admin.exists() and railcar.exists():
+                subprocess.run([str(railcar), "stop", "--admin-socket", str(admin)],
+                               capture_output=True, timeout=90)
+            pid_file = self.root(name) / "run" / "railcar.pid"
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+                except (ValueError, ProcessLookupError):
+                    pass
+
+
+@pytest.fixture(scope="module")
+def deploy_wheelhouse(wheelhouse, tmp_path_factory) -> Path:
+    """The session wheelhouse plus virtualenv, which the hosts' server venvs install."""
+    house = tmp_path_factory.mktemp("deploy-wheels")
+    for wheel in wheelhouse.glob("*.whl"):
+        shutil.copy(wheel, house)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
+                    "virtualenv"], check=True, timeout=600)
+    return house
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, deploy_wheelhouse):
+    site = Site(tmp_path_factory.mktemp("deploy"), deploy_wheelhouse)
+    site.app.mkdir()
+    site.project.mkdir()
+    subprocess.run(["git", "init", "-q", str(site.app)], check=True)
+    (site.app / "requirements.txt").write_text("click\n")
+    (site.app / "uncommitted.txt").write_text("never shipped\n")
+    subprocess.run(["git", "-C", str(site.app), "add", "requirements.txt"], check=True)
+    (site.project / "fabfile.py").write_text("from railcar.deploy import ns\n")
+    try:
+        site.add_host("host1")
+        site.add_host("host2")
+        yield site
+    finally:
+        site.stop_servers()
+        site.ssh.stop_all()
+        shutil.rmtree(site.workdir, ignore_errors=True)
+
+
+def deploy_under_load(site: Site, *args: str, ok: bool = True) -> tuple[str, Load, float]:
+    load = Load("127.0.0.1", site.ports["host1"], clients=4, max_seconds=120).start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        output = site.fab("-H", "host1", "deploy", *args, ok=ok)
+        took = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    return output, load, took
+
+
+def test_setup_is_idempotent(site):
+    first = site.fab("-H", "host1", "setup")
+    assert "installed railcar-" in first
+    second = site.fab("-H", "host1", "setup")
+    for stage in ("layout", "wheels", "server"):
+        assert f"{stage:<8} ok" in second and "unchanged" in second
+    assert "installed" not in second and "created" not in second
+
+
+def test_first_deploy_serves(site):
+    sha = site.commit("1")
+    started = time.monotonic()
+    output = site.fab("-H", "host1", "deploy")
+    TIMINGS["first deploy"] = time.monotonic() - started
+    TIMINGS["first venv stage"] = stage_seconds(output, "venv")
+    assert "built venvs/" in output
+    for stage in ("lock", "check", "upload", "unpack", "link", "venv", "hooks", "swap",
+                  "restart", "health", "mark", "cleanup", "unlock"):
+        assert f"{stage:<8} ok" in output, stage
+    assert site.get() == "version 1"
+    current = site.root() / "current"
+    assert (current / "REVISION").read_text().strip() == sha
+    assert not (current / "uncommitted.txt").exists()
+    assert (current / "log").resolve() == site.root() / "shared" / "log"
+    assert site.current().endswith("-" + sha[:7])
+
+
+def test_second_deploy_under_load_reuses_the_venv(site):
+    sha = site.commit("2")
+    output, load, took = deploy_under_load(site)
+    TIMINGS["second deploy"] = took
+    TIMINGS["second venv stage"] = stage_seconds(output, "venv")
+    assert "reused venvs/" in output and "built venvs/" not in output
+    assert load.failures() == [], load.failures()[:3]
+    assert len(load.outcomes) > 50
+    assert site.get() == "version 2"
+    # the venv stage is where reuse shows; the rest is SSH round trips, the same each time
+    assert TIMINGS["second venv stage"] * 3 < TIMINGS["first venv stage"], TIMINGS
+    log = (site.root() / "revisions.log").read_text().splitlines()
+    assert len(log) == 2 and log[-1].split()[1:3] == ["deployed", site.current()]
+    assert sha in log[-1]
+
+
+def test_broken_release_is_refused_and_skipped_by_rollback(site):
+    good = site.current()
+    site.commit("3", extra='raise RuntimeError("release 3 cannot import")')
+    output, load, _ = deploy_under_load(site, ok=False)
+    assert "RuntimeError: release 3 cannot import" in output
+    assert load.failures() == [], load.failures()[:3]
+    assert site.current() == good and site.get() == "version 2"
+    failed = [name for name, state in site.states().items() if state == "failed"]
+    assert len(failed) == 1 and failed[0] > good
+    listing = site.fab("-H", "host1", "releases")
+    assert "failed" in listing and "* " + good in listing
+    # rollback skips the failed release and goes back to the previous good one: version 1
+    site.fab("-H", "host1", "rollback")
+    assert site.get() == "version 1"
+    assert "rolled back" in (site.root() / "revisions.log").read_text()
+    site.fab("-H", "host1", "rollback", "--release", good)
+    assert site.get() == "version 2"
+
+
+def test_failing_hook_stops_before_the_swap(site):
+    before = site.current()
+    site.commit("4")
+    hooks = site.project / "hooks.yaml"
+    hooks.write_text("railcar:\n  hooks: ['echo migrating; exit 3']\n")
+    output = site.fab("-f", str(hooks), "-H", "host1", "deploy", ok=False)
+    assert "migrating" in output and "hooks    FAILED" in output
+    assert "swap" not in output.split("hooks    FAILED")[1].split("marked")[0]
+    assert site.current() == before and site.get() == "version 2"
+    assert sorted(site.states().items())[-1][1] == "failed"
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and marker not in seen:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+    assert marker in seen, seen
+    return seen
+
+
+def test_concurrent_deploy_fails_fast_on_the_lock(site):
+    first = site.popen_fab("-H", "host1", "deploy")
+    try:
+        read_until(first, "lock     ok")
+        started = time.monotonic()
+        output = site.fab("-H", "host1", "deploy", ok=False)
+        assert time.monotonic() - started < 20
+        assert f"deploy locked by" in output and f"pid {first.pid} " in output
+    finally:
+        rest = first.communicate(timeout=240)[0]
+    assert first.returncode == 0, rest
+    assert site.get() == "version 4"
+
+
+def test_killed_deploy_then_next_deploy_succeeds(site):
+    site.commit("5")
+    proc = site.popen_fab("-H", "host1", "deploy")
+    try:
+        read_until(proc, "upload   upload")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert (site.root() / "deploy.lock").exists()
+    output = site.fab("-H", "host1", "deploy")
+    assert "stale lock" in output and f"process {proc.pid} on this machine is gone" in output
+    assert site.get() == "version 5"
+    assert "incomplete" not in site.states().values()
+    assert list((site.root() / "tmp").iterdir()) == []
+
+
+def test_cleanup_keeps_n_good_releases(site):
+    states = site.states()
+    good = [name for name, state in states.items() if state == "good"]
+    assert len(good) == 3 and "failed" not in states.values()
+    assert site.current() == good[-1]
+    used = {os.path.basename(os.readlink(site.root() / "releases" / r / ".venv")) for r in good}
+    assert {p.name for p in (site.root() / "venvs").iterdir()} == used
+
+
+def test_two_hosts_prepare_all_before_any_swap(site):
+    site.fab("-H", "host2", "setup")
+    site.commit("6")
+    output = site.fab("-H", "host1,host2", "deploy")
+    lines = output.splitlines()
+    first_swap = min(i for i, line in enumerate(lines) if "swap     point" in line)
+    last_hook = max(i for i, line in enumerate(lines) if "hooks    ok" in line)
+    assert last_hook < first_swap
+    assert site.get("host1") == site.get("host2") == "version 6"
+
+    # a failure on host2 before the swap leaves both hosts on version 6
+    before = {name: site.current(name) for name in ("host1", "host2")}
+    site.commit("7")
+    hooks = site.project / "hooks2.yaml"
+    hooks.write_text("railcar:\n  per_host:\n    host2: {hooks: ['exit 4']}\n")
+    site.write_config()
+    config = (site.project / "fabric.yaml").read_text()
+    (site.project / "fabric.yaml").write_text(
+        config.replace("    host2: {", "    host2: {hooks: ['exit 4'], "))
+    try:
+        output = site.fab("-H", "host1,host2", "deploy", ok=False)
+    finally:
+        site.write_config()
+    assert "failed before the swap" in output and "swap     point" not in output
+    assert {name: site.current(name) for name in before} == before
+    assert site.get("host1") == site.get("host2") == "version 6"
+
+
+def test_timings_reported():
+    print("\n" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in TIMINGS.items()))
