@@ -217,8 +217,8 @@ def stage_cleanup(host: Host) -> str:
     remote, paths = host.remote, host.paths
     inventory = rel.inventory(remote, paths)
     doomed = rel.to_remove(inventory, host.config.keep_releases, protect={host.release})
-    for release in doomed:
-        remote.run(["rm", "-rf", paths.release(release.name)])
+    if doomed:
+        remote.run(["rm", "-rf", *(paths.release(release.name) for release in doomed)])
     kept = [r.name for r in inventory if r not in doomed]
     removed_venvs = venvs.cleanup(remote, paths, venvs.in_use(remote, paths, kept))
     remote.run(["find", paths.tmp, "-mindepth", "1", "-delete"], check=False)

@@ -55,19 +55,19 @@ def ensure(remote: Remote, paths: Paths, config: DeployConfig, release_dir: str,
 
 def in_use(remote: Remote, paths: Paths, release_names: list[str]) -> set[str]:
     """Keys of the venvs the given releases link to."""
-    keys = set()
-    for name in release_names:
-        target = remote.run(["readlink", posixpath.join(paths.release(name), VENV_LINK)],
-                            check=False).stdout.strip()
-        if target:
-            keys.add(posixpath.basename(target.rstrip("/")))
-    return keys
+    if not release_names:
+        return set()
+    links = [posixpath.join(paths.release(name), VENV_LINK) for name in release_names]
+    # one round trip: readlink of every link (missing ones print nothing)
+    out = remote.run(["sh", "-c", 'for l in "$@"; do readlink "$l"; done; true', "sh", *links])
+    return {posixpath.basename(line.strip().rstrip("/")) for line in out.stdout.splitlines()
+            if line.strip()}
 
 
 def cleanup(remote: Remote, paths: Paths, keep_keys: set[str]) -> list[str]:
     """Remove venvs no kept release uses; returns the keys removed."""
     listing = remote.run(["ls", "-1", paths.venvs], check=False).stdout.split()
     removed = [name for name in listing if name not in keep_keys]
-    for name in removed:
-        remote.run(["rm", "-rf", paths.venv(name)])
+    if removed:
+        remote.run(["rm", "-rf", *(paths.venv(name) for name in removed)])
     return removed
