@@ -146,11 +146,17 @@ def restart(app, admin_socket, pid_file) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--requests", "in_flight", is_flag=True,
+              help="List the requests in flight (method, path, client, age, worker).")
 @_admin_options
-def status(as_json, admin_socket, pid_file) -> None:
+def status(as_json, in_flight, admin_socket, pid_file) -> None:
     """Apps and workers: pid, release, state, requests, in flight, CPU, RSS, uptime."""
-    from .status_table import render
+    from .status_table import render, render_requests
 
+    if in_flight:
+        result = _call(admin_socket, "requests")
+        click.echo(json.dumps(result, indent=2) if as_json else render_requests(result))
+        return
     result = _call(admin_socket, "status")
     click.echo(json.dumps(result, indent=2) if as_json else render(result))
 

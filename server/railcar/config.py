@@ -35,6 +35,7 @@ class AppConfig:
     access_log: str | None
     boot_timeout: float
     limits: dict[str, Any] = field(default_factory=dict)
+    supervision: dict[str, Any] = field(default_factory=dict)   # see SUPERVISION_NAMES
 
 
 @dataclass
@@ -45,10 +46,17 @@ class ServerConfig:
     daemon: bool
     graceful_timeout: float
     apps: list[AppConfig]
+    metrics_bind: str | None = None
 
 
 LIMIT_NAMES = ("max_request_line", "max_header_size", "max_headers", "max_body_size",
                "keepalive_timeout", "header_timeout", "worker_connections")
+
+# Limits the worker enforces per request (http.server.Limits) beyond the protocol's.
+REQUEST_LIMIT_NAMES = ("max_concurrent_requests", "max_request_time")
+# Settings the master enforces (pool.py, supervision.py).
+SUPERVISION_NAMES = ("max_requests", "max_requests_jitter", "memory_limit", "max_workers",
+                     "idle_timeout", "environment")
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -111,7 +119,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str) -> AppConfig:
         env=dict(values["env"]),
         access_log=values.get("access_log"),
         boot_timeout=values["boot_timeout"],
-        limits={name: values[name] for name in LIMIT_NAMES},
+        limits={name: values[name] for name in LIMIT_NAMES + REQUEST_LIMIT_NAMES},
+        supervision={name: values[name] for name in SUPERVISION_NAMES},
     )
 
 
@@ -131,6 +140,7 @@ def _server(values: dict[str, Any], apps: list[AppConfig]) -> ServerConfig:
         daemon=values["daemon"],
         graceful_timeout=values["graceful_timeout"],
         apps=apps,
+        metrics_bind=values.get("metrics_bind"),
     )
 
 

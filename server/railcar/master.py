@@ -6,7 +6,9 @@ Signal handlers only queue the signal; the main loop dispatches each to one `han
     TERM  graceful stop: workers finish in-flight requests (up to graceful_timeout)
     INT, QUIT  fast stop
     USR1  reopen log files (master and workers)
-The loop also ticks once a second: `manage_workers` of each app, and restart.txt checks.
+The loop also ticks once a second: `manage_workers` and `supervise` (limits, dynamic pool)
+of each app, and restart.txt checks. With `metrics_bind` the master also serves Prometheus
+metrics (railcar.metrics).
 """
 
 from __future__ import annotations
@@ -42,10 +44,17 @@ class Master:
             AppPool(app, [listeners[b] for b in app.binds], config.graceful_timeout, log)
             for app in config.apps]
         self.control = ControlServer(config.admin_socket, self, log)
+        self.metrics = None
+        if config.metrics_bind:
+            from .metrics import MetricsServer     # prometheus-client only when asked for
+
+            self.metrics = MetricsServer(config.metrics_bind, self, log)
 
     # --- lifecycle ------------------------------------------------------------------------
     def run(self, on_started=None) -> int:
         """Serve until stopped; returns the process exit status."""
+        if self.metrics:
+            self.metrics.start()
         self.control.start()
         self._write_pid_file()
         for sig in SIGNALS:
@@ -71,6 +80,7 @@ class Master:
                 self.log.info("%s: tmp/restart.txt touched", pool.app.name)
                 gevent.spawn(pool.restart)
             pool.manage_workers()
+            pool.supervise()
 
     def shutdown(self, graceful: bool) -> None:
         """Stop every app's workers, then release the sockets, pid file and admin socket."""
@@ -83,6 +93,8 @@ class Master:
         for address, sock in self.listeners.items():
             sockets.close(address, sock)
         self.control.stop()
+        if self.metrics:
+            self.metrics.stop()
         self._remove_pid_file()
         self.log.info("master %d stopped", self.pid)
 

@@ -1,12 +1,16 @@
 """The workers of one app: keep the wanted number serving, roll them over to a new release.
 
-Runs in the master (gevent). Every spawn goes through `self.lock`, so a rolling restart and
-a crash respawn never interleave. `manage_workers` is the one place that reconciles the
-actual worker set with the wanted one; `restart` is the one place that changes release.
+Runs in the master (gevent). Every spawn goes through `self.lock`, so a rolling restart, a
+crash respawn and a replacement never interleave. `manage_workers` is the one place that
+reconciles the actual worker set with the wanted one; `restart` is the one place that changes
+release; `replace_worker` is the one way a worker over a limit is swapped for a new one.
+`supervise` (each tick) samples the workers, replaces those over a limit and sizes a dynamic
+pool between `workers` and `max_workers`.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -17,7 +21,9 @@ import gevent.lock
 
 from . import release as releases
 from . import states
+from . import supervision
 from .config import AppConfig
+from .fallback import BootErrorResponder
 from .process import WorkerProcess
 
 MAX_BACKOFF = 60.0
@@ -50,6 +56,16 @@ class AppPool:
         self.last_error: str | None = None
         self.last_restart: RestartOutcome | None = None
         self.restart_txt_mtime = self._restart_txt_mtime()
+        self.wanted = app.workers           # grows up to max_workers under load
+        self.samples: dict[WorkerProcess, supervision.Sample] = {}
+        self.counters = supervision.AppCounters()
+        self.replacing: set[WorkerProcess] = set()
+        self.replacements: collections.Counter[str] = collections.Counter()
+        self.last_replacement: dict | None = None
+        self.restarts: collections.Counter[str] = collections.Counter()   # "ok" / "failed"
+        self.supervisor: gevent.Greenlet | None = None
+        self.fallback = BootErrorResponder(
+            self, app.supervision.get("environment") == "development")
 
     # --- views ----------------------------------------------------------------------------
     def serving(self) -> list[WorkerProcess]:
@@ -79,7 +95,9 @@ class AppPool:
     def _spawn_ready(self, release: releases.Release) -> tuple[WorkerProcess, bool]:
         worker = self.spawn_worker(release)
         ok = worker.state != states.FAILED and worker.wait_ready(self.app.boot_timeout)
-        if not ok:
+        if ok:
+            self.fallback.stop()
+        else:
             self.log.error("%s", worker.failure_text())
             if worker in self.workers and worker.popen is None:
                 self.workers.remove(worker)
@@ -90,10 +108,11 @@ class AppPool:
 
     def manage_workers(self) -> None:
         """Reconcile: spawn the missing workers (with backoff after failures), retire extras."""
+        self._answer_while_down()
         if self.stopping or self.lock.locked():
             return
         serving = self.serving()
-        missing = self.app.workers - len(serving)
+        missing = self.wanted - len(serving)
         if missing < 0:
             for worker in sorted(serving, key=lambda w: w.started_at)[:-missing]:
                 worker.retire()
@@ -123,10 +142,13 @@ class AppPool:
         delay = min(2.0 ** (self.boot_failures - 1), MAX_BACKOFF)
         self.next_spawn_at = time.monotonic() + delay
         self.log.error("%s: could not start a worker; next try in %.0f s", self.app.name, delay)
+        self._answer_while_down()
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+        self.samples.pop(worker, None)
+        self.counters.forget(worker.pid)
         if worker.state == states.EXITED and not worker.retired:
             self.log.warning("%s: worker %s exited unexpectedly (%s); respawning",
                              self.app.name, worker.pid, exit_reason(worker.returncode))
@@ -146,6 +168,7 @@ class AppPool:
             outcome = self._restart_locked(outcome)
         outcome.finished_at = time.time()
         self.last_restart = outcome
+        self.restarts["ok" if outcome.ok else "failed"] += 1
         self.manage_workers()
         return outcome
 
@@ -160,7 +183,7 @@ class AppPool:
         self.log.info("%s: rolling restart of %d worker(s) onto %s", self.app.name,
                       len(old), release.path)
         fresh, retired = [], []
-        for index in range(max(self.app.workers, len(old))):
+        for index in range(max(self.wanted, len(old))):
             worker, ok = self._spawn_ready(release)
             if not ok:
                 outcome.error = worker.failure_text()
@@ -191,6 +214,113 @@ class AppPool:
             if not worker.exited.is_set():
                 worker.kill(signal.SIGKILL)
 
+    def _answer_while_down(self) -> None:
+        """The master answers 503 (an error page in development) while the app's last boot
+        failed and no worker is ready; workers take the listeners back once one is ready."""
+        down = (self.last_error is not None and not self.stopping
+                and not any(w.state == states.READY for w in self.workers))
+        if down:
+            self.fallback.start()
+        else:
+            self.fallback.stop()
+
+    # --- limits and the dynamic pool (each tick) ------------------------------------------
+    def supervise(self) -> None:
+        """Start one round of sampling and decisions unless the previous one still runs."""
+        if self.stopping or (self.supervisor is not None and not self.supervisor.dead):
+            return
+        self.supervisor = gevent.spawn(self._supervise)
+
+    def _supervise(self) -> None:
+        watched = [w for w in self.workers if w.state in (states.READY, states.RETIRING)]
+        answers = [gevent.spawn(w.call, "stats", 1.0) for w in watched]
+        gevent.joinall(answers)
+        now = time.monotonic()
+        for worker, answer in zip(watched, answers):
+            sample = self.samples.get(worker)
+            if sample is None:
+                sample = self.samples[worker] = supervision.Sample(
+                    first_seen=now, active_at=now,
+                    request_budget=supervision.request_budget(self.app.supervision))
+            sample.record(answer.value, worker.resources(), now)
+            if answer.value:
+                self.counters.add(worker.pid, answer.value)
+        if self.stopping:
+            return
+        for worker in watched:
+            if worker.state == states.READY and worker not in self.replacing:
+                reason = supervision.limit_exceeded(
+                    self.samples[worker], self.app.supervision,
+                    self.app.limits.get("max_request_time", 0), now)
+                if reason:
+                    self.replace_worker(worker, reason)
+        self._resize(now)
+
+    def replace_worker(self, worker: WorkerProcess, reason: str) -> None:
+        """Swap `worker` for a new one of the current release, without dropping a request:
+        the new worker is started and ready before the old one retires gracefully. If the new
+        one fails to boot, the old one keeps serving (and is tried again after the backoff).
+        Returns at once; the work runs in its own greenlet, under the pool lock."""
+        if worker in self.replacing or worker.state != states.READY:
+            return
+        self.replacing.add(worker)
+        gevent.spawn(self._replace, worker, reason)
+
+    def _replace(self, worker: WorkerProcess, reason: str) -> None:
+        try:
+            if time.monotonic() < self.next_spawn_at:
+                return
+            with self.lock:
+                if self.stopping or worker.state != states.READY:
+                    return
+                self.log.warning("%s: replacing worker %s: %s", self.app.name, worker.pid,
+                                 reason)
+                if reason.startswith("max_request_time: the worker has not answered"):
+                    worker.kill(signal.SIGUSR2)     # its stacks go to the log
+                try:
+                    fresh, ok = self._spawn_ready(self._resolve())
+                except releases.ReleaseError as exc:
+                    fresh, ok = None, False
+                    self.last_error = str(exc)
+                if not ok:
+                    self._boot_failed(fresh.failure_text() if fresh else self.last_error)
+                    return
+                worker.retire()
+                self.replacements[supervision.reason_kind(reason)] += 1
+                self.last_replacement = {"pid": worker.pid, "new_pid": fresh.pid,
+                                         "reason": reason, "at": time.time()}
+            self._wait_exited([worker])
+        finally:
+            self.replacing.discard(worker)
+
+    def _resize(self, now: float) -> None:
+        """Dynamic pool: one more worker when every worker has a request in flight (up to
+        max_workers); one fewer when a worker has been idle for idle_timeout (down to
+        `workers`). One step per tick, and none while a worker boots."""
+        policy = self.app.supervision
+        maximum = policy.get("max_workers") or 0
+        if maximum <= self.app.workers or self.lock.locked():
+            return
+        ready = [w for w in self.workers if w.state == states.READY and w in self.samples]
+        if not ready or len(ready) != len(self.serving()):
+            return
+        samples = [self.samples[w] for w in ready]
+        if all((s.stats or {}).get("in_flight") for s in samples):
+            if self.wanted < maximum:
+                self.wanted = max(self.wanted, len(ready)) + 1
+                self.log.info("%s: all %d workers busy; growing the pool to %d",
+                              self.app.name, len(ready), self.wanted)
+            return
+        idle = [w for w, s in zip(ready, samples)
+                if now - s.active_at >= policy["idle_timeout"]]
+        if idle and len(ready) > self.app.workers:
+            worker = max(idle, key=lambda w: w.started_at)
+            self.wanted = len(ready) - 1
+            self.log.info("%s: worker %s idle for %.0f s; shrinking the pool to %d",
+                          self.app.name, worker.pid, now - self.samples[worker].active_at,
+                          self.wanted)
+            worker.retire()
+
     # --- restart.txt ----------------------------------------------------------------------
     def _restart_txt_mtime(self) -> float | None:
         try:
@@ -209,6 +339,7 @@ class AppPool:
     def stop(self, graceful: bool, timeout: float) -> None:
         """Retire (graceful) or quit every worker; SIGKILL what is left after `timeout`."""
         self.stopping = True
+        self.fallback.stop()
         workers = list(self.workers)
         for worker in workers:
             if graceful:

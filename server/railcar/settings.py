@@ -48,6 +48,29 @@ def _seconds(value: Any) -> float:
     return number
 
 
+def _seconds_or_off(value: Any) -> float:
+    """Seconds, or 0 to turn the limit off."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds (0: off)")
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative (0: off)")
+    return number
+
+
+def _environment(value: Any) -> str:
+    if value not in ("development", "production"):
+        raise ValueError("expected 'development' or 'production'")
+    return value
+
+
+def _tcp_bind(value: Any) -> str:
+    text = _bind(value)
+    if text.startswith("unix:"):
+        raise ValueError("expected HOST:PORT")
+    return text
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
@@ -147,6 +170,34 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--access-log", key="access_log", metavar="PATH"),
     Setting("boot_timeout", _seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
+    # Limits: a worker past one is replaced (new one ready first, then the old one retires).
+    Setting("max_requests", _non_negative_int, 0,
+            "Replace a worker after it served this many requests (0: never).",
+            flag="--max-requests", key="max_requests"),
+    Setting("max_requests_jitter", _non_negative_int, 0,
+            "Add a random 0..N to max_requests for each worker, so they are not all replaced "
+            "at once.", flag="--max-requests-jitter", key="max_requests_jitter"),
+    Setting("memory_limit", _non_negative_int, 0,
+            "Replace a worker whose RSS grows past this many MiB (0: no limit).",
+            flag="--memory-limit", key="memory_limit", metavar="MIB"),
+    Setting("max_request_time", _seconds_or_off, 0.0,
+            "Seconds a request may run; past it the client gets 504, the request's stack is "
+            "logged and the worker is replaced (0: no limit).",
+            flag="--max-request-time", key="max_request_time", metavar="SECONDS"),
+    Setting("max_concurrent_requests", _non_negative_int, 0,
+            "Requests one worker serves at once; more are answered 503 at once, with "
+            "Retry-After (0: no limit).",
+            flag="--max-concurrent-requests", key="max_concurrent_requests"),
+    Setting("max_workers", _non_negative_int, 0,
+            "Grow the pool up to this many workers while all are busy; --workers is then the "
+            "minimum (0: a fixed pool of --workers).", flag="--max-workers", key="max_workers"),
+    Setting("idle_timeout", _seconds, 60.0,
+            "Seconds a worker above --workers may stay idle before it is shut down.",
+            flag="--idle-timeout", key="idle_timeout"),
+    Setting("environment", _environment, "production",
+            "development: a request to an app that failed to boot gets an HTML page with the "
+            "error; production: a plain 503 (the error goes to the log).",
+            flag="--environment", key="environment", metavar="development|production"),
     Setting("max_request_line", _positive_int, 8190, "Longest request line in bytes (414).",
             flag="--max-request-line", key="max_request_line"),
     Setting("max_header_size", _positive_int, 65536,
@@ -176,6 +227,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("graceful_timeout", _seconds, 30.0,
             "Seconds a retiring worker has to finish its requests.",
             scope="server", flag="--graceful-timeout", key="graceful_timeout"),
+    Setting("metrics_bind", _tcp_bind, None,
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).",
+            scope="server", flag="--metrics-bind", key="metrics_bind", metavar="HOST:PORT"),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -43,7 +43,19 @@ def render(status: dict) -> str:
         restart = app.get("last_restart")
         if restart:
             outcome = "ok" if restart["ok"] else "FAILED"
-            lines.append(f"  last restart: {outcome}, {_duration(now - restart['finished_at'])} ago")
+            took = restart["finished_at"] - restart["started_at"]
+            lines.append(f"  last restart: {outcome} in {took:.1f}s, "
+                         f"{_duration(now - restart['finished_at'])} ago, release "
+                         f"{os.path.basename(restart.get('release') or '') or '-'}")
+        if app.get("max_workers", 0) > app.get("min_workers", 0):
+            lines.append(f"  pool: {app['wanted_workers']} wanted "
+                         f"({app['min_workers']}..{app['max_workers']})")
+        replaced = app.get("last_replacement")
+        if replaced:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(app["replacements"].items()))
+            lines.append(f"  replaced workers: {counts}; last: {replaced['pid']} -> "
+                         f"{replaced['new_pid']}, {_duration(now - replaced['at'])} ago "
+                         f"({replaced['reason']})")
         if app.get("error"):
             lines.append("  error: " + app["error"].replace("\n", "\n    "))
         rows = [COLUMNS] + [(
@@ -55,3 +67,20 @@ def render(status: dict) -> str:
         for row in rows:
             lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     return "\n".join(lines)
+
+
+REQUEST_COLUMNS = ("APP", "WORKER", "AGE", "METHOD", "PATH", "CLIENT")
+
+
+def render_requests(result: dict) -> str:
+    """`railcar status --requests`: one row per request in flight, oldest first."""
+    requests = result["requests"]
+    if not requests:
+        return "no requests in flight"
+    rows = [REQUEST_COLUMNS] + [(
+        r["app"], str(r["worker"]), f"{r['age']:.1f}s", r["method"],
+        r["path"] if len(r["path"]) <= 80 else r["path"][:77] + "...", r["client"])
+        for r in requests]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(REQUEST_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)

@@ -8,13 +8,17 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   listeners accept; if the import fails it sends {"event": "boot_error", "error": traceback}
   and exits 1.
 - SIGTERM (or the master's channel closing): retire gracefully, then exit 0.
-  SIGINT/SIGQUIT: exit at once.
+  SIGINT/SIGQUIT: exit at once. SIGUSR2: write the stack of every thread to stderr (works even
+  when the event loop is stuck in CPU-bound code).
+- A request past max_request_time makes the worker ask to be replaced: `stats` then carries
+  "replace": reason, which the master acts on.
 """
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import faulthandler  # noqa: E402
 import importlib  # noqa: E402  (the app and everything below must see patched modules)
 import json  # noqa: E402
 import os  # noqa: E402
@@ -75,6 +79,7 @@ class Worker:
         self.access_log = None
         self.done = gevent.event.Event()
         self.retiring = False
+        self.replace_reason = None   # set when this worker should be replaced
 
     def boot(self) -> None:
         release = self.spec["release"]
@@ -93,11 +98,13 @@ class Worker:
             self.access_log = AccessLog(self.spec["access_log"])
         self.server = HTTPServer(
             listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
-            base_environ={"SERVER_SOFTWARE": f"railcar/{__version__}"})
+            base_environ={"SERVER_SOFTWARE": f"railcar/{__version__}"},
+            on_timeout=self.request_timed_out)
         self.server.start()
         gevent.signal_handler(signal.SIGTERM, self.retire)
         gevent.signal_handler(signal.SIGINT, self.exit_now)
         gevent.signal_handler(signal.SIGQUIT, self.exit_now)
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
                            "release": release})
 
@@ -123,8 +130,18 @@ class Worker:
                 self.channel.send({"reply": message["id"], "result": result})
         self.retire()
 
+    def request_timed_out(self, description: str) -> None:
+        if self.replace_reason is None:
+            self.replace_reason = "max_request_time: " + description
+
     def call_stats(self) -> dict:
-        return self.server.stats()
+        stats = self.server.stats()
+        if self.replace_reason:
+            stats["replace"] = self.replace_reason
+        return stats
+
+    def call_requests(self) -> dict:
+        return {"requests": self.server.requests_in_flight()}
 
     def call_reopen_logs(self) -> dict:
         if self.access_log:

@@ -18,17 +18,22 @@ def do_ping(master, progress) -> dict:
                              "started_at": master.started_at})
 
 
-def _worker_status(worker) -> dict:
+def _worker_status(pool, worker) -> dict:
     stats = worker.call("stats", timeout=1.0) or {}
     row = worker.describe()
     row.update(requests=stats.get("requests"), in_flight=stats.get("in_flight"),
                connections=stats.get("connections"))
-    row.update(worker.resources())
+    sample = pool.samples.get(worker)
+    if sample is not None and sample.rss is not None:   # sampled by the master's last tick
+        row.update(rss=sample.rss, cpu=sample.cpu)
+    else:
+        row.update(worker.resources())
+    row["replacing"] = worker in pool.replacing
     return row
 
 
 def _app_status(pool) -> dict:
-    jobs = [gevent.spawn(_worker_status, w) for w in list(pool.workers)]
+    jobs = [gevent.spawn(_worker_status, pool, w) for w in list(pool.workers)]
     gevent.joinall(jobs)
     ready = any(w.state == states.READY for w in pool.workers)
     return {
@@ -36,10 +41,15 @@ def _app_status(pool) -> dict:
         "root": pool.app.root,
         "release": pool.current_release(),
         "binds": pool.app.binds,
-        "wanted_workers": pool.app.workers,
+        "wanted_workers": pool.wanted,
+        "min_workers": pool.app.workers,
+        "max_workers": max(pool.app.supervision.get("max_workers") or 0, pool.app.workers),
         "state": "serving" if ready else ("failed" if pool.last_error else "starting"),
         "error": pool.last_error,
         "last_restart": pool.last_restart.as_dict() if pool.last_restart else None,
+        "restarts": dict(pool.restarts),
+        "replacements": dict(pool.replacements),
+        "last_replacement": pool.last_replacement,
         "workers": [job.value for job in jobs],
     }
 
@@ -51,6 +61,24 @@ def do_status(master, progress) -> dict:
         "master": {"pid": master.pid, "version": __version__, "started_at": master.started_at,
                    "now": time.time()},
         "apps": [job.value for job in jobs]})
+
+
+def do_requests(master, progress, app: str | None = None) -> dict:
+    """Every request in flight in every worker (of one app or all)."""
+    try:
+        pools = master.find_pools(app)
+    except LookupError as exc:
+        return protocol.failure(str(exc))
+    targets = [(p, w) for p in pools for w in p.workers
+               if w.state in (states.READY, states.RETIRING)]
+    jobs = [gevent.spawn(w.call, "requests", 2.0) for _, w in targets]
+    gevent.joinall(jobs)
+    rows = []
+    for (pool, worker), job in zip(targets, jobs):
+        for request in (job.value or {}).get("requests", []):
+            rows.append(dict(request, app=pool.app.name, worker=worker.pid))
+    rows.sort(key=lambda row: -row["age"])
+    return protocol.success({"requests": rows})
 
 
 def do_restart(master, progress, app: str | None = None) -> dict:

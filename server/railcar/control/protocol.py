@@ -11,15 +11,20 @@ The client sends one request and reads lines until the final one:
 Commands (args in parentheses):
     ping                  -> {"pid", "version", "started_at"}
     status                -> {"master": {...}, "apps": [{"name", "root", "release", "state",
-                              "error", "last_restart", "workers": [{"pid", "release", "state",
-                              "requests", "in_flight", "started_at", "rss", "cpu"}]}]}
+                              "error", "last_restart", "restarts", "replacements",
+                              "last_replacement", "wanted_workers", "min_workers",
+                              "max_workers", "workers": [{"pid", "release", "state",
+                              "requests", "in_flight", "started_at", "rss", "cpu",
+                              "replacing"}]}]}
+    requests (app)        -> {"requests": [{"app", "worker", "method", "path", "client",
+                              "age"}]}: every request in flight, oldest first
     restart (app)         -> {"apps": [{"name", "ok", "release", "error", ...}]}; blocks
                               until done; ok is false on the final line if any app failed
     stop (graceful=true)  -> {"pid"}; the master then stops (the client waits for the pid)
     backtraces (app, worker) -> {"workers": [{"app", "pid", "text"}]}
 """
 
-COMMANDS = ("ping", "status", "restart", "stop", "backtraces")
+COMMANDS = ("ping", "status", "requests", "restart", "stop", "backtraces")
 
 
 def request(command: str, **args) -> dict:

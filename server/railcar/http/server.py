@@ -13,8 +13,9 @@ import errno
 import socket
 import sys
 import traceback
+from bisect import bisect_left
 from dataclasses import dataclass
-from time import monotonic, perf_counter, strftime
+from time import monotonic, strftime
 
 import gevent
 from gevent import GreenletExit
@@ -35,6 +36,10 @@ _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once
 _LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
 _LINGER_BYTES = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_OVERLOADED = "503 Service Unavailable"
+_TIMED_OUT = "504 Gateway Timeout"
+# Upper bounds (seconds) of the request latency histogram buckets; one more bucket is +Inf.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -50,6 +55,8 @@ class Limits:
     header_timeout: float = 30.0
     worker_connections: int = 1000
     max_body_size: int = 0
+    max_concurrent_requests: int = 0  # more in flight get 503 + Retry-After; 0: no limit
+    max_request_time: float = 0.0  # longer requests get 504 and `on_timeout`; 0: no limit
 
 
 class _IdleRetire(Exception):
@@ -62,16 +69,30 @@ class HTTPServer:
     `access_log`, if given, is called with one line per request:
     `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
     `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
+    `on_timeout(description)`, if given, is called after a request ran past
+    `limits.max_request_time` and was answered 504 (its stack is written to stderr first).
+
+    Counters for metrics are plain ints updated in place: `status_counts[code // 100]`,
+    `latency_counts[i]` (requests that took at most LATENCY_BUCKETS[i] seconds, the last one
+    +Inf, not cumulative) and `latency_sum`.
     """
 
-    def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None):
+    def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
+                 on_timeout=None):
         self.listeners = list(listeners)
         self.app = app
         self.limits = limits or Limits()
         self.access_log = access_log
         self.extra_environ = dict(base_environ or {})
+        self.on_timeout = on_timeout
         self.requests = 0
         self.in_flight = 0
+        self.max_in_flight = self.limits.max_concurrent_requests or sys.maxsize
+        self.overloaded = 0  # requests answered 503 over max_concurrent_requests
+        self.timed_out = 0  # requests answered (or cut off) past max_request_time
+        self.status_counts = [0] * 6
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
         self.retiring = False
         self.recv_buffer = bytearray(_RECV_SIZE)  # shared: filled and parsed without a switch
         self._conns = set()
@@ -86,11 +107,22 @@ class HTTPServer:
         """Start one accept greenlet per listener and return at once."""
         for listener in self.listeners:
             self._acceptors.append(gevent.spawn(self._accept_loop, listener))
+        if self.limits.max_request_time:
+            self._acceptors.append(gevent.spawn(self._watch_request_time))
 
     def stats(self):
-        """Requests served in total, requests in flight, open connections."""
+        """Requests served in total, requests in flight, open connections, and the counters."""
         return {"requests": self.requests, "in_flight": self.in_flight,
-                "connections": len(self._conns)}
+                "connections": len(self._conns), "overloaded": self.overloaded,
+                "timed_out": self.timed_out,
+                "status_counts": {f"{i}xx": n for i, n in enumerate(self.status_counts) if i},
+                "latency": {"buckets": list(LATENCY_BUCKETS), "counts": self.latency_counts,
+                            "sum": self.latency_sum}}
+
+    def requests_in_flight(self):
+        """One dict per request being served: method, path, client, age (seconds)."""
+        now = monotonic()
+        return [conn.describe_request(now) for conn in list(self._conns) if conn.busy_since]
 
     def retire(self, grace=30.0):
         """Graceful stop; blocks the calling greenlet until done. Returns True if every
@@ -204,12 +236,41 @@ class HTTPServer:
     def _kill_connections(self):
         gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
 
+    # -- max_request_time ---------------------------------------------------------------------
+
+    def _watch_request_time(self):
+        """Find requests running past max_request_time, a few times per limit (at most 1 s
+        apart). Only a request that yields to the event loop can be seen here; a worker stuck
+        in pure CPU work stops answering its master, which replaces it."""
+        limit = self.limits.max_request_time
+        interval = min(1.0, limit / 4)
+        while True:
+            gevent.sleep(interval)
+            now = monotonic()
+            for conn in list(self._conns):
+                if conn.busy_since and now - conn.busy_since > limit:
+                    self._time_out(conn, now)
+
+    def _time_out(self, conn, now):
+        """Log the stuck request's stack, answer 504 if nothing was sent, end the connection."""
+        info = conn.describe_request(now)
+        frame = conn.greenlet.gr_frame if conn.greenlet else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
+        description = (f"{info['method']} {info['path']} from {info['client']} ran past "
+                       f"max_request_time ({self.limits.max_request_time:g} s)")
+        sys.stderr.write(f"railcar: {description}; its stack:\n{stack}")
+        self.timed_out += 1
+        conn.time_out()
+        if self.on_timeout is not None:
+            self.on_timeout(description)
+
 
 class Connection:
     """One client connection, served by its own greenlet (`run`) request after request."""
 
     __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
-                 "greenlet", "idle", "served", "timeout", "response", "expecting", "linger")
+                 "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
+                 "busy_since")
 
     def __init__(self, server, sock, remote_addr, remote_port, base):
         limits = server.limits
@@ -228,6 +289,7 @@ class Connection:
         self.response = None
         self.expecting = False  # the client awaits "100 Continue" we have not sent
         self.linger = False  # close with unread input: discard it first (see _linger)
+        self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
@@ -376,7 +438,7 @@ class Connection:
         """Run the application for `request`; True if the connection can serve another."""
         server = self.server
         log = server.access_log
-        started = perf_counter() if log is not None else 0.0
+        started = monotonic()
         try:
             if request.error is not None:  # the body is already known to be bad
                 raise request.error
@@ -397,12 +459,23 @@ class Connection:
             self.expecting = expect
             environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
                                           else None)
+        if server.in_flight >= server.max_in_flight:
+            server.overloaded += 1
+            self._refuse(HTTPError(_OVERLOADED, "too many requests in progress; retry later"),
+                         request, "Retry-After: 1\r\n")
+            return False
         server.in_flight += 1
+        self.busy_since = started
         try:
             ok = self._run_app(environ, response)
         finally:
+            self.busy_since = 0.0
             server.in_flight -= 1
             server.requests += 1
+        elapsed = monotonic() - started
+        server.status_counts[response.code // 100 % 6] += 1
+        server.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        server.latency_sum += elapsed
         if log is not None:
             self._log(request, response.code, response.sent, started)
         return ok and response.keep_alive and (request.complete or self._drain(request)) \
@@ -477,12 +550,36 @@ class Connection:
         request.body.clear()
         return request.error is None
 
-    def _refuse(self, error, request=None):
+    def _refuse(self, error, request=None, headers=""):
         """Answer a request we will not serve, then the connection closes."""
         self.linger = True
-        self._send_quietly(error_response(error.status, error.detail))
+        self._send_quietly(error_response(error.status, error.detail, headers))
+        code = int(error.status[:3])
+        self.server.status_counts[code // 100] += 1
         if self.server.access_log is not None:
-            self._log(request, int(error.status[:3]), 0, perf_counter())
+            self._log(request, code, 0, monotonic())
+
+    def describe_request(self, now):
+        """The request in flight as a dict for `status --requests`."""
+        request = self.response.request
+        return {"method": request.method, "path": request.url.decode("latin-1"),
+                "client": f"{self.remote_addr}:{self.remote_port}" if self.remote_addr
+                else "unix", "age": now - self.busy_since if self.busy_since else 0.0}
+
+    def time_out(self):
+        """Called by the server's watchdog: the request ran past max_request_time. Answer 504
+        if the response has not started, then end the connection (kill its greenlet)."""
+        self.busy_since = 0.0
+        response = self.response
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.code = 504
+            self._send_quietly(error_response(_TIMED_OUT, "the request took too long"))
+        response.broken = True  # whatever the app still writes is dropped
+        response.keep_alive = False
+        self.linger = False
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
 
     def _send_quietly(self, data):
         try:
@@ -491,7 +588,7 @@ class Connection:
             pass
 
     def _log(self, request, code, sent, started):
-        millis = (perf_counter() - started) * 1000.0
+        millis = (monotonic() - started) * 1000.0
         if request is None:
             line = "-"
         else:

@@ -256,10 +256,11 @@ def date_header():
     return _date_cache[1]
 
 
-def error_response(status, detail=""):
-    """A complete plain-text response carrying `Connection: close`, as bytes."""
+def error_response(status, detail="", headers=""):
+    """A complete plain-text response carrying `Connection: close`, as bytes. `headers`:
+    extra header lines, each ending in CRLF."""
     body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
-    head = (f"HTTP/1.1 {status}\r\n{date_header()}{_SERVER}Content-Type: text/plain\r\n"
+    head = (f"HTTP/1.1 {status}\r\n{date_header()}{_SERVER}{headers}Content-Type: text/plain\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
 

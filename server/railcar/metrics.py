@@ -1,0 +1,113 @@
+"""Prometheus metrics, served by the master at http://METRICS_BIND/metrics (off by default).
+
+Runs in the master. Nothing is measured at scrape time: the collector reads what each pool
+already sampled in the last tick (workers' counters from their `stats` replies, RSS and CPU
+from psutil), so a scrape never waits on a worker and workers never run prometheus-client.
+Counters are the pools' sums over past and present workers, so they only grow.
+"""
+
+from __future__ import annotations
+
+import gevent.pywsgi
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from . import states
+
+WORKER_STATES = (states.BOOTING, states.READY, states.RETIRING)
+
+
+class RailcarCollector:
+    def __init__(self, master):
+        self.master = master
+
+    def collect(self):
+        requests = CounterMetricFamily("railcar_requests", "Requests answered, by status class.",
+                                       labels=["app", "status"])
+        overloaded = CounterMetricFamily(
+            "railcar_overloaded_requests", "Requests answered 503 over max_concurrent_requests.",
+            labels=["app"])
+        timed_out = CounterMetricFamily(
+            "railcar_timed_out_requests", "Requests cut off at max_request_time.", labels=["app"])
+        latency = HistogramMetricFamily("railcar_request_duration_seconds",
+                                        "Time from calling the app to the end of its response.",
+                                        labels=["app"])
+        in_flight = GaugeMetricFamily("railcar_requests_in_flight", "Requests being served.",
+                                      labels=["app"])
+        workers = GaugeMetricFamily("railcar_workers", "Worker processes by state.",
+                                    labels=["app", "state"])
+        restarts = CounterMetricFamily("railcar_restarts", "Rolling restarts, by outcome.",
+                                       labels=["app", "outcome"])
+        replaced = CounterMetricFamily("railcar_worker_replacements",
+                                       "Workers replaced for going over a limit.",
+                                       labels=["app", "limit"])
+        rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
+                                labels=["app", "pid"])
+        cpu = GaugeMetricFamily("railcar_worker_cpu_percent",
+                                "CPU use of each worker over the last second.",
+                                labels=["app", "pid"])
+        for pool in self.master.pools:
+            app, counters = pool.app.name, pool.counters
+            for status, count in sorted(counters.status.items()):
+                requests.add_metric([app, status], count)
+            overloaded.add_metric([app], counters.overloaded)
+            timed_out.add_metric([app], counters.timed_out)
+            if counters.buckets:
+                cumulative, buckets = 0, []
+                for bound, count in zip(counters.buckets + [float("inf")],
+                                        counters.latency_counts):
+                    cumulative += count
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound),
+                                    cumulative))
+                latency.add_metric([app], buckets, counters.latency_sum)
+            samples = dict(pool.samples)
+            in_flight.add_metric([app], sum((s.stats or {}).get("in_flight", 0)
+                                            for w, s in samples.items()
+                                            if w.state in WORKER_STATES))
+            for state in WORKER_STATES:
+                workers.add_metric([app, state], sum(w.state == state for w in pool.workers))
+            for outcome in ("ok", "failed"):
+                restarts.add_metric([app, outcome], pool.restarts[outcome])
+            for limit, count in sorted(pool.replacements.items()):
+                replaced.add_metric([app, limit], count)
+            for worker, sample in samples.items():
+                if sample.rss is not None:
+                    rss.add_metric([app, str(worker.pid)], sample.rss)
+                if sample.cpu is not None:
+                    cpu.add_metric([app, str(worker.pid)], sample.cpu)
+        return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
+                replaced, rss, cpu]
+
+
+class MetricsServer:
+    """`GET /metrics` on `bind` (HOST:PORT), served by gevent in the master."""
+
+    def __init__(self, bind: str, master, log):
+        host, _, port = bind.rpartition(":")
+        self.address = (host.strip("[]") or "0.0.0.0", int(port))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RailcarCollector(master))
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ, start_response):
+            if environ["PATH_INFO"] not in ("/metrics", "/"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"see /metrics\n"]
+            return metrics_app(environ, start_response)
+
+        self.server = gevent.pywsgi.WSGIServer(self.address, app, log=None,
+                                               error_log=log)
+        self.log = log
+
+    def start(self) -> None:
+        """Raises RuntimeError (which the launcher reports) if the address cannot be bound."""
+        try:
+            self.server.start()
+        except OSError as exc:
+            raise RuntimeError(f"cannot serve metrics on {self.address[0]}:{self.address[1]}: "
+                               f"{exc.strerror or exc}") from None
+        self.log.info("metrics on http://%s:%d/metrics", *self.address)
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)

@@ -1,0 +1,108 @@
+"""What the master learns about each worker once a second, and what it decides from it.
+
+Runs in the master. Each tick the pool asks every worker for its `stats` over the channel
+and reads its RSS and CPU with psutil; a `Sample` keeps the latest of both. From a sample,
+`limit_exceeded` says whether the worker must be replaced and why, and `AppCounters` adds the
+worker's counters to the app's totals (which keep growing across worker replacements, as
+Prometheus counters must). Pure functions and plain objects: no process is touched here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+# A worker that has not answered `stats` for this long (and for max_request_time) is stuck.
+UNRESPONSIVE_MIN = 10.0
+
+
+@dataclass
+class Sample:
+    """The latest the master knows about one worker. Times are time.monotonic()."""
+
+    first_seen: float
+    request_budget: int | None = None   # requests after which the worker is replaced
+    stats: dict | None = None            # the last answer to `stats`
+    answered_at: float = 0.0             # when the worker last answered
+    active_at: float = 0.0               # when it last had a request in flight or served one
+    rss: int | None = None
+    cpu: float | None = None
+
+    def record(self, stats: dict | None, resources: dict, now: float) -> None:
+        previous = self.stats
+        self.rss, self.cpu = resources.get("rss"), resources.get("cpu")
+        if stats is None:
+            return
+        self.stats, self.answered_at = stats, now
+        if stats.get("in_flight") or previous is None \
+                or stats.get("requests") != previous.get("requests"):
+            self.active_at = now
+
+
+def request_budget(policy: dict) -> int | None:
+    """max_requests plus this worker's share of jitter, or None without a limit."""
+    if not policy.get("max_requests"):
+        return None
+    return policy["max_requests"] + random.randint(0, policy.get("max_requests_jitter") or 0)
+
+
+def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
+                   now: float) -> str | None:
+    """Why the worker must be replaced ("LIMIT: detail"), or None."""
+    stats = sample.stats or {}
+    if stats.get("replace"):
+        return stats["replace"]
+    budget = sample.request_budget
+    if budget is not None and stats.get("requests", 0) >= budget:
+        return f"max_requests: served {stats['requests']} requests (limit {budget})"
+    limit = policy.get("memory_limit")
+    if limit and sample.rss and sample.rss > limit * MIB:
+        return f"memory_limit: RSS {sample.rss / MIB:.0f} MiB is over {limit} MiB"
+    if max_request_time:
+        silent = now - (sample.answered_at or sample.first_seen)
+        if silent > max(max_request_time, UNRESPONSIVE_MIN):
+            return f"max_request_time: the worker has not answered for {silent:.0f} s"
+    return None
+
+
+def reason_kind(reason: str) -> str:
+    """The limit's name from a reason text ("memory_limit: ..." -> "memory_limit")."""
+    return reason.partition(":")[0]
+
+
+@dataclass
+class AppCounters:
+    """Sums of every worker's request counters, past and present workers alike."""
+
+    requests: int = 0
+    overloaded: int = 0
+    timed_out: int = 0
+    status: dict[str, int] = field(default_factory=dict)
+    buckets: list[float] = field(default_factory=list)
+    latency_counts: list[int] = field(default_factory=list)
+    latency_sum: float = 0.0
+    seen: dict[int, dict] = field(default_factory=dict)   # pid -> last stats counted
+
+    def add(self, pid: int, stats: dict) -> None:
+        """Count what worker `pid` did since its previous stats."""
+        last = self.seen.get(pid, {})
+        self.seen[pid] = stats
+        for key in ("requests", "overloaded", "timed_out"):
+            setattr(self, key, getattr(self, key) + stats.get(key, 0) - last.get(key, 0))
+        last_status = last.get("status_counts", {})
+        for name, count in stats.get("status_counts", {}).items():
+            self.status[name] = self.status.get(name, 0) + count - last_status.get(name, 0)
+        latency = stats.get("latency")
+        if latency:
+            if not self.buckets:
+                self.buckets = list(latency["buckets"])
+                self.latency_counts = [0] * len(latency["counts"])
+            last_latency = last.get("latency") or {"counts": [0] * len(latency["counts"]),
+                                                   "sum": 0.0}
+            for index, count in enumerate(latency["counts"]):
+                self.latency_counts[index] += count - last_latency["counts"][index]
+            self.latency_sum += latency["sum"] - last_latency["sum"]
+
+    def forget(self, pid: int) -> None:
+        self.seen.pop(pid, None)

@@ -1,0 +1,49 @@
+"""railcar.supervision: limit decisions and counter sums, without processes."""
+
+from railcar.supervision import MIB, AppCounters, Sample, limit_exceeded, request_budget
+
+POLICY = {"max_requests": 100, "max_requests_jitter": 10, "memory_limit": 50}
+
+
+def test_request_budget_has_jitter_within_bounds():
+    budgets = {request_budget(POLICY) for _ in range(200)}
+    assert min(budgets) >= 100 and max(budgets) <= 110 and len(budgets) > 1
+    assert request_budget({"max_requests": 0}) is None
+
+
+def test_limit_exceeded_names_the_limit():
+    sample = Sample(first_seen=0.0, request_budget=105)
+    sample.record({"requests": 104, "in_flight": 0}, {"rss": 10 * MIB, "cpu": 1.0}, now=1.0)
+    assert limit_exceeded(sample, POLICY, 0, now=1.0) is None
+    sample.record({"requests": 105, "in_flight": 0}, {"rss": 10 * MIB, "cpu": 1.0}, now=2.0)
+    assert limit_exceeded(sample, POLICY, 0, now=2.0).startswith("max_requests:")
+    sample = Sample(first_seen=0.0)
+    sample.record({"requests": 1}, {"rss": 51 * MIB, "cpu": 1.0}, now=1.0)
+    assert limit_exceeded(sample, POLICY, 0, now=1.0).startswith("memory_limit:")
+    sample.record({"requests": 1, "replace": "max_request_time: GET /"}, {}, now=2.0)
+    assert limit_exceeded(sample, POLICY, 0, now=2.0) == "max_request_time: GET /"
+
+
+def test_a_silent_worker_is_stuck_only_with_max_request_time():
+    sample = Sample(first_seen=0.0)
+    sample.record({"requests": 1}, {}, now=1.0)
+    sample.record(None, {}, now=60.0)
+    assert limit_exceeded(sample, {}, 0, now=60.0) is None
+    assert limit_exceeded(sample, {}, 30, now=60.0).startswith("max_request_time: the worker")
+    assert limit_exceeded(sample, {}, 30, now=20.0) is None
+
+
+def test_counters_add_deltas_and_survive_workers():
+    counters = AppCounters()
+    stats = {"requests": 3, "status_counts": {"2xx": 3},
+             "latency": {"buckets": [0.1, 1.0], "counts": [2, 1, 0], "sum": 0.5}}
+    counters.add(1, stats)
+    counters.add(1, dict(stats, requests=5, status_counts={"2xx": 4, "5xx": 1},
+                         latency={"buckets": [0.1, 1.0], "counts": [3, 1, 1], "sum": 2.5}))
+    counters.forget(1)
+    counters.add(2, {"requests": 1, "status_counts": {"2xx": 1},
+                     "latency": {"buckets": [0.1, 1.0], "counts": [1, 0, 0], "sum": 0.01}})
+    assert counters.requests == 6
+    assert counters.status == {"2xx": 5, "5xx": 1}
+    assert counters.latency_counts == [4, 1, 1]
+    assert abs(counters.latency_sum - 2.51) < 1e-9
