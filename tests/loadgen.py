@@ -31,6 +31,7 @@ class Load:
     mode: str = "keepalive"          # or "close"
     max_seconds: float = 60.0
     max_requests: int = 200_000
+    headers: dict = field(default_factory=dict)     # sent with every request (e.g. Host)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self):
@@ -67,7 +68,9 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                headers = {"Connection": "close"} if self.mode == "close" else {}
+                headers = dict(self.headers)
+                if self.mode == "close":
+                    headers["Connection"] = "close"
                 conn.request("GET", self.path, headers=headers)
                 response = conn.getresponse()
                 body = response.read()

@@ -59,6 +59,7 @@ def test_multi_app_config_names_the_app(tmp_path):
     (tmp_path / "one").mkdir()
     path = tmp_path / "railcar.toml"
     path.write_text('[[apps]]\nname = "one"\nroot = "one"\nbind = ["unix:/tmp/one.sock"]\n'
+                    'user = "nobody"\n'
                     '[[apps]]\nname = "two"\nroot = "missing"\n')
     with pytest.raises(ConfigError) as error:
         config.load(cli(config=str(path)), None)

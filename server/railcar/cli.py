@@ -173,5 +173,34 @@ def backtraces(app, worker, admin_socket, pid_file) -> None:
         click.echo(row["text"])
 
 
+
+@main.command("config")
+@click.argument("kind", type=click.Choice(["nginx", "apache", "systemd", "logrotate"]))
+@click.option("--config", "config_file", required=True, metavar="FILE",
+              help="The server config ([server] and [[apps]] tables).")
+@click.option("--listen", default=None, metavar="ADDRESS",
+              help="nginx/apache: address the site listens on [default: 80 / *:80].")
+@click.option("--railcar", "railcar_path", default=None, metavar="PATH",
+              help="systemd: the railcar executable [default: the one running now].")
+@click.option("--service", default="railcar", show_default=True,
+              help="logrotate: the systemd unit to signal when there is no pid_file.")
+@click.option("-o", "--output", default=None, metavar="PATH", help="Write here, not stdout.")
+def config_command(kind, config_file, listen, railcar_path, service, output) -> None:
+    """Render the nginx site, Apache vhost, systemd unit or logrotate file for --config FILE."""
+    from . import config
+    from .render import RenderError, render
+
+    try:
+        text = render(kind, config.load({"config": config_file}, None), listen=listen,
+                      railcar=railcar_path, service=service)
+    except (ConfigError, RenderError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if output:
+        with open(output, "w") as handle:
+            handle.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
 if __name__ == "__main__":
     main()

@@ -7,16 +7,22 @@ Two shapes of file:
 - --config FILE: a [server] table and one [[apps]] table per app (each with `root`).
 Every error is a ConfigError naming the file, the app and the key. Nothing here touches a
 socket or a process: validation happens in full before anything starts.
+
+Accounts: when the master runs as root, each app's workers run as the app's `user` (default:
+the owner of the app root) and `group` (default: that user's primary group), never as root.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import APP_KEYS, SERVER_KEYS, SETTINGS, ConfigError, coerce, default_admin_socket, defaults
+from .settings import (APP_KEYS, SERVER_KEYS, SETTINGS, ConfigError, coerce, default_admin_socket,
+                       default_run_dir, defaults)
 
 DEFAULT_PORT = 8000
 
@@ -36,6 +42,22 @@ class AppConfig:
     boot_timeout: float
     limits: dict[str, Any] = field(default_factory=dict)
     supervision: dict[str, Any] = field(default_factory=dict)   # see SUPERVISION_NAMES
+    server_names: list[str] = field(default_factory=list)
+    static_dir: str | None = None
+    static_url: str = "/static/"
+    run_as: "Account | None" = None     # set only when the master runs as root
+    socket_group: int | None = None     # gid given to the app's unix sockets
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who an app's workers run as: names for people, ids for the kernel."""
+
+    user: str
+    group: str
+    uid: int
+    gid: int
+    extra_groups: tuple[int, ...] = ()
 
 
 @dataclass
@@ -47,10 +69,13 @@ class ServerConfig:
     graceful_timeout: float
     apps: list[AppConfig]
     metrics_bind: str | None = None
+    run_dir: str = field(default_factory=default_run_dir)
+    config_file: str | None = None      # the --config file, if the apps came from one
 
 
 LIMIT_NAMES = ("max_request_line", "max_header_size", "max_headers", "max_body_size",
-               "keepalive_timeout", "header_timeout", "worker_connections")
+               "keepalive_timeout", "header_timeout", "worker_connections", "trusted_proxies")
+WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master runs as root
 
 # Limits the worker enforces per request (http.server.Limits) beyond the protocol's.
 REQUEST_LIMIT_NAMES = ("max_concurrent_requests", "max_request_time")
@@ -94,23 +119,79 @@ def _cli_values(cli: dict[str, Any], scope: str) -> dict[str, Any]:
     return out
 
 
-def _make_app(values: dict[str, Any], where: str, base_dir: str) -> AppConfig:
+def _group_id(name: str, where: str, key: str) -> int:
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        raise ConfigError(f"{where}: {key}: no such group {name!r}") from None
+
+
+def _account(values: dict[str, Any], root: str, where: str, required: bool) -> Account | None:
+    """The account the app's workers run as (master running as root), never root.
+
+    `required` (apps of a --config file): an app root owned by root without a `user` is an
+    error. Otherwise (the app given on the command line) the workers then run as the master.
+    """
+    user = values.get("user")
+    try:
+        if user is None:
+            entry = pwd.getpwuid(os.stat(root).st_uid)
+        else:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        if user is None:
+            raise ConfigError(f"{where}: user: the owner of {root} has no account; "
+                              "set user") from None
+        raise ConfigError(f"{where}: user: no such user {user!r}") from None
+    if entry.pw_uid == 0:
+        if user is not None:
+            raise ConfigError(f"{where}: user: workers never run as root")
+        if required:
+            raise ConfigError(f"{where}: user: {root} is owned by root and workers never run "
+                              "as root: set user (and group) for the app")
+        return None
+    group = values.get("group")
+    gid = _group_id(group, where, "group") if group else entry.pw_gid
+    if gid == 0:
+        raise ConfigError(f"{where}: group: workers never run with the root group")
+    extra = tuple(g for g in os.getgrouplist(entry.pw_name, gid) if g not in (0, gid))
+    return Account(user=entry.pw_name, group=grp.getgrgid(gid).gr_name, uid=entry.pw_uid,
+                   gid=gid, extra_groups=extra)
+
+
+def _socket_group(values: dict[str, Any], where: str) -> int | None:
+    name = values.get("socket_group")
+    if name:
+        return _group_id(name, where, "socket_group")
+    if os.getuid() == 0:
+        try:
+            return grp.getgrnam(WEB_SERVER_GROUP).gr_gid
+        except KeyError:
+            return None
+    return None
+
+
+def _make_app(values: dict[str, Any], where: str, base_dir: str,
+              default_bind: str | None = None, account_required: bool = False) -> AppConfig:
+    """`default_bind` (may contain {name}) is used when the app has neither bind nor port."""
     root = values.get("root")
     if not root:
         raise ConfigError(f"{where}: root: required (the app's directory)")
     root = os.path.abspath(os.path.join(base_dir, os.path.expanduser(root)))
     if not os.path.isdir(root):
         raise ConfigError(f"{where}: root: {root} is not a directory")
+    name = values.get("name") or os.path.basename(root.rstrip("/")) or "app"
     binds = list(values["bind"])
     if values.get("port"):
         binds.append(f"{values['address']}:{values['port']}")
     if not binds:
-        binds.append(f"{values['address']}:{DEFAULT_PORT}")
+        binds.append(default_bind.format(name=name) if default_bind
+                     else f"{values['address']}:{DEFAULT_PORT}")
     python = values.get("python")
     if python:
         python = os.path.abspath(os.path.join(base_dir, os.path.expanduser(python)))
     return AppConfig(
-        name=values.get("name") or os.path.basename(root.rstrip("/")) or "app",
+        name=name,
         root=root,
         module=values.get("module"),
         binds=binds,
@@ -121,18 +202,26 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str) -> AppConfig:
         boot_timeout=values["boot_timeout"],
         limits={name: values[name] for name in LIMIT_NAMES + REQUEST_LIMIT_NAMES},
         supervision={name: values[name] for name in SUPERVISION_NAMES},
+        server_names=list(values["server_names"]),
+        static_dir=values.get("static_dir"),
+        static_url=values["static_url"],
+        run_as=_account(values, root, where, account_required) if os.getuid() == 0 else None,
+        socket_group=_socket_group(values, where),
     )
 
 
-def _server(values: dict[str, Any], apps: list[AppConfig]) -> ServerConfig:
-    names = [app.name for app in apps]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"apps: name {name!r} is used by more than one app")
-    binds = [bind for app in apps for bind in app.binds]
-    for bind in binds:
-        if binds.count(bind) > 1:
-            raise ConfigError(f"apps: bind {bind!r} is used more than once")
+def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
+            config_file: str | None = None) -> ServerConfig:
+    for key, lists in (("name", [[app.name] for app in apps]),
+                       ("bind", [app.binds for app in apps]),
+                       ("server_names", [app.server_names for app in apps])):
+        seen: dict[str, str] = {}
+        for app, items in zip(apps, lists):
+            for item in items:
+                if item in seen:
+                    raise ConfigError(f"{where}: {key}: {item!r} is used by app {seen[item]!r} "
+                                      f"and app {app.name!r}")
+                seen[item] = app.name
     return ServerConfig(
         admin_socket=os.path.abspath(values.get("admin_socket") or default_admin_socket()),
         pid_file=values.get("pid_file") and os.path.abspath(values["pid_file"]),
@@ -141,6 +230,8 @@ def _server(values: dict[str, Any], apps: list[AppConfig]) -> ServerConfig:
         graceful_timeout=values["graceful_timeout"],
         apps=apps,
         metrics_bind=values.get("metrics_bind"),
+        run_dir=os.path.abspath(values.get("run_dir") or default_run_dir()),
+        config_file=config_file,
     )
 
 
@@ -165,14 +256,21 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
         tables = data.get("apps", [])
         if not isinstance(tables, list) or not tables:
             raise ConfigError(f"{config_file}: no [[apps]] table: at least one app is needed")
+        run_dir = os.path.abspath(os.path.join(
+            base_dir, server_values.get("run_dir") or default_run_dir()))
+        server_values["run_dir"] = run_dir
         apps = []
         for index, table in enumerate(tables):
             where = f"{config_file} [[apps]] #{index + 1}"
-            if isinstance(table, dict) and isinstance(table.get("name"), str):
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: expected a table")
+            if isinstance(table.get("name"), str):
                 where += f" ({table['name']})"
             values = defaults("app") | _table(table, APP_KEYS, where)
-            apps.append(_make_app(values, where, base_dir))
-        return _server(server_values, apps)
+            apps.append(_make_app(values, where, base_dir, default_bind=os.path.join(
+                f"unix:{run_dir}", "{name}.sock"), account_required=True))
+        return _server(server_values, apps, f"{config_file} [[apps]]",
+                       os.path.abspath(config_file))
 
     app_dir = os.path.abspath(app_dir or ".")
     values = defaults("app")

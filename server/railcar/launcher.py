@@ -3,11 +3,15 @@
 Runs in the `railcar start` process. With --daemon the foreground process forks, and waits on
 a pipe for the master to report whether its apps booted, so the command's output and exit
 status tell the user the outcome (the master keeps running and retrying either way).
+Under systemd (Type=notify, $NOTIFY_SOCKET set) the same report becomes READY=1 and a STATUS=
+line: ready means every app has booted or failed to, so one broken app cannot hold up (or get
+killed along with) the others.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 
@@ -49,7 +53,20 @@ def _report(text: str, ok: bool) -> None:
         os.close(int(fd))
 
 
-def _report_first_boot(master) -> None:
+def notify_systemd(address: str | None, *lines: str) -> None:
+    """sd_notify(3): send `lines` to systemd's notify socket; a no-op without one."""
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]     # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto("\n".join(lines).encode(), address)
+        except OSError:
+            pass    # systemd went away; nothing to tell
+
+
+def _report_first_boot(master, notify_socket: str | None = None) -> None:
     """Once each app has all its workers ready, or has failed to boot: report (daemon mode)."""
     import gevent
 
@@ -71,6 +88,9 @@ def _report_first_boot(master) -> None:
         else:
             lines.append(f"{pool.app.name}: serving on {' '.join(pool.app.binds)}")
     _report("\n".join(lines) + "\n", ok=not failed)
+    summary = ("apps failed to boot: " + ", ".join(p.app.name for p in failed) if failed
+               else f"serving {len(master.pools)} app(s)")
+    notify_systemd(notify_socket, "READY=1", f"STATUS={summary}", f"MAINPID={master.pid}")
 
 
 def launch(config: ServerConfig) -> int:
@@ -81,6 +101,9 @@ def launch(config: ServerConfig) -> int:
         status = _daemonize(config)
         if status is not None:
             return status
+
+    # Ours alone: workers must not inherit it (they would pose as the main process).
+    notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
 
     from gevent import monkey
 
@@ -94,7 +117,7 @@ def launch(config: ServerConfig) -> int:
     try:
         listeners = bind_all(config)
         master = Master(config, log, listeners)
-        return master.run(on_started=_report_first_boot)
+        return master.run(on_started=lambda m: _report_first_boot(m, notify_socket))
     except (BindError, RuntimeError) as exc:
         log.error("%s", exc)
         _report(f"railcar: {exc}\n", ok=False)

@@ -161,8 +161,10 @@ def bind_all(config: ServerConfig) -> dict[str, object]:
     bound: dict[str, object] = {}
     try:
         for app in config.apps:
+            owner = (app.run_as.uid if app.run_as else -1,
+                     -1 if app.socket_group is None else app.socket_group)
             for address in app.binds:
-                bound[address] = sockets.bind(address)
+                bound[address] = sockets.bind(address, owner=owner)
     except sockets.BindError:
         for address, sock in bound.items():
             sockets.close(address, sock)

@@ -84,7 +84,7 @@ class AppPool:
         worker = WorkerProcess(self.app.name, release, self.log, self._on_worker_exit)
         self.workers.append(worker)
         try:
-            worker.start(self.listeners, self._worker_spec(), self.app.env)
+            worker.start(self.listeners, self._worker_spec(), self.app.env, self.app.run_as)
         except OSError:
             pass    # state is FAILED with the reason in boot_error
         else:

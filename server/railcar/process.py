@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -56,18 +57,28 @@ class WorkerProcess:
         return self.popen.pid if self.popen else None
 
     # --- starting -------------------------------------------------------------------------
-    def start(self, listeners: list[socket.socket], spec: dict, env: dict[str, str]) -> None:
-        """Fork and exec `python -m railcar.worker` with the listeners and a channel inherited."""
+    def start(self, listeners: list[socket.socket], spec: dict, env: dict[str, str],
+              run_as=None) -> None:
+        """Fork and exec `python -m railcar.worker` with the listeners and a channel inherited.
+
+        `run_as` (a config.Account, only when the master runs as root): the worker's user,
+        group and supplementary groups, and its HOME/USER/LOGNAME.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [sock.fileno() for sock in listeners]
         spec = dict(spec, release=self.release.path, module=self.release.module,
                     listen_fds=fds, control_fd=theirs.fileno())
         child_env = dict(os.environ, **env, RAILCAR_WORKER=json.dumps(spec), PYTHONUNBUFFERED="1")
+        account = {}
+        if run_as is not None:
+            account = {"user": run_as.uid, "group": run_as.gid,
+                       "extra_groups": list(run_as.extra_groups)}
+            child_env.update(USER=run_as.user, LOGNAME=run_as.user, HOME=_home(run_as.uid))
         try:
             self.popen = gevent.subprocess.Popen(
                 [self.release.python, "-m", "railcar.worker"], cwd=self.release.path,
                 env=child_env, pass_fds=fds + [theirs.fileno()], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, **account)
         except OSError as exc:
             ours.close()
             self.boot_error = f"cannot start {self.release.python}: {exc}"
@@ -191,3 +202,10 @@ class WorkerProcess:
     def describe(self) -> dict:
         return {"pid": self.pid, "release": self.release.path, "python": self.release.python,
                 "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at}
+
+
+def _home(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"

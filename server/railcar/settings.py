@@ -12,6 +12,7 @@ Scopes:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -125,6 +126,49 @@ def _env_table(value: Any) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
+def _name_list(value: Any) -> list[str]:
+    """Host names for the web server's `server_name`: a string or a list of strings."""
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item or any(c.isspace() or c in ";{}\"'" for c in item):
+            raise ValueError(f"{item!r} is not a host name")
+    return items
+
+
+def _relative_dir(value: Any) -> str:
+    """A directory inside the release (the web server reaches it through `current`)."""
+    text = _text(value)
+    if text.startswith("/") or ".." in text.split("/") or any(c.isspace() for c in text):
+        raise ValueError(f"{text!r} must be relative to the app root, without '..' or spaces")
+    return text.rstrip("/") or "."
+
+
+def _url_prefix(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("/") or any(c.isspace() or c in ";{}\"'" for c in text):
+        raise ValueError(f"{text!r} is not a URL path starting with /")
+    return text.rstrip("/") + "/"
+
+
+def _proxy_list(value: Any) -> list[str]:
+    """Addresses or CIDR networks, and "unix" for peers on a unix socket."""
+    items = [value] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        if item == "unix":
+            out.append(item)
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(_text(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address, a CIDR network or 'unix'") from None
+    return out
+
+
+def _default_run_dir() -> str:
+    return "/run/railcar" if os.getuid() == 0 else f"/tmp/railcar-{os.getuid()}"
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -213,6 +257,27 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--header-timeout", key="header_timeout"),
     Setting("worker_connections", _positive_int, 1000, "Most open connections per worker.",
             flag="--worker-connections", key="worker_connections"),
+    Setting("trusted_proxies", _proxy_list, ["127.0.0.0/8", "::1/128", "unix"],
+            "Peers whose X-Forwarded-For/-Proto are believed: addresses, CIDR networks, or "
+            "'unix' for unix socket peers (repeatable).",
+            flag="--trusted-proxy", key="trusted_proxies", multiple=True, metavar="ADDRESS"),
+    Setting("server_names", _name_list, [], "Host names the web server routes to the app "
+            "(repeatable).", flag="--server-name", key="server_names", multiple=True,
+            metavar="HOST"),
+    Setting("static_dir", _relative_dir, None,
+            "Directory of static files, relative to the app root, served by the web server.",
+            flag="--static-dir", key="static_dir", metavar="DIR"),
+    Setting("static_url", _url_prefix, "/static/", "URL path where static_dir is served.",
+            flag="--static-url", key="static_url", metavar="PATH"),
+    Setting("user", _text, None, "User the workers run as when the master runs as root "
+            "(default: the owner of the app root; never root).",
+            flag="--user", key="user", metavar="USER"),
+    Setting("group", _text, None, "Group the workers run as when the master runs as root "
+            "(default: the user's primary group).", flag="--group", key="group",
+            metavar="GROUP"),
+    Setting("socket_group", _text, None, "Group given the app's unix sockets (mode 0660), "
+            "e.g. the web server's (default as root: www-data if it exists).",
+            flag="--socket-group", key="socket_group", metavar="GROUP"),
     # --- per server -----------------------------------------------------------------------
     Setting("config", _text, None, "Server config file with [server] and [[apps]] tables.",
             scope="server", flag="--config", metavar="FILE"),
@@ -230,6 +295,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_bind", _tcp_bind, None,
             "Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).",
             scope="server", flag="--metrics-bind", key="metrics_bind", metavar="HOST:PORT"),
+    Setting("run_dir", _text, None, "Directory of the apps' unix sockets: an app of a --config "
+            "file without `bind` listens on unix:RUN_DIR/APP.sock "
+            "(default: /run/railcar as root, else /tmp/railcar-UID).",
+            scope="server", flag="--run-dir", key="run_dir", metavar="DIR"),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -239,6 +308,10 @@ SERVER_KEYS = {s.key: s for s in SETTINGS if s.scope == "server" and s.key}
 
 def default_admin_socket() -> str:
     return _default_admin_socket()
+
+
+def default_run_dir() -> str:
+    return _default_run_dir()
 
 
 def coerce(setting: Setting, value: Any, where: str) -> Any:

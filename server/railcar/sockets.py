@@ -37,8 +37,13 @@ def _remove_stale_unix_socket(path: str) -> None:
         probe.close()
 
 
-def bind(address: str, unix_mode: int = 0o660) -> socket.socket:
-    """Bind and listen on `HOST:PORT`, `[V6]:PORT` or `unix:PATH`."""
+def bind(address: str, unix_mode: int = 0o660,
+         owner: tuple[int, int] = (-1, -1)) -> socket.socket:
+    """Bind and listen on `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
+
+    A unix socket gets `unix_mode` and `owner` (uid, gid; -1 keeps ours): connecting needs
+    write permission, so mode 0660 with the web server's group admits it and no one else.
+    """
     try:
         if address.startswith("unix:"):
             path = address[len("unix:"):]
@@ -47,6 +52,8 @@ def bind(address: str, unix_mode: int = 0o660) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
             os.chmod(path, unix_mode)
+            if owner != (-1, -1):
+                os.chown(path, *owner)
         else:
             host, _, port = address.rpartition(":")
             host = host.strip("[]") or "0.0.0.0"

@@ -24,6 +24,7 @@ from gevent.hub import get_hub
 from gevent.socket import socket as gsocket
 
 from .parser import HTTPError, Request, RequestParser
+from .proxies import TrustedProxies, apply_forwarded
 from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, base_environ,
                    build_environ, error_response, send_all)
 
@@ -55,6 +56,8 @@ class Limits:
     header_timeout: float = 30.0
     worker_connections: int = 1000
     max_body_size: int = 0
+    # Peers whose X-Forwarded-For/-Proto count: addresses, networks, "unix" (see proxies.py).
+    trusted_proxies: tuple = ("127.0.0.0/8", "::1/128", "unix")
     max_concurrent_requests: int = 0  # more in flight get 503 + Retry-After; 0: no limit
     max_request_time: float = 0.0  # longer requests get 504 and `on_timeout`; 0: no limit
 
@@ -84,6 +87,7 @@ class HTTPServer:
         self.limits = limits or Limits()
         self.access_log = access_log
         self.extra_environ = dict(base_environ or {})
+        self.trusted_proxies = TrustedProxies(self.limits.trusted_proxies)
         self.on_timeout = on_timeout
         self.requests = 0
         self.in_flight = 0
@@ -269,6 +273,7 @@ class Connection:
     """One client connection, served by its own greenlet (`run`) request after request."""
 
     __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
+                 "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
                  "busy_since")
 
@@ -289,6 +294,7 @@ class Connection:
         self.response = None
         self.expecting = False  # the client awaits "100 Continue" we have not sent
         self.linger = False  # close with unread input: discard it first (see _linger)
+        self.proxied = server.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
         self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
 
     def run(self):
@@ -444,6 +450,8 @@ class Connection:
                 raise request.error
             environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
                                     self.limits.max_body_size)
+            if self.proxied:
+                apply_forwarded(environ, server.trusted_proxies)
         except HTTPError as error:
             self._refuse(error, request)
             return False
