@@ -103,11 +103,15 @@ def find_wheel(given: str | None, wheelhouse: str | None) -> str | None:
 
 def build_wheel(workdir: str) -> str:
     """Build railcar's wheel (this version) locally: from its source tree if it runs from
-    one, else with pip from the local pip cache or index. Hosts then install it offline."""
+    one, else with pip from the local pip cache or index. Hosts then install it offline.
+    The build is reproducible (fixed file times), so the same source gives the same bytes
+    and a host that has them is not sent them again."""
     root = project_root()
     target = str(root) if root else f"railcar=={__version__}"
+    env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")}
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                             "--wheel-dir", workdir, target], capture_output=True, text=True)
+                             "--wheel-dir", workdir, target], capture_output=True, text=True,
+                            env=env)
     found = glob.glob(os.path.join(workdir, f"railcar-{__version__}-*.whl"))
     if result.returncode != 0 or not found:
         raise BuildError(f"cannot build the railcar {__version__} wheel from {target}:\n"

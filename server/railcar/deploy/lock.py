@@ -52,38 +52,64 @@ def stale_reason(holder: str, lock_timeout: float) -> str | None:
     return None
 
 
+# $1 temp dir, $2 lock, $3 holder line, $4 "take over" flag, $5 the stale holder to take
+# over. One round trip: prints "taken", or "held" and the holder's line.
+ACQUIRE = r'''
+rm -rf "$1" && mkdir -p "$1" && printf '%s\n' "$3" > "$1/holder" || exit 1
+if [ -n "$4" ] && [ "$(cat "$2/holder" 2>/dev/null)" = "$5" ]; then rm -rf "$2"; fi
+if mv -T "$1" "$2" 2>/dev/null; then echo taken; exit 0; fi
+rm -rf "$1"
+echo held
+cat "$2/holder" 2>/dev/null
+[ -e "$2" ] || echo gone
+'''
+
+# $1 lock, $2 what the holder line of this process contains: drop the lock if it is ours.
+RELEASE = r'''
+case "$(cat "$1/holder" 2>/dev/null)" in *"$2"*) rm -rf "$1" ;; esac
+'''
+
+# $1 lock: print its holder and remove it.
+FORCE_RELEASE = r'''
+cat "$1/holder" 2>/dev/null
+rm -rf "$1"
+'''
+
+
+def _ours() -> str:
+    return f"@{socket.gethostname()} pid {os.getpid()} "
+
+
 def acquire(remote: Remote, paths: Paths, what: str, lock_timeout: float, say) -> None:
-    """Take the lock or raise LockError naming the holder; a stale lock is taken over."""
+    """Take the lock or raise LockError naming the holder; a stale lock is taken over.
+    One round trip when the lock is free."""
     temp = f"{paths.lock}.{socket.gethostname()}.{os.getpid()}"
-    remote.run(["rm", "-rf", temp])
-    remote.run(["mkdir", "-p", temp])
-    remote.write(f"{temp}/holder", holder_line(what) + "\n")
-    for _attempt in range(2):
-        if remote.test(["mv", "-T", temp, paths.lock]):
+    line = holder_line(what)
+    take_over, stale = "", ""
+    for _attempt in range(3):
+        out = remote.script(ACQUIRE, temp, paths.lock, line, take_over, stale,
+                            label="take-lock").stdout.splitlines()
+        if out and out[0] == "taken":
             return
-        holder = (remote.read(f"{paths.lock}/holder") or "").strip()
-        if not holder and not remote.exists(paths.lock):
+        holder = out[1].strip() if len(out) > 1 and out[1] != "gone" else ""
+        if out[-1:] == ["gone"]:
+            take_over, stale = "", ""
             continue  # released meanwhile
         reason = stale_reason(holder, lock_timeout)
         if reason is None:
-            remote.run(["rm", "-rf", temp])
             raise LockError(f"[{remote.name}] deploy locked by {holder or 'an unknown holder'} "
                             f"({paths.lock}); if that deploy is gone, run `fab unlock`")
         say(f"stale lock of {holder} ({reason}): taking it over")
-        remote.run(["rm", "-rf", paths.lock])
-    remote.run(["rm", "-rf", temp])
+        take_over, stale = "1", holder
     raise LockError(f"[{remote.name}] could not take the deploy lock {paths.lock}")
 
 
 def release(remote: Remote, paths: Paths) -> None:
     """Drop the lock if this process holds it (idempotent)."""
-    holder = remote.read(f"{paths.lock}/holder") or ""
-    if f"pid {os.getpid()} " in holder and f"@{socket.gethostname()} " in holder:
-        remote.run(["rm", "-rf", paths.lock])
+    remote.script(RELEASE, paths.lock, _ours(), label="drop-lock")
 
 
 def force_release(remote: Remote, paths: Paths) -> str | None:
     """Remove the lock whoever holds it; returns the holder it had."""
-    holder = remote.read(f"{paths.lock}/holder")
-    remote.run(["rm", "-rf", paths.lock])
-    return holder and holder.strip()
+    holder = remote.script(FORCE_RELEASE, paths.lock, label="remove-lock").stdout.strip()
+    return holder or None

@@ -1,15 +1,17 @@
-"""Loopback SSH test hosts: real OpenSSH `sshd` on 127.0.0.1, one per host, as this user.
+"""Loopback SSH hosts: real OpenSSH `sshd` on 127.0.0.1, one per host, as this user.
 
-Each host gets a generated host key, the shared generated client key in its
-authorized_keys, its own port and its own deploy root. Root may log in by key only, and only
-in this generated config. An ssh_config file maps each host name to its port, user and key,
-so Fabric (`ssh_config_path`) and plain `ssh -F` reach it by name.
+For the deploy tests and the demo (demo/run.sh), not for production. Each host gets a
+generated host key, the shared generated client key in its authorized_keys, its own port
+and its own deploy root. Root may log in by key only, and only in this generated config. An
+ssh_config file maps each host name to its port, user and key, so Fabric (`ssh_config_path`)
+and plain `ssh -F` reach it by name. Every sshd is ended by its pid (`stop_all`).
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -111,7 +113,10 @@ class SshHosts:
         self.hosts: dict[str, SshHost] = {}
 
     def start(self, name: str) -> SshHost:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        if not os.path.exists(SSHD):
+            raise RuntimeError(f"{SSHD} is missing: install openssh-server")
+        if os.geteuid() == 0:  # sshd run by root wants its privilege separation dir
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         hostdir = self.workdir / name
         hostdir.mkdir()
         host = SshHost(name, free_port(), hostdir)
@@ -130,8 +135,6 @@ class SshHosts:
         return host
 
     def ssh(self, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        import shlex
-
         return subprocess.run(["ssh", "-F", str(self.ssh_config), name, shlex.join(argv)],
                               capture_output=True, text=True, timeout=timeout)
 

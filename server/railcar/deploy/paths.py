@@ -55,6 +55,11 @@ class Paths:
         return self._join("railcar", "bin", "python")
 
     @property
+    def server_marker(self) -> str:
+        """The wheel_id of the railcar installed in the server venv."""
+        return self._join("railcar", ".railcar-wheel")
+
+    @property
     def wheels(self) -> str:
         return self._join("wheels")
 

@@ -70,6 +70,7 @@ class Host:
     swapped: bool = False
     unpacked: bool = False
     locked: bool = False
+    facts: service.Facts | None = None  # what the check stage found
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -107,60 +108,79 @@ def stage_lock(host: Host, what: str) -> str:
     return f"{host.paths.lock}"
 
 
-def stage_check(host: Host, wheel_name: str) -> str:
-    remote, paths, config = host.remote, host.paths, host.config
-    if not remote.exists(paths.server_python):
+def stage_check(host: Host, wheels: list[str]) -> str:
+    remote, paths = host.remote, host.paths
+    shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
+    host.facts = known = service.facts(remote, paths, wheels, shared_files)
+    if not known.server_python:
         raise DeployError(f"[{host.name}] {paths.server_python} is missing: run `fab setup` first")
-    installed = (remote.read(posixpath.join(paths.server_venv, ".railcar-wheel")) or "").strip()
-    if installed != wheel_name:
-        raise DeployError(f"[{host.name}] the server venv has {installed or 'no railcar'}, "
-                          f"this deploy ships {wheel_name}: run `fab setup` first")
-    missing = [f for f in config.shared_files
-               if not remote.exists(posixpath.join(paths.shared, f))]
-    if missing:
+    wanted = service.wheel_id(wheels[0])
+    if known.installed != wanted:
+        raise DeployError(f"[{host.name}] the server venv has "
+                          f"{service.describe(known.installed) or 'no railcar'}, this deploy "
+                          f"ships {service.describe(wanted)}: run `fab setup` first")
+    if known.missing:
+        absent = [posixpath.relpath(path, paths.shared) for path in known.missing]
         raise DeployError(f"[{host.name}] shared files missing in {paths.shared}: "
-                          f"{', '.join(missing)} (railcar.shared_files)")
-    host.previous = rel.current_name(remote, paths)
+                          f"{', '.join(absent)} (railcar.shared_files)")
+    host.previous = known.current
     return f"current: {host.previous or '(none)'}"
 
 
 def stage_upload(host: Host, archive: Archive, wheels: list[str]) -> str:
-    sent = service.upload_wheels(host.remote, host.paths, wheels)
+    sent = service.upload_wheels(host.remote, host.paths, wheels, host.facts)
     target = posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
     host.remote.put(archive.path, target)
     size = os.path.getsize(archive.path)
     return f"{size / 1024:.0f} KiB" + (f", wheels: {', '.join(sent)}" if sent else "")
 
 
+# $1 release dir, $2 tarball, $3 revision: a fresh release dir with the tarball's files and
+# a REVISION file; the tarball is removed.
+UNPACK = r'''
+set -e
+rm -rf "$1"
+mkdir -p "$1"
+tar -xzf "$2" -C "$1"
+printf '%s\n' "$3" > "$1/REVISION"
+rm -f "$2"
+'''
+
+
 def stage_unpack(host: Host, archive: Archive) -> str:
-    remote, paths = host.remote, host.paths
-    tarball = posixpath.join(paths.tmp, f"{host.release}.tar.gz")
-    remote.run(["rm", "-rf", host.release_dir])
-    remote.run(["mkdir", "-p", host.release_dir])
+    tarball = posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
     host.unpacked = True
-    remote.run(["tar", "-xzf", tarball, "-C", host.release_dir])
-    remote.write(posixpath.join(host.release_dir, "REVISION"), archive.revision + "\n")
-    remote.run(["rm", "-f", tarball])
+    host.remote.script(UNPACK, host.release_dir, tarball, archive.revision, label="unpack")
     return host.release_dir
 
 
+# $1 release dir, $2 shared dir; then "d:NAME" (a shared dir, created if missing) or
+# "f:NAME" (a shared file) for each item linked from shared/ into the release.
+LINK = r'''
+set -e
+release=$1 shared=$2
+shift 2
+for item in "$@"; do
+  name=${item#?:}
+  case $item in d:*) mkdir -p "$shared/$name" ;; esac
+  mkdir -p "$(dirname "$release/$name")"
+  rm -rf "$release/$name"
+  ln -s "$shared/$name" "$release/$name"
+done
+'''
+
+
 def stage_link(host: Host) -> str:
-    remote, paths, config = host.remote, host.paths, host.config
-    for item in config.shared_dirs + config.shared_files:
-        is_dir = item in config.shared_dirs
-        source = posixpath.join(paths.shared, item)
-        target = posixpath.join(host.release_dir, item)
-        if is_dir:
-            remote.run(["mkdir", "-p", source])
-        remote.run(["mkdir", "-p", posixpath.dirname(target)])
-        remote.run(["rm", "-rf", target])
-        remote.run(["ln", "-s", source, target])
+    config = host.config
+    items = [f"d:{d}" for d in config.shared_dirs] + [f"f:{f}" for f in config.shared_files]
+    if items:
+        host.remote.script(LINK, host.release_dir, host.paths.shared, *items, label="link-shared")
     return f"{len(config.shared_dirs)} dir(s), {len(config.shared_files)} file(s)"
 
 
-def stage_venv(host: Host, wheel_name: str) -> str:
+def stage_venv(host: Host, archive: Archive, wheel: str) -> str:
     key, reused = venvs.ensure(host.remote, host.paths, host.config, host.release_dir,
-                               wheel_name)
+                               archive.path, os.path.basename(wheel), service.wheel_id(wheel))
     return f"{'reused' if reused else 'built'} venvs/{key}"
 
 
@@ -177,12 +197,15 @@ def stage_hooks(host: Host) -> str:
     return f"{len(host.config.hooks)} hook(s)"
 
 
+# $1 release dir, $2 temp link name, $3 current: symlink under the temp name, renamed over.
+SWAP = r'''
+rm -f "$2" && ln -s "$1" "$2" && mv -T -f "$2" "$3"
+'''
+
+
 def swap_current(remote: Remote, paths: Paths, release_dir: str) -> None:
     """Atomic publish: a symlink under a temporary name, renamed over `current`."""
-    temp = f"{paths.current}.tmp"
-    remote.run(["rm", "-f", temp])
-    remote.run(["ln", "-s", release_dir, temp])
-    remote.run(["mv", "-T", "-f", temp, paths.current])
+    remote.script(SWAP, release_dir, f"{paths.current}.tmp", paths.current, label="swap-current")
 
 
 def stage_swap(host: Host) -> str:
@@ -200,30 +223,42 @@ def stage_health(host: Host) -> str:
     return service.health_check(host.remote, host.paths, host.config, host.release_dir)
 
 
-def log_revision(host: Host, event: str, revision: str = "") -> None:
+def revision_line(host: Host, event: str, revision: str = "") -> str:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    user = getpass.getuser()
-    host.remote.append(host.paths.revisions_log,
-                       f"{when} {event} {host.release} revision {revision or '-'} by {user}")
+    return f"{when} {event} {host.release} revision {revision or '-'} by {getpass.getuser()}"
+
+
+def log_revision(host: Host, event: str, revision: str = "") -> None:
+    host.remote.script('printf "%s\\n" "$1" >> "$2"', revision_line(host, event, revision),
+                       host.paths.revisions_log, label="log-revision")
 
 
 def stage_mark(host: Host, revision: str) -> str:
-    rel.mark(host.remote, host.paths, host.release, rel.GOOD)
-    log_revision(host, "deployed", revision)
+    rel.mark(host.remote, host.paths, host.release, rel.GOOD,
+             revision_line(host, "deployed", revision))
     return f"good; {host.paths.revisions_log}"
+
+
+# $1 tmp dir; then the paths to remove.
+CLEANUP = r'''
+tmp=$1
+shift
+rm -rf "$@"
+find "$tmp" -mindepth 1 -delete 2>/dev/null
+true
+'''
 
 
 def stage_cleanup(host: Host) -> str:
     remote, paths = host.remote, host.paths
-    inventory = rel.inventory(remote, paths)
-    doomed = rel.to_remove(inventory, host.config.keep_releases, protect={host.release})
-    if doomed:
-        remote.run(["rm", "-rf", *(paths.release(release.name) for release in doomed)])
-    kept = [r.name for r in inventory if r not in doomed]
-    removed_venvs = venvs.cleanup(remote, paths, venvs.in_use(remote, paths, kept))
-    remote.run(["find", paths.tmp, "-mindepth", "1", "-delete"], check=False)
+    found = rel.read_inventory(remote, paths)
+    doomed = rel.to_remove(found.releases, host.config.keep_releases, protect={host.release})
+    kept = [r for r in found.releases if r not in doomed]
+    unused = venvs.unused(found.venvs, {r.venv for r in kept if r.venv})
+    remote.script(CLEANUP, paths.tmp, *(paths.release(r.name) for r in doomed),
+                  *(paths.venv(key) for key in unused), label="cleanup")
     return (f"kept {len(kept)}, removed {len(doomed)} release(s)"
-            + (f" and {len(removed_venvs)} venv(s)" if removed_venvs else ""))
+            + (f" and {len(unused)} venv(s)" if unused else ""))
 
 
 def stage_unlock(host: Host) -> str:
@@ -237,8 +272,8 @@ def fail_before_swap(host: Host, revision: str) -> None:
     """Mark the release failed (if it exists) and unlock; `current` was never touched."""
     try:
         if host.unpacked:
-            rel.mark(host.remote, host.paths, host.release, rel.FAILED)
-            log_revision(host, "failed", revision)
+            rel.mark(host.remote, host.paths, host.release, rel.FAILED,
+                     revision_line(host, "failed", revision))
             host.say(f"marked releases/{host.release} failed; current unchanged "
                      f"({host.previous or 'none'})")
     finally:
@@ -261,8 +296,8 @@ def fail_after_swap(host: Host, revision: str) -> None:
             remote.run(["rm", "-f", paths.current])
             service.stop(remote, paths, host.config)
             host.say("first release failed: removed current, stopped the server")
-        rel.mark(remote, paths, host.release, rel.FAILED)
-        log_revision(host, "failed", revision)
+        rel.mark(remote, paths, host.release, rel.FAILED,
+                 revision_line(host, "failed", revision))
     finally:
         if host.locked:
             stage_unlock(host)
@@ -270,15 +305,15 @@ def fail_after_swap(host: Host, revision: str) -> None:
 
 # --- the run --------------------------------------------------------------------------------
 def prepare(host: Host, archive: Archive, wheels: list[str]) -> None:
-    wheel_name = os.path.basename(wheels[0])
     host.stage("lock", "take the deploy lock",
                lambda: stage_lock(host, f"deploying {archive.ref} ({archive.short})"))
-    host.stage("check", "host set up, shared files present", lambda: stage_check(host, wheel_name))
+    host.stage("check", "host set up, shared files present", lambda: stage_check(host, wheels))
     host.stage("upload", "upload release and missing wheels",
                lambda: stage_upload(host, archive, wheels))
     host.stage("unpack", f"unpack into releases/{host.release}", lambda: stage_unpack(host, archive))
     host.stage("link", "link shared dirs and files", lambda: stage_link(host))
-    host.stage("venv", "build or reuse the virtualenv", lambda: stage_venv(host, wheel_name))
+    host.stage("venv", "build or reuse the virtualenv",
+               lambda: stage_venv(host, archive, wheels[0]))
     host.stage("hooks", "run hooks in the release", lambda: stage_hooks(host))
 
 
@@ -361,9 +396,10 @@ def rollback(host: Host, target: str | None) -> str:
     host.stage("lock", "take the deploy lock",
                lambda: stage_lock(host, f"rolling back to {target or 'previous good'}"))
     try:
-        inventory = rel.inventory(host.remote, host.paths)
+        found = rel.read_inventory(host.remote, host.paths)
+        inventory = found.releases
         by_name = {r.name: r for r in inventory}
-        host.previous = rel.current_name(host.remote, host.paths)
+        host.previous = found.current
         if target:
             chosen = by_name.get(target)
             if chosen is None or chosen.state != rel.GOOD:

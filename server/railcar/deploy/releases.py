@@ -17,16 +17,30 @@ from .remote import Remote
 
 GOOD, FAILED, INCOMPLETE = "good", "failed", "incomplete"
 
-# One remote round trip lists every release with its state and REVISION.
+# One remote round trip: where `current` points, every release with its state, REVISION and
+# venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir.
 LIST_SCRIPT = r'''
-cd "$1" 2>/dev/null || exit 0
-for d in */; do
-  d=${d%/}; [ -d "$d" ] || continue
-  s=$(cat "$d/.railcar-state" 2>/dev/null || echo incomplete)
-  r=$(head -c 200 "$d/REVISION" 2>/dev/null | head -n 1)
-  m=$(stat -c %Y "$d")
-  printf '%s\t%s\t%s\t%s\n' "$d" "$s" "$m" "$r"
-done
+printf 'current\t%s\n' "$(readlink "$1" 2>/dev/null)"
+if cd "$2" 2>/dev/null; then
+  for d in */; do
+    d=${d%/}; [ -d "$d" ] || continue
+    s=$(cat "$d/.railcar-state" 2>/dev/null || echo incomplete)
+    r=$(head -c 200 "$d/REVISION" 2>/dev/null | head -n 1)
+    m=$(stat -c %Y "$d")
+    v=$(readlink "$d/.venv" 2>/dev/null)
+    printf 'release\t%s\t%s\t%s\t%s\t%s\n' "$d" "$s" "$m" "${v##*/}" "$r"
+  done
+fi
+for v in "$3"/*/; do [ -d "$v" ] && v=${v%/} && printf 'venv\t%s\n' "${v##*/}"; done
+true
+'''
+
+# $1 release dir, $2 its state file, $3 state, $4 revisions log, $5 line to append (or "").
+MARK_SCRIPT = r'''
+if [ -d "$1" ]; then
+  printf '%s\n' "$3" > "$2.tmp" && mv -f "$2.tmp" "$2" || exit 1
+fi
+if [ -n "$5" ]; then printf '%s\n' "$5" >> "$4"; fi
 '''
 
 
@@ -37,6 +51,8 @@ class Release:
     mtime: int
     revision: str
     current: bool
+    venv: str = ""          # the key of the venv it links to
+
 
     def age(self, now: float | None = None) -> str:
         seconds = int((now or time.time()) - self.mtime)
@@ -46,6 +62,34 @@ class Release:
         return f"{seconds}s"
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """What is on a host, read in one round trip."""
+
+    current: str | None             # release name `current` points to
+    releases: list[Release]         # oldest first (names start with a UTC timestamp)
+    venvs: list[str]                # keys of the venvs present
+
+
+def read_inventory(remote: Remote, paths: Paths) -> Inventory:
+    out = remote.script(LIST_SCRIPT, paths.current, paths.releases, paths.venvs,
+                        label="list-releases").stdout
+    current, rows, venvs = None, [], []
+    for line in out.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "current":
+            current = posixpath.basename(rest.strip().rstrip("/")) or None
+        elif kind == "venv":
+            venvs.append(rest.strip())
+        elif kind == "release":
+            name, state, mtime, venv, revision = (rest.split("\t", 4) + [""] * 5)[:5]
+            rows.append((name, state.strip(), int(mtime or 0), venv.strip(), revision.strip()))
+    releases = [Release(name, state if state in (GOOD, FAILED) else INCOMPLETE, mtime,
+                        revision, name == current, venv)
+                for name, state, mtime, venv, revision in rows]
+    return Inventory(current, sorted(releases, key=lambda r: r.name), sorted(venvs))
+
+
 def current_name(remote: Remote, paths: Paths) -> str | None:
     """The release `current` points to, or None."""
     result = remote.run(["readlink", paths.current], check=False)
@@ -53,23 +97,16 @@ def current_name(remote: Remote, paths: Paths) -> str | None:
 
 
 def inventory(remote: Remote, paths: Paths) -> list[Release]:
-    """Every release, oldest first (names start with a UTC timestamp)."""
-    current = current_name(remote, paths)
-    out = remote.run(["sh", "-c", LIST_SCRIPT, "sh", paths.releases]).stdout
-    releases = []
-    for line in out.splitlines():
-        name, state, mtime, revision = (line.split("\t") + ["", "", "", ""])[:4]
-        state = state.strip() if state.strip() in (GOOD, FAILED) else INCOMPLETE
-        releases.append(Release(name, state, int(mtime or 0), revision.strip(),
-                                name == current))
-    return sorted(releases, key=lambda r: r.name)
+    """Every release, oldest first."""
+    return read_inventory(remote, paths).releases
 
 
-def mark(remote: Remote, paths: Paths, name: str, state: str) -> None:
-    """Record a release's state (idempotent); a missing release is left alone."""
+def mark(remote: Remote, paths: Paths, name: str, state: str, log_line: str = "") -> None:
+    """Record a release's state (idempotent; a missing release is left alone) and append
+    `log_line` to the revisions log, in one round trip."""
     release = paths.release(name)
-    if remote.exists(release):
-        remote.write(posixpath.join(release, STATE_FILE), state + "\n")
+    remote.script(MARK_SCRIPT, release, posixpath.join(release, STATE_FILE), state,
+                  paths.revisions_log, log_line, label="mark-release")
 
 
 def previous_good(releases: list[Release], before: str | None = None) -> Release | None:

@@ -4,13 +4,23 @@ Nothing in railcar.deploy builds a shell string by hand: a command is a list of 
 joined with shlex.join, optionally run in a directory (`cd DIR && ...`) with an environment
 (`env K=V ...`). Failures raise RemoteError carrying the command and its output; nothing
 returns a falsy "it failed".
+
+Every call is an SSH round trip (a new session and shell on the host, 0.1-1 s on a busy
+machine), so a stage does its work in one `script`: a constant `sh -c` text whose values
+come in as quoted positional arguments ("$1"...), never pasted into the text.
+RAILCAR_DEPLOY_TRACE=1 prints every call with its duration.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import sys
+import time
 from dataclasses import dataclass
+
+TRACE = os.environ.get("RAILCAR_DEPLOY_TRACE") == "1"   # print every remote call and its time
 
 
 class RemoteError(Exception):
@@ -53,15 +63,28 @@ class Remote:
         return text
 
     def run(self, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None,
-            check: bool = True, timeout: float | None = None) -> Result:
+            check: bool = True, timeout: float | None = None, shown: str | None = None) -> Result:
         """Run argv on the host; raise RemoteError on a non-zero exit if `check`."""
         text = self.command(argv, cwd, env)
+        started = time.monotonic()
         result = self.connection.run(text, hide=True, warn=True, in_stream=False,
                                      timeout=timeout)
+        self._trace("run", shown or text, started)
         out = Result(result.stdout, result.stderr, result.exited)
         if check and not out.ok:
             raise RemoteError(self.name, text, out.exit_code, out.stdout + out.stderr)
         return out
+
+    def script(self, text: str, *args: str, label: str, check: bool = True,
+               timeout: float | None = None) -> Result:
+        """Run a constant shell script with quoted arguments in one round trip; a failure
+        names it by `label` (not its whole text)."""
+        try:
+            return self.run(["sh", "-c", text, label, *args], check=check, timeout=timeout,
+                            shown=shlex.join(["script", label, *args]))
+        except RemoteError as exc:
+            raise RemoteError(self.name, shlex.join([label, *args]), exc.exit_code,
+                              exc.output) from None
 
     def test(self, argv: list[str]) -> bool:
         """True if argv exits 0 (for read-only checks such as `test -e PATH`)."""
@@ -74,20 +97,29 @@ class Remote:
         result = self.run(["cat", path], check=False)
         return result.stdout if result.ok else default
 
-    def put(self, local: str, remote: str) -> None:
+    def _trace(self, kind: str, what: str, started: float) -> None:
+        if TRACE:
+            print(f"[{self.name}]   {time.monotonic() - started:6.3f}s {kind} {what[:150]}",
+                  file=sys.stderr, flush=True)
+
+    def put(self, local, remote: str) -> None:
+        started = time.monotonic()
         self.connection.put(local, remote)
+        self._trace("put", remote, started)
 
     def write(self, path: str, content: str, mode: int | None = None) -> bool:
         """Atomically replace `path` with `content` (temp file + rename) if it differs.
-        Returns whether it changed; idempotent."""
-        if self.read(path) == content:
-            return False
+        Returns whether it changed; idempotent. One upload and one round trip."""
         temp = f"{path}.tmp"
-        self.connection.put(io.BytesIO(content.encode()), temp)
-        if mode is not None:
-            self.run(["chmod", format(mode, "o"), temp])
-        self.run(["mv", "-f", temp, path])
-        return True
+        self.put(io.BytesIO(content.encode()), temp)
+        out = self.script(REPLACE, temp, path, format(mode, "o") if mode is not None else "",
+                          label="replace-file")
+        return out.stdout.strip() == "changed"
 
-    def append(self, path: str, line: str) -> None:
-        self.run(["sh", "-c", 'printf "%s\\n" "$1" >> "$2"', "sh", line, path])
+
+# $1 temp file, $2 target, $3 mode or "": rename over the target unless identical.
+REPLACE = r'''
+if cmp -s "$1" "$2"; then rm -f "$1"; echo same; exit 0; fi
+if [ -n "$3" ]; then chmod "$3" "$1"; fi
+mv -f "$1" "$2" && echo changed
+'''

@@ -8,9 +8,11 @@ host it is a unit (from templates/railcar.service); otherwise a daemon started w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import shlex
+from dataclasses import dataclass
 from string import Template
 
 from .paths import Paths
@@ -21,33 +23,121 @@ TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 SERVER_PACKAGES = ("virtualenv",)   # the server venv builds the app venvs with it
 
 
-def upload_wheels(remote: Remote, paths: Paths, wheels: list[str]) -> list[str]:
-    """Upload the wheels the host does not have yet (temp name + rename); idempotent."""
-    have = set(remote.run(["ls", "-1", paths.wheels], check=False).stdout.split())
+def wheel_id(path: str) -> str:
+    """A wheel's identity: its name and the sha256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{os.path.basename(path)} {digest.hexdigest()}"
+
+
+def describe(wheel_id: str) -> str:
+    name, _, digest = wheel_id.partition(" ")
+    return f"{name} (sha256 {digest[:12]})" if digest else name
+
+
+# $1 server venv, $2 its railcar marker, $3 current; then "w:PATH" for each wheel to hash
+# and "f:PATH" for each file that must exist. One round trip: what check and upload need.
+FACTS = r'''
+venv=$1 marker=$2 current=$3
+shift 3
+if [ -x "$venv/bin/python" ]; then echo "python yes"; else echo "python no"; fi
+printf 'installed %s\n' "$(head -n 1 "$marker" 2>/dev/null)"
+printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
+for item in "$@"; do
+  f=${item#?:}
+  case $item in
+    w:*) [ -f "$f" ] && printf 'sha256 %s\n' "$(sha256sum "$f")" ;;
+    f:*) [ -e "$f" ] || printf 'missing %s\n' "$f" ;;
+  esac
+done
+true
+'''
+
+
+@dataclass
+class Facts:
+    """What a host has, read in one round trip (`facts`)."""
+
+    server_python: bool             # the server venv exists
+    installed: str                  # wheel_id of the railcar in it ("" if none)
+    current: str | None             # release `current` points to
+    wheel_hashes: dict[str, str]    # remote path -> sha256, for the wheels asked about
+    missing: list[str]              # of the files asked about, those that do not exist
+
+
+def facts(remote: Remote, paths: Paths, wheels: list[str], files: list[str] = ()) -> Facts:
+    """Read-only: the server venv, `current`, the wheels' hashes, which `files` are missing."""
+    items = [f"w:{posixpath.join(paths.wheels, os.path.basename(w))}" for w in wheels]
+    items += [f"f:{path}" for path in files]
+    out = remote.script(FACTS, paths.server_venv, paths.server_marker, paths.current, *items,
+                        label="host-facts").stdout
+    found = Facts(False, "", None, {}, [])
+    for line in out.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "python":
+            found.server_python = rest == "yes"
+        elif word == "installed":
+            found.installed = rest.strip()
+        elif word == "current":
+            found.current = posixpath.basename(rest.strip().rstrip("/")) or None
+        elif word == "sha256":
+            digest, _, path = rest.partition("  ")
+            found.wheel_hashes[path.strip()] = digest
+        elif word == "missing":
+            found.missing.append(rest)
+    return found
+
+
+# $1 the temp suffix; then the wheel paths: rename each WHEEL$1 over WHEEL.
+COMMIT_UPLOADS = r'''
+suffix=$1
+shift
+for f in "$@"; do mv -f "$f$suffix" "$f" || exit 1; done
+'''
+
+
+def upload_wheels(remote: Remote, paths: Paths, wheels: list[str], known: Facts) -> list[str]:
+    """Upload the wheels the host lacks or has different bytes of (sha256, from `known`),
+    under temp names renamed into place in one round trip; idempotent."""
     sent = []
     for wheel in wheels:
-        name = os.path.basename(wheel)
-        if name in have:
+        target = posixpath.join(paths.wheels, os.path.basename(wheel))
+        if known.wheel_hashes.get(target) == wheel_id(wheel).split(" ")[1]:
             continue
-        target = posixpath.join(paths.wheels, name)
         remote.put(wheel, target + ".part")
-        remote.run(["mv", "-f", target + ".part", target])
-        sent.append(name)
-    return sent
+        sent.append(target)
+    if sent:
+        remote.script(COMMIT_UPLOADS, ".part", *sent, label="commit-uploads")
+    return [posixpath.basename(path) for path in sent]
 
 
-def ensure_server_venv(remote: Remote, paths: Paths, config: DeployConfig,
-                       wheel_name: str) -> bool:
+# $1 host python, $2 server venv, $3 marker, $4 marker text, $5 the railcar wheel; then the
+# `pip install` arguments. The railcar wheel is reinstalled even at the same version, since
+# its bytes changed.
+SERVER_VENV = r'''
+set -e
+python=$1 venv=$2 marker=$3 text=$4 wheel=$5
+shift 5
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+rm -f "$marker"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+printf '%s\n' "$text" > "$marker"
+'''
+
+
+def ensure_server_venv(remote: Remote, paths: Paths, config: DeployConfig, wheel: str,
+                       known: Facts) -> bool:
     """The server's virtualenv with this railcar wheel; returns whether it changed."""
-    marker = posixpath.join(paths.server_venv, ".railcar-wheel")
-    if (remote.read(marker) or "").strip() == wheel_name:
+    wanted = wheel_id(wheel)
+    if known.installed == wanted:
         return False
-    if not remote.exists(paths.server_python):
-        remote.run([config.python, "-m", "venv", paths.server_venv])
-    remote.run([paths.server_python, "-m", "pip", "install", "-q",
-                "--disable-pip-version-check", *config.pip_args, "--find-links", paths.wheels,
-                posixpath.join(paths.wheels, wheel_name), *SERVER_PACKAGES])
-    remote.write(marker, wheel_name + "\n")
+    target = posixpath.join(paths.wheels, os.path.basename(wheel))
+    remote.script(SERVER_VENV, config.python, paths.server_venv, paths.server_marker, wanted,
+                  target, *config.pip_args, "--find-links", paths.wheels, target,
+                  *SERVER_PACKAGES, label="server-venv")
     return True
 
 
@@ -61,6 +151,11 @@ def start_argv(paths: Paths, config: DeployConfig) -> list[str]:
     for name, value in sorted(config.env.items()):
         argv += ["--env", f"{name}={value}"]
     return argv
+
+
+def systemd_mode(config: DeployConfig) -> str:
+    """"auto" (a unit when systemd runs on the host), "yes" or "no", for the scripts."""
+    return "auto" if config.systemd == "auto" else ("yes" if config.systemd else "no")
 
 
 def uses_systemd(remote: Remote, config: DeployConfig) -> bool:
@@ -91,6 +186,29 @@ def ensure_unit(remote: Remote, paths: Paths, config: DeployConfig) -> bool:
     return changed
 
 
+# The server's life in one round trip each: $1 action (start, restart, stop), $2 railcar,
+# $3 admin socket, $4 app, $5 systemd mode, $6 unit; then the `railcar start` command line.
+SERVICE = r'''
+action=$1 railcar=$2 admin=$3 app=$4 mode=$5 unit=$6
+shift 6
+running() { "$railcar" status --json --admin-socket "$admin" >/dev/null 2>&1; }
+systemd() { [ "$mode" = yes ] || { [ "$mode" = auto ] && [ -d /run/systemd/system ]; }; }
+start() { if systemd; then systemctl start "$unit" && echo "started $unit"; else "$@"; fi; }
+case $action in
+  restart) if running; then exec "$railcar" restart "$app" --admin-socket "$admin"; fi; start "$@" ;;
+  start) if running; then echo "running, unchanged"; else start "$@"; fi ;;
+  stop) if systemd; then systemctl stop "$unit"; elif running; then "$railcar" stop --admin-socket "$admin"; fi ;;
+esac
+'''
+
+
+def _service(remote: Remote, paths: Paths, config: DeployConfig, action: str,
+             check: bool = True) -> str:
+    return remote.script(SERVICE, action, paths.railcar, paths.admin_socket, config.app,
+                         systemd_mode(config), unit_name(config), *start_argv(paths, config),
+                         label=f"{action}-server", check=check).stdout
+
+
 def running(remote: Remote, paths: Paths) -> bool:
     return remote.test([paths.railcar, "status", "--json", "--admin-socket", paths.admin_socket])
 
@@ -101,28 +219,19 @@ def status(remote: Remote, paths: Paths, as_json: bool = False) -> str:
 
 
 def start(remote: Remote, paths: Paths, config: DeployConfig) -> str:
-    """Start the server on `current`; raises RemoteError with its report if it fails."""
-    if uses_systemd(remote, config):
-        remote.run(["systemctl", "start", unit_name(config)])
-        return f"started {unit_name(config)}"
-    return remote.run(start_argv(paths, config)).stdout.strip()
+    """Start the server on `current` unless it runs; raises RemoteError with its report if
+    it fails."""
+    return _service(remote, paths, config, "start").strip()
 
 
 def restart(remote: Remote, paths: Paths, config: DeployConfig) -> str:
     """Rolling restart onto what `current` points to now (blocks until done); starts the
     server if it does not run. Raises RemoteError (with the app's traceback) on failure."""
-    if not running(remote, paths):
-        return start(remote, paths, config)
-    result = remote.run([paths.railcar, "restart", config.app,
-                         "--admin-socket", paths.admin_socket])
-    return result.stdout.strip()
+    return _service(remote, paths, config, "restart").strip()
 
 
 def stop(remote: Remote, paths: Paths, config: DeployConfig) -> None:
-    if uses_systemd(remote, config):
-        remote.run(["systemctl", "stop", unit_name(config)], check=False)
-    elif running(remote, paths):
-        remote.run([paths.railcar, "stop", "--admin-socket", paths.admin_socket], check=False)
+    _service(remote, paths, config, "stop", check=False)
 
 
 def health_check(remote: Remote, paths: Paths, config: DeployConfig, release_dir: str) -> str:

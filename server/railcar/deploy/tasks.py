@@ -113,24 +113,30 @@ def setup(c):
         raise _fail(exc) from None
 
 
+# Directories given as arguments that are missing are created and printed.
+LAYOUT = r'''
+for d in "$@"; do [ -d "$d" ] || { mkdir -p "$d" && printf '%s\n' "$d"; } || exit 1; done
+'''
+
+
 def setup_host(host: Host) -> None:
     remote, paths, config = host.remote, host.paths, host.config
     all_wheels = wheels(config)
+    known = None
 
     def layout():
+        nonlocal known
         dirs = paths.layout() + [f"{paths.shared}/{d}" for d in config.shared_dirs]
-        missing = [d for d in dirs if not remote.exists(d)]
-        if missing:
-            remote.run(["mkdir", "-p", *missing])
-        return f"created {len(missing)} dir(s)" if missing else "unchanged"
+        created = remote.script(LAYOUT, *dirs, label="layout").stdout.split()
+        known = service.facts(remote, paths, all_wheels)
+        return f"created {len(created)} dir(s)" if created else "unchanged"
 
     def upload():
-        sent = service.upload_wheels(remote, paths, all_wheels)
+        sent = service.upload_wheels(remote, paths, all_wheels, known)
         return f"uploaded {len(sent)} wheel(s)" if sent else "unchanged"
 
     def server_venv():
-        changed = service.ensure_server_venv(remote, paths, config,
-                                             os.path.basename(all_wheels[0]))
+        changed = service.ensure_server_venv(remote, paths, config, all_wheels[0], known)
         return f"installed {os.path.basename(all_wheels[0])}" if changed else "unchanged"
 
     def unit():
@@ -140,10 +146,8 @@ def setup_host(host: Host) -> None:
             + service.unit_name(config)
 
     def start():
-        if not remote.exists(paths.current):
+        if known.current is None:
             return "no release yet: the first deploy starts it"
-        if service.running(remote, paths):
-            return "running, unchanged"
         return service.start(remote, paths, config).splitlines()[0]
 
     host.stage("layout", f"directories under {paths.root}", layout)
