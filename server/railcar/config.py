@@ -81,7 +81,7 @@ WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master r
 REQUEST_LIMIT_NAMES = ("max_concurrent_requests", "max_request_time")
 # Settings the master enforces (pool.py, supervision.py).
 SUPERVISION_NAMES = ("max_requests", "max_requests_jitter", "memory_limit", "max_workers",
-                     "idle_timeout", "environment")
+                     "idle_timeout", "environment", "spawn_method")
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -6,6 +6,12 @@ reconciles the actual worker set with the wanted one; `restart` is the one place
 release; `replace_worker` is the one way a worker over a limit is swapped for a new one.
 `supervise` (each tick) samples the workers, replaces those over a limit and sizes a dynamic
 pool between `workers` and `max_workers`.
+
+Spawn methods (the app's `spawn_method`): `direct` starts each worker as `python -m
+railcar.worker`; `smart` keeps one preloader per release (the app imported once) and has it
+fork the workers. `self.preloader` is the one new workers fork from; a rolling restart starts
+a fresh one from the root, and a preloader that is not current is stopped once no worker
+forked from it is left.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class AppPool:
         self.last_replacement: dict | None = None
         self.restarts: collections.Counter[str] = collections.Counter()   # "ok" / "failed"
         self.supervisor: gevent.Greenlet | None = None
+        self.preloaders: list[WorkerProcess] = []     # alive (smart spawning)
+        self.preloader: WorkerProcess | None = None  # the one new workers fork from
         self.fallback = BootErrorResponder(
             self, app.supervision.get("environment") == "development")
 
@@ -80,11 +88,20 @@ class AppPool:
         return {"app": self.app.name, "limits": self.app.limits,
                 "access_log": self.app.access_log, "graceful_timeout": self.graceful_timeout}
 
+    def smart(self) -> bool:
+        return self.app.supervision.get("spawn_method") == "smart"
+
     def spawn_worker(self, release: releases.Release) -> WorkerProcess:
+        """Start one worker of `release`; with smart spawning `self.preloader` (READY, of
+        that release: see _spawn_ready) forks it."""
         worker = WorkerProcess(self.app.name, release, self.log, self._on_worker_exit)
         self.workers.append(worker)
         try:
-            worker.start(self.listeners, self._worker_spec(), self.app.env, self.app.run_as)
+            if self.smart():
+                worker.start_forked(self.preloader)
+            else:
+                worker.start(self.listeners, self._worker_spec(), self.app.env,
+                             self.app.run_as)
         except OSError:
             pass    # state is FAILED with the reason in boot_error
         else:
@@ -93,6 +110,14 @@ class AppPool:
         return worker
 
     def _spawn_ready(self, release: releases.Release) -> tuple[WorkerProcess, bool]:
+        """A new worker of `release`, waited for. With smart spawning, a preloader of that
+        release is started first if there is none; if it fails to boot, it is returned as
+        the failed worker (its failure_text tells the app's error)."""
+        if self.smart():
+            preloader, ok = self._preloader_ready(release)
+            if not ok:
+                self.log.error("%s", preloader.failure_text())
+                return preloader, False
         worker = self.spawn_worker(release)
         ok = worker.state != states.FAILED and worker.wait_ready(self.app.boot_timeout)
         if ok:
@@ -103,6 +128,46 @@ class AppPool:
                 self.workers.remove(worker)
         return worker, ok
 
+    def _preloader_ready(self, release: releases.Release) -> tuple[WorkerProcess, bool]:
+        current = self.preloader
+        if current is not None and current.release == release and \
+                current.state == states.READY:
+            return current, True
+        preloader = WorkerProcess(self.app.name, release, self.log, self._on_preloader_exit,
+                                  kind="preloader")
+        self.preloaders.append(preloader)
+        began = time.monotonic()
+        try:
+            preloader.start(self.listeners, self._worker_spec(), self.app.env, self.app.run_as)
+        except OSError:
+            self.preloaders.remove(preloader)
+            return preloader, False
+        if not preloader.wait_ready(self.app.boot_timeout):
+            return preloader, False
+        self.log.info("%s: preloader %s ready in %.2f s (release %s)", self.app.name,
+                      preloader.pid, time.monotonic() - began, release.path)
+        self.preloader = preloader
+        return preloader, True
+
+    def _on_preloader_exit(self, preloader: WorkerProcess) -> None:
+        if preloader in self.preloaders:
+            self.preloaders.remove(preloader)
+        if self.preloader is preloader:
+            self.preloader = None
+        if preloader.state == states.EXITED and not preloader.retired:
+            self.log.warning("%s: preloader %s exited unexpectedly (%s)", self.app.name,
+                             preloader.pid, exit_reason(preloader.returncode))
+
+    def _stop_idle_preloaders(self) -> None:
+        """Stop every preloader but the current one that no live worker was forked from."""
+        in_use = {id(w.preloader) for w in self.workers}
+        for preloader in list(self.preloaders):
+            if preloader is not self.preloader and id(preloader) not in in_use \
+                    and preloader.state == states.READY:
+                self.log.info("%s: stopping preloader %s (release %s)", self.app.name,
+                              preloader.pid, preloader.release.path)
+                preloader.retire()
+
     def _resolve(self) -> releases.Release:
         return releases.resolve(self.app.root, self.app.module, self.app.python)
 
@@ -111,6 +176,7 @@ class AppPool:
         self._answer_while_down()
         if self.stopping or self.lock.locked():
             return
+        self._stop_idle_preloaders()
         serving = self.serving()
         missing = self.wanted - len(serving)
         if missing < 0:
@@ -183,11 +249,14 @@ class AppPool:
         self.log.info("%s: rolling restart of %d worker(s) onto %s", self.app.name,
                       len(old), release.path)
         fresh, retired = [], []
+        previous_preloader, self.preloader = self.preloader, None    # a fresh one: new code
         for index in range(max(self.wanted, len(old))):
             worker, ok = self._spawn_ready(release)
             if not ok:
                 outcome.error = worker.failure_text()
                 self.last_error = outcome.error
+                if previous_preloader is not None and previous_preloader.state == states.READY:
+                    self.preloader = previous_preloader
                 self._abort(fresh, retired)
                 return outcome
             fresh.append(worker)
@@ -340,7 +409,7 @@ class AppPool:
         """Retire (graceful) or quit every worker; SIGKILL what is left after `timeout`."""
         self.stopping = True
         self.fallback.stop()
-        workers = list(self.workers)
+        workers = list(self.workers) + list(self.preloaders)
         for worker in workers:
             if graceful:
                 worker.retire()

@@ -3,6 +3,11 @@
 Runs in the master (gevent). The worker's stdout and stderr come back through a pipe: each
 line goes to the server log prefixed with the app and pid, and the last lines are kept so a
 boot failure can be reported with the app's own error output.
+
+Two ways to get the process, one handle: `start` runs `python -m railcar.worker` (or, for a
+preloader, `railcar.preloader`) as our child with gevent.subprocess.Popen; `start_forked` asks
+a preloader to fork one. `self.popen` is then either a Popen or a ForkedProcess, which offers
+the part of Popen's interface used here (pid, stdout, wait, send_signal) for a grandchild.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Callable
 
 import gevent
 import gevent.event
+import gevent.fileobject
+import gevent.socket
 import gevent.subprocess
 import psutil
 
@@ -32,8 +39,10 @@ OUTPUT_TAIL_LINES = 200
 class WorkerProcess:
     """One worker. `on_exit(worker)` is called in the master once the process is reaped."""
 
-    def __init__(self, app_name: str, release: Release, log, on_exit: Callable):
+    def __init__(self, app_name: str, release: Release, log, on_exit: Callable,
+                 kind: str = "worker"):
         self.app_name = app_name
+        self.kind = kind                      # "worker" or "preloader"
         self.release = release
         self.log = log
         self.on_exit = on_exit
@@ -51,6 +60,8 @@ class WorkerProcess:
         self.pending: dict[int, gevent.event.AsyncResult] = {}
         self.next_call_id = 0
         self.ps: psutil.Process | None = None
+        self.preloader: WorkerProcess | None = None     # the one that forked this worker
+        self.child_exits: dict[int, gevent.event.AsyncResult] = {}   # preloader: pid -> status
 
     @property
     def pid(self) -> int | None:
@@ -59,7 +70,8 @@ class WorkerProcess:
     # --- starting -------------------------------------------------------------------------
     def start(self, listeners: list[socket.socket], spec: dict, env: dict[str, str],
               run_as=None) -> None:
-        """Fork and exec `python -m railcar.worker` with the listeners and a channel inherited.
+        """Fork and exec `python -m railcar.worker` (railcar.preloader for a preloader) with
+        the listeners and a channel inherited.
 
         `run_as` (a config.Account, only when the master runs as root): the worker's user,
         group and supplementary groups, and its HOME/USER/LOGNAME.
@@ -76,7 +88,7 @@ class WorkerProcess:
             child_env.update(USER=run_as.user, LOGNAME=run_as.user, HOME=_home(run_as.uid))
         try:
             self.popen = gevent.subprocess.Popen(
-                [self.release.python, "-m", "railcar.worker"], cwd=self.release.path,
+                [self.release.python, "-m", f"railcar.{self.kind}"], cwd=self.release.path,
                 env=child_env, pass_fds=fds + [theirs.fileno()], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, **account)
         except OSError as exc:
@@ -86,7 +98,32 @@ class WorkerProcess:
             raise
         finally:
             theirs.close()
-        self.channel = Channel(ours)
+        self._follow(ours)
+
+    def start_forked(self, preloader: WorkerProcess) -> None:
+        """Have `preloader` (READY) fork this worker: we make its channel and output pipe and
+        pass their far ends along with the request. Raises OSError (state FAILED) if it
+        cannot."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        output, output_end = os.pipe()
+        try:
+            reply = preloader.call("fork", timeout=10.0, fds=[theirs.fileno(), output_end])
+        finally:
+            theirs.close()
+            os.close(output_end)
+        if not reply or "pid" not in reply:
+            ours.close()
+            os.close(output)
+            why = (reply or {}).get("error", "no answer")
+            self.boot_error = f"preloader {preloader.pid} could not fork a worker: {why}"
+            self._change_state(states.FAILED)
+            raise OSError(self.boot_error)
+        self.preloader = preloader
+        self.popen = ForkedProcess(reply["pid"], output, preloader)
+        self._follow(ours)
+
+    def _follow(self, channel_socket: socket.socket) -> None:
+        self.channel = Channel(channel_socket)
         self.followers = [gevent.spawn(self._follow_output), gevent.spawn(self._follow_channel)]
         gevent.spawn(self._wait_exit)
 
@@ -105,6 +142,8 @@ class WorkerProcess:
                 self._change_state(states.READY)
             elif event == "boot_error":
                 self.boot_error = message.get("error")
+            elif event == "exited":         # from a preloader: one of its workers
+                self._child_exit(message.get("pid")).set(message.get("returncode"))
             elif "reply" in message:
                 waiter = self.pending.pop(message["reply"], None)
                 if waiter is not None:
@@ -124,6 +163,9 @@ class WorkerProcess:
         self.exited.set()
         self.on_exit(self)
 
+    def _child_exit(self, pid: int) -> gevent.event.AsyncResult:
+        return self.child_exits.setdefault(pid, gevent.event.AsyncResult())
+
     def _change_state(self, new: str) -> None:
         states.check_transition(self.state, new)
         self.state = new
@@ -142,7 +184,7 @@ class WorkerProcess:
 
     def failure_text(self) -> str:
         """What went wrong at boot, with the app's own output."""
-        parts = [f"worker {self.pid} of {self.app_name} failed to boot "
+        parts = [f"{self.kind} {self.pid} of {self.app_name} failed to boot "
                  f"(release {self.release.path}, python {self.release.python})"]
         if self.returncode is not None:
             parts[0] += f": exit status {self.returncode}"
@@ -152,15 +194,19 @@ class WorkerProcess:
             parts.append("\n".join(self.output_tail))
         return "\n".join(parts)
 
-    def call(self, name: str, timeout: float = 2.0) -> dict | None:
-        """Ask the worker something over its channel; None if it does not answer in time."""
+    def call(self, name: str, timeout: float = 2.0, fds: list[int] = ()) -> dict | None:
+        """Ask the worker something over its channel; None if it does not answer in time.
+        `fds` travel with the request (the worker side must expect them)."""
         if self.state not in (states.READY, states.RETIRING) or self.channel is None:
             return None
         self.next_call_id += 1
         waiter = gevent.event.AsyncResult()
         self.pending[self.next_call_id] = waiter
         try:
-            self.channel.send({"call": name, "id": self.next_call_id})
+            message = {"call": name, "id": self.next_call_id}
+            if fds:
+                message["fds"] = len(fds)
+            self.channel.send(message, fds)
             return waiter.get(timeout=timeout)
         except (OSError, gevent.Timeout):
             return None
@@ -202,6 +248,54 @@ class WorkerProcess:
     def describe(self) -> dict:
         return {"pid": self.pid, "release": self.release.path, "python": self.release.python,
                 "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at}
+
+
+class ForkedProcess:
+    """A worker forked by a preloader, seen through the part of Popen's interface that
+    WorkerProcess uses. It is not our child: its exit is seen through a pidfd (psutil polling
+    where there is none) and its exit status comes from the preloader, when it can tell."""
+
+    POLL_INTERVAL = 0.2
+    STATUS_WAIT = 2.0   # how long to wait for the preloader's word on the exit status
+
+    def __init__(self, pid: int, output_fd: int, preloader: WorkerProcess):
+        self.pid = pid
+        self.preloader = preloader
+        self.stdout = gevent.fileobject.FileObject(output_fd, "rb")
+        self.returncode: int | None = None
+
+    def wait(self) -> int | None:
+        self._wait_gone()
+        status = self.preloader._child_exit(self.pid)
+        gevent.wait([status, self.preloader.exited], timeout=self.STATUS_WAIT, count=1)
+        self.returncode = status.value if status.ready() else None
+        self.preloader.child_exits.pop(self.pid, None)
+        return self.returncode
+
+    def _wait_gone(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        except (AttributeError, OSError):
+            while not _gone(self.pid):
+                gevent.sleep(self.POLL_INTERVAL)
+            return
+        try:
+            gevent.socket.wait_read(pidfd)
+        finally:
+            os.close(pidfd)
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _home(uid: int) -> str:

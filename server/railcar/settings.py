@@ -65,6 +65,12 @@ def _environment(value: Any) -> str:
     return value
 
 
+def _spawn_method(value: Any) -> str:
+    if value not in ("smart", "direct"):
+        raise ValueError("expected 'smart' or 'direct'")
+    return value
+
+
 def _tcp_bind(value: Any) -> str:
     text = _bind(value)
     if text.startswith("unix:"):
@@ -212,6 +218,11 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--env", key="env", multiple=True, metavar="KEY=VALUE"),
     Setting("access_log", _text, None, "Access log: a file path, or '-' for the server log.",
             flag="--access-log", key="access_log", metavar="PATH"),
+    Setting("spawn_method", _spawn_method, "smart",
+            "smart: a preloader per release imports the app once and forks the workers "
+            "(faster spawns, shared memory); direct: each worker imports the app itself, for "
+            "apps that cannot be forked safely.",
+            flag="--spawn-method", key="spawn_method", metavar="smart|direct"),
     Setting("boot_timeout", _seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
     # Limits: a worker past one is replaced (new one ready first, then the old one retires).

@@ -47,6 +47,10 @@ def render(status: dict) -> str:
             lines.append(f"  last restart: {outcome} in {took:.1f}s, "
                          f"{_duration(now - restart['finished_at'])} ago, release "
                          f"{os.path.basename(restart.get('release') or '') or '-'}")
+        for preloader in app.get("preloaders") or []:
+            lines.append(f"  preloader: {preloader['pid']} {preloader['state']}, release "
+                         f"{os.path.basename(preloader['release'])}"
+                         + (" (new workers fork from it)" if preloader["current"] else ""))
         if app.get("max_workers", 0) > app.get("min_workers", 0):
             lines.append(f"  pool: {app['wanted_workers']} wanted "
                          f"({app['min_workers']}..{app['max_workers']})")

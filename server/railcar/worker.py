@@ -1,6 +1,8 @@
 """Worker process: `python -m railcar.worker`, started by the master with the app's interpreter.
 
 Runs in the worker. Contract with the master (see railcar.channel for the framing):
+- A worker is started directly (this module) or forked by a preloader (railcar.preloader)
+  that imported the app already; both run the same Worker.
 - The environment variable RAILCAR_WORKER holds a JSON spec: module, release, listen_fds,
   control_fd, limits, access_log, graceful_timeout.
 - gevent monkey-patches the process before the app is imported.
@@ -71,7 +73,29 @@ class AccessLog:
         self.stream.write(line + "\n")
 
 
+def import_app(spec: dict, channel: Channel):
+    """Enter the release (cwd and first on sys.path) and import its app.
+
+    Shared by the worker and the preloader. If the import fails, the traceback goes to stderr
+    and to the master as {"event": "boot_error"}, and the process exits 1.
+    """
+    release = spec["release"]
+    os.chdir(release)
+    sys.path[:] = [release] + [p for p in sys.path if p not in ("", release)]
+    try:
+        return load_app(spec["module"])
+    except BaseException:
+        error = traceback.format_exc()
+        sys.stderr.write(error)
+        sys.stderr.flush()
+        channel.send({"event": "boot_error", "error": error})
+        sys.exit(1)
+
+
 class Worker:
+    """The serving part of a worker: run by `python -m railcar.worker` after importing the
+    app, and by a worker the preloader forked, with the app the preloader imported."""
+
     def __init__(self, spec: dict):
         self.spec = spec
         self.channel = Channel(socket.socket(fileno=spec["control_fd"]))
@@ -81,18 +105,8 @@ class Worker:
         self.retiring = False
         self.replace_reason = None   # set when this worker should be replaced
 
-    def boot(self) -> None:
-        release = self.spec["release"]
-        os.chdir(release)
-        sys.path[:] = [release] + [p for p in sys.path if p not in ("", release)]
-        try:
-            app = load_app(self.spec["module"])
-        except BaseException:
-            error = traceback.format_exc()
-            sys.stderr.write(error)
-            sys.stderr.flush()
-            self.channel.send({"event": "boot_error", "error": error})
-            sys.exit(1)
+    def boot(self, app) -> None:
+        """Serve `app` on the inherited listeners, then tell the master we are ready."""
         listeners = [socket.socket(fileno=fd) for fd in self.spec["listen_fds"]]
         if self.spec.get("access_log"):
             self.access_log = AccessLog(self.spec["access_log"])
@@ -106,7 +120,7 @@ class Worker:
         gevent.signal_handler(signal.SIGQUIT, self.exit_now)
         faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
-                           "release": release})
+                           "release": self.spec["release"]})
 
     def retire(self) -> None:
         if not self.retiring:
@@ -151,8 +165,11 @@ class Worker:
     def call_backtraces(self) -> dict:
         return {"text": "\n".join(gevent.util.format_run_info())}
 
-    def run(self) -> None:
-        self.boot()
+    def run(self, app=None) -> None:
+        """Serve until retired or stopped; imports the app first unless given one."""
+        if app is None:
+            app = import_app(self.spec, self.channel)
+        self.boot(app)
         gevent.spawn(self.serve_channel)
         self.done.wait()
         sys.stdout.flush()

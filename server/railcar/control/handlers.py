@@ -51,6 +51,9 @@ def _app_status(pool) -> dict:
         "replacements": dict(pool.replacements),
         "last_replacement": pool.last_replacement,
         "workers": [job.value for job in jobs],
+        "spawn_method": pool.app.supervision.get("spawn_method"),
+        "preloaders": [{"pid": p.pid, "release": p.release.path, "state": p.state,
+                        "current": p is pool.preloader} for p in list(pool.preloaders)],
     }
 
 

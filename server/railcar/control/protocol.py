@@ -15,7 +15,8 @@ Commands (args in parentheses):
                               "last_replacement", "wanted_workers", "min_workers",
                               "max_workers", "workers": [{"pid", "release", "state",
                               "requests", "in_flight", "started_at", "rss", "cpu",
-                              "replacing"}]}]}
+                              "replacing"}], "spawn_method",
+                              "preloaders": [{"pid", "release", "state", "current"}]}]}
     requests (app)        -> {"requests": [{"app", "worker", "method", "path", "client",
                               "age"}]}: every request in flight, oldest first
     restart (app)         -> {"apps": [{"name", "ok", "release", "error", ...}]}; blocks
