@@ -176,8 +176,7 @@ def backtraces(app, worker, admin_socket, pid_file) -> None:
 
 @main.command("config")
 @click.argument("kind", type=click.Choice(["nginx", "apache", "systemd", "logrotate"]))
-@click.option("--config", "config_file", required=True, metavar="FILE",
-              help="The server config ([server] and [[apps]] tables).")
+@click.argument("app_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--listen", default=None, metavar="ADDRESS",
               help="nginx/apache: address the site listens on [default: 80 / *:80].")
 @click.option("--railcar", "railcar_path", default=None, metavar="PATH",
@@ -185,13 +184,17 @@ def backtraces(app, worker, admin_socket, pid_file) -> None:
 @click.option("--service", default="railcar", show_default=True,
               help="logrotate: the systemd unit to signal when there is no pid_file.")
 @click.option("-o", "--output", default=None, metavar="PATH", help="Write here, not stdout.")
-def config_command(kind, config_file, listen, railcar_path, service, output) -> None:
-    """Render the nginx site, Apache vhost, systemd unit or logrotate file for --config FILE."""
+@_start_options
+def config_command(kind, app_dir, listen, railcar_path, service, output, **values) -> None:
+    """Render the nginx site, Apache vhost, systemd unit or logrotate file for --config FILE,
+    or for APP_DIR with the options `railcar start` is given (the same server config)."""
     from . import config
     from .render import RenderError, render
 
+    if not app_dir and not values.get("config"):
+        raise click.UsageError("give --config FILE, or APP_DIR and the `railcar start` options")
     try:
-        text = render(kind, config.load({"config": config_file}, None), listen=listen,
+        text = render(kind, config.load(values, app_dir), listen=listen,
                       railcar=railcar_path, service=service)
     except (ConfigError, RenderError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -15,6 +15,8 @@
       mark     mark the release good, append to the revisions log
     finish   (every host)
       cleanup  keep keep_releases good releases, drop failed/incomplete ones and unused venvs
+      nginx    (railcar.nginx.enabled) render the site on the host, install it if changed,
+               nginx -t, reload; a failed test keeps the old site
       unlock   release the lock
 
 A failure before `swap` leaves `current` untouched on every host and marks the release
@@ -328,7 +330,12 @@ def publish(host: Host, archive: Archive) -> None:
 def finish(host: Host) -> None:
     host.stage("cleanup", f"keep {host.config.keep_releases} good releases",
                lambda: stage_cleanup(host))
-    host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))
+    try:
+        if host.config.nginx["enabled"]:
+            host.stage("nginx", f"site {service.nginx_site(host.config)}, test, reload",
+                       lambda: service.ensure_nginx_site(host.remote, host.paths, host.config))
+    finally:
+        host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))
 
 
 def _parallel(hosts: list[Host], action: Callable[[Host], None]) -> dict[str, BaseException]:

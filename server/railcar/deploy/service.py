@@ -209,6 +209,52 @@ def _service(remote: Remote, paths: Paths, config: DeployConfig, action: str,
                          label=f"{action}-server", check=check).stdout
 
 
+def nginx_site(config: DeployConfig) -> str:
+    return posixpath.join(config.nginx["sites_dir"], f"railcar-{config.app}.conf")
+
+
+# The app's nginx site in one round trip: $1 railcar, $2 site file, $3 test command, $4 reload
+# command, $5 current; then the `railcar config nginx` arguments (the server's own command
+# line, so the site has the host's paths). Rendered next to the site under a dot name (no
+# include glob matches it), renamed over the site only when it differs; a failing test puts
+# the old site back (or removes the new one) and fails with nginx's message.
+NGINX_SITE = r'''
+railcar=$1 site=$2 check=$3 reload=$4 current=$5
+shift 5
+dir=$(dirname "$site") name=$(basename "$site")
+new="$dir/.$name.new" old="$dir/.$name.old"
+[ -d "$dir" ] || { echo "$dir does not exist: is nginx installed (railcar.nginx.sites_dir)?" >&2; exit 1; }
+[ -d "$current" ] || { echo "no release yet: the first deploy installs it"; exit 0; }
+"$railcar" config nginx -o "$new" "$@" || { rm -f "$new"; exit 1; }
+if cmp -s "$new" "$site"; then rm -f "$new"; echo "unchanged $site"; exit 0; fi
+had=no
+if [ -e "$site" ]; then cp -p "$site" "$old" || exit 1; had=yes; fi
+chmod 644 "$new" && mv -f "$new" "$site" || exit 1
+if ! out=$(sh -c "$check" 2>&1); then
+  if [ $had = yes ]; then mv -f "$old" "$site"; else rm -f "$site"; fi
+  printf '%s\n' "$out" >&2
+  echo "\`$check\` failed: the previous site is left in place" >&2
+  exit 1
+fi
+rm -f "$old"
+sh -c "$reload" || { echo "\`$reload\` failed" >&2; exit 1; }
+echo "installed $site, nginx reloaded"
+'''
+
+
+def ensure_nginx_site(remote: Remote, paths: Paths, config: DeployConfig) -> str:
+    """Render the app's nginx site on the host (`railcar config nginx` of the server venv,
+    with the server's command line), install it if it changed, test, reload. Idempotent;
+    raises RemoteError with nginx's message when the test fails (the old site stays)."""
+    nginx = config.nginx
+    argv = start_argv(paths, config)[2:] + ["--listen", nginx["listen"]]
+    for name in nginx["server_names"]:
+        argv += ["--server-name", name]
+    out = remote.script(NGINX_SITE, paths.railcar, nginx_site(config), nginx["test_command"],
+                        nginx["reload_command"], paths.current, *argv, label="nginx-site")
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "done"
+
+
 def running(remote: Remote, paths: Paths) -> bool:
     return remote.test([paths.railcar, "status", "--json", "--admin-socket", paths.admin_socket])
 

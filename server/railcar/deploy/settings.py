@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,19 @@ DEFAULTS: dict[str, Any] = {
     "health_timeout": 30,         # seconds for the health check to get a 2xx/3xx
     "lock_timeout": 3600,         # seconds after which a lock held from another machine is stale
     "systemd": "auto",            # auto: a unit when systemd runs on the host; else a daemon
+    "nginx": {},                  # setup/deploy install the app's nginx site: see NGINX_DEFAULTS
+}
+
+# railcar.nginx: off unless enabled. The site is rendered on the host by `railcar config nginx`
+# from the server's own command line, written to SITES_DIR/railcar-APP.conf when it changed,
+# checked with test_command (a failure puts the old site back), then nginx is reloaded.
+NGINX_DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "sites_dir": "/etc/nginx/conf.d",         # a directory nginx.conf includes (*.conf)
+    "server_names": [],                       # server_name (default: "_", any host)
+    "listen": "80",                           # nginx `listen` value
+    "test_command": ["nginx", "-t"],          # "cmd" or [argv]: checks the whole config
+    "reload_command": ["systemctl", "reload", "nginx"],
 }
 
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -119,6 +133,59 @@ def _systemd(value):
     return value
 
 
+class SubkeyError(ValueError):
+    """A key inside a mapping setting is wrong: reported as railcar.SETTING.KEY."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _command(value):
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(a, str) for a in value):
+        return shlex.join(value)
+    raise ValueError("expected a command string or a list of arguments")
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+NGINX_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "enabled": _bool, "sites_dir": _abs_path, "server_names": _str_list, "listen": _text,
+    "test_command": _command, "reload_command": _command,
+}
+assert set(NGINX_CHECKS) == set(NGINX_DEFAULTS)
+
+
+def _nginx(value):
+    """The nginx settings, defaults filled in; commands become shell command lines."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping with keys {', '.join(NGINX_DEFAULTS)}")
+    unknown = sorted(set(value) - set(NGINX_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(NGINX_DEFAULTS)})")
+    out = {}
+    for key, check in NGINX_CHECKS.items():
+        raw = value.get(key, NGINX_DEFAULTS[key])
+        try:
+            out[key] = check(raw)
+        except (TypeError, ValueError) as exc:
+            raise SubkeyError(key, f"{exc} (got {raw!r})") from None
+    for name in out["server_names"]:
+        if not re.match(r"^[A-Za-z0-9*_.~-]+$", name):
+            raise SubkeyError("server_names", f"{name!r} is not a host name")
+    if not re.match(r"^[A-Za-z0-9_.:\[\]]+$", out["listen"]):
+        raise SubkeyError("listen", f"{out['listen']!r} is not an nginx listen address")
+    return out
+
+
 def _per_host(value):
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ValueError("expected a mapping of host name to a mapping of settings")
@@ -133,6 +200,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "wheel": _optional(_text), "wheelhouse": _optional(_text), "workers": _int(1),
     "bind": _str_list, "env": _mapping, "hooks": _hooks, "health_path": _text,
     "health_timeout": _int(1), "lock_timeout": _int(1), "systemd": _systemd,
+    "nginx": _nginx,
 }
 assert set(CHECKS) == set(DEFAULTS)
 
@@ -162,6 +230,7 @@ class DeployConfig:
     health_timeout: int
     lock_timeout: int
     systemd: Any
+    nginx: dict[str, Any] = field(default_factory=lambda: _nginx({}))
     hosts: list[str] = field(default_factory=list)
 
 
@@ -208,6 +277,8 @@ def validate(raw: dict[str, Any], where: Callable[[str], str], host: str | None)
     for key, check in CHECKS.items():
         try:
             out[key] = check(values[key])
+        except SubkeyError as exc:
+            raise ConfigError(f"{where(key)}: railcar.{key}.{exc.key}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where(key)}: railcar.{key}: {exc} (got {values[key]!r})") from None
     if out["app"] is None:

@@ -104,7 +104,8 @@ def _fail(exc: BaseException) -> Exit:
 
 @task
 def setup(c):
-    """Create the layout, the server virtualenv and the service on each host (idempotent)."""
+    """Create the layout, the server virtualenv and the service on each host, and the nginx
+    site when railcar.nginx.enabled (idempotent)."""
     reporter = Reporter()
     try:
         for host in _hosts(_connections(c), reporter):
@@ -155,6 +156,9 @@ def setup_host(host: Host) -> None:
     host.stage("server", f"server virtualenv {paths.server_venv}", server_venv)
     host.stage("service", "systemd unit or daemon", unit)
     host.stage("start", "start the server if it has a release", start)
+    if config.nginx["enabled"]:
+        host.stage("nginx", f"site {service.nginx_site(config)}, test, reload",
+                   lambda: service.ensure_nginx_site(remote, paths, config))
 
 
 @task(help={"ref": "git ref to deploy (default: railcar.ref)"})
