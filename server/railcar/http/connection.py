@@ -1,0 +1,383 @@
+"""One client connection of the worker's HTTP server, served request after request.
+
+Runs in a worker process (gevent). A `Connection` reads requests with the parser, runs the
+WSGI app for each, writes the response and decides whether the connection can serve another
+(keep-alive, pipelining). No exception escapes `run`: protocol errors become 4xx/505
+responses, application errors 500s, and socket errors a quiet close.
+"""
+
+import socket
+import sys
+import traceback
+from bisect import bisect_left
+from time import monotonic, strftime
+
+from gevent import GreenletExit
+from gevent.hub import get_hub
+
+from .parser import HTTPError, Request, RequestParser
+from .proxies import apply_forwarded
+from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, build_environ,
+                   error_response, send_all)
+
+RECV_SIZE = 65536
+_DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
+_RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
+_LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
+_LINGER_BYTES = 1 << 20
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_OVERLOADED = "503 Service Unavailable"
+_TIMED_OUT = "504 Gateway Timeout"
+
+# Upper bounds (seconds) of the request latency histogram buckets; one more bucket is +Inf.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _IdleRetire(Exception):
+    """Thrown into a connection greenlet blocked between requests when the server retires."""
+
+
+
+class Connection:
+    """One client connection, served by its own greenlet (`run`) request after request."""
+
+    __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
+                 "proxied",
+                 "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
+                 "busy_since")
+
+    def __init__(self, server, sock, remote_addr, remote_port, base):
+        limits = server.limits
+        self.server = server
+        self.sock = sock
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.base = base
+        self.limits = limits
+        self.parser = RequestParser(limits.max_request_line, limits.max_header_size,
+                                    limits.max_headers, limits.max_body_size, RECV_SIZE)
+        self.greenlet = None
+        self.idle = False  # True only while blocked waiting for the next request
+        self.served = 0
+        self.timeout = None
+        self.response = None
+        self.expecting = False  # the client awaits "100 Continue" we have not sent
+        self.linger = False  # close with unread input: discard it first (see _linger)
+        self.proxied = server.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
+        self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
+
+    def run(self):
+        """Serve until the client or the server ends the connection. Never raises."""
+        try:
+            self._serve()
+        except (ClientDisconnected, ConnectionError, TimeoutError):
+            pass
+        except GreenletExit:  # killed by stop() or at the end of retire()'s grace
+            self.linger = False
+            raise
+        except Exception:
+            sys.stderr.write(f"railcar: internal error on connection from "
+                             f"{self.remote_addr or 'unix socket'}:\n{traceback.format_exc()}")
+        finally:
+            if self.linger:
+                self._linger()
+            self.sock.close()
+            self.server._connection_closed(self)
+
+    def _linger(self):
+        """Half-close, then read and discard for a bounded time before closing.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy our
+        error response before the client has read it (say, a 413 to a client still
+        uploading). So we shut down our side and drain first, as nginx's lingering close does.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = monotonic() + _LINGER_TIME
+            total = 0
+            while total < _LINGER_BYTES:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                self.sock.settimeout(remaining)
+                n = self.sock.recv_into(self.server.recv_buffer)
+                if not n:
+                    break
+                total += n
+        except OSError:
+            pass
+
+    def _serve(self):
+        while True:
+            item = self._next_request()
+            if item is None:
+                return
+            if type(item) is not Request:
+                self._refuse(item)
+                return
+            if not self._handle(item):
+                if not item.complete or self.parser.in_message:
+                    self.linger = True
+                return
+            self.served += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _next_request(self):
+        """The next queued Request or HTTPError; None if the connection should close
+        (EOF, timeout, or nothing more can be parsed)."""
+        parser = self.parser
+        ready = parser.ready
+        if not ready and not parser.in_message:
+            if parser.closed or not self._wait_first_bytes():
+                return None
+        deadline = None
+        while not ready:
+            if parser.closed:
+                return None
+            if deadline is None:
+                deadline = monotonic() + self.limits.header_timeout
+            remaining = deadline - monotonic()
+            if remaining <= 0 or not self._fill_quietly(remaining):
+                return None
+        return ready.popleft()
+
+    def _wait_first_bytes(self):
+        """Wait, idle, for the start of the next request. False: close the connection."""
+        if self.server.retiring:
+            timeout = _RETIRE_IDLE
+        elif self.served:
+            timeout = self.limits.keepalive_timeout
+        else:
+            timeout = self.limits.header_timeout
+        self.idle = True
+        try:
+            return self._fill_quietly(timeout)
+        except _IdleRetire:
+            self.idle = False
+            return self._fill_quietly(_RETIRE_IDLE)
+        finally:
+            self.idle = False
+
+    def wake_if_idle(self):
+        """Called when the server retires: cut an idle wait short (to ~1 s from now).
+
+        The exception is thrown from a hub callback that checks `idle` again when it runs,
+        so a connection that has meanwhile started a request is left alone.
+        """
+        if self.idle:
+            get_hub().loop.run_callback(self._throw_if_idle)
+
+    def _throw_if_idle(self):
+        if self.idle and self.greenlet:
+            self.greenlet.throw(_IdleRetire)
+
+    def _fill(self, timeout):
+        """Receive once (waiting up to `timeout` s) and feed the parser; return the byte
+        count, 0 at EOF. Raises TimeoutError or OSError."""
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+        buf = self.server.recv_buffer
+        n = self.sock.recv_into(buf)
+        if n:
+            self.parser.feed(memoryview(buf)[:n])
+        return n
+
+    def _fill_quietly(self, timeout):
+        try:
+            return self._fill(timeout)
+        except OSError:  # timeouts, resets
+            return 0
+
+    def pull(self):
+        """Receive more of a request body (wsgi.input's source)."""
+        try:
+            n = self._fill(self.limits.header_timeout)
+        except TimeoutError:
+            raise ClientDisconnected("timed out reading the request body") from None
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from None
+        if not n:
+            raise ClientDisconnected("client closed the connection during the request body")
+
+    def send_continue(self):
+        """Send `100 Continue` (wsgi.input calls this on its first read of a waiting body)."""
+        self.expecting = False
+        if not self.response.headers_sent:
+            send_all(self.sock, _CONTINUE)
+
+    # -- responding ---------------------------------------------------------------------------
+
+    def _handle(self, request):
+        """Run the application for `request`; True if the connection can serve another."""
+        server = self.server
+        log = server.access_log
+        started = monotonic()
+        try:
+            if request.error is not None:  # the body is already known to be bad
+                raise request.error
+            environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
+                                    self.limits.max_body_size)
+            if self.proxied:
+                apply_forwarded(environ, server.trusted_proxies)
+        except HTTPError as error:
+            self._refuse(error, request)
+            return False
+        http11 = request.version == "1.1"
+        response = Response(self.sock, server, request, http11)
+        self.response = response
+        self.expecting = False
+        if request.complete and not request.body and request.error is None:
+            environ["wsgi.input"] = EMPTY_INPUT
+        else:
+            response.body_drainable = self.body_drainable
+            expect = http11 and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
+            self.expecting = expect
+            environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
+                                          else None)
+        if server.in_flight >= server.max_in_flight:
+            server.overloaded += 1
+            self._refuse(HTTPError(_OVERLOADED, "too many requests in progress; retry later"),
+                         request, "Retry-After: 1\r\n")
+            return False
+        server.in_flight += 1
+        self.busy_since = started
+        try:
+            ok = self._run_app(environ, response)
+        finally:
+            self.busy_since = 0.0
+            server.in_flight -= 1
+            server.requests += 1
+        elapsed = monotonic() - started
+        server.status_counts[response.code // 100 % 6] += 1
+        server.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        server.latency_sum += elapsed
+        if log is not None:
+            self._log(request, response.code, response.sent, started)
+        return ok and response.keep_alive and (request.complete or self._drain(request)) \
+            and request.error is None
+
+    def _run_app(self, environ, response):
+        """Call the app and write its response; False if the connection must close."""
+        result = None
+        try:
+            result = self.server.app(environ, response.start_response)
+            if type(result) is list and not response.headers_sent:
+                response.send_whole(result[0] if len(result) == 1 and type(result[0]) is bytes
+                                    else b"".join(result))
+            else:
+                for data in result:
+                    response.write(data)
+                    if response.head_only and response.headers_sent:
+                        break
+                response.finish()
+            return True
+        except ClientDisconnected:
+            return False
+        except HTTPError as error:  # a bad body, raised by wsgi.input
+            if not response.headers_sent:
+                self._send_quietly(error_response(error.status, error.detail))
+                response.code = int(error.status[:3])
+            return False
+        except Exception:
+            self._app_error(environ, response)
+            return False
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self._app_error(environ, response)
+
+    def _app_error(self, environ, response):
+        """Print the traceback, prefixed with the request; answer 500 if nothing was sent."""
+        sys.stderr.write(f"railcar: error in application handling {environ['REQUEST_METHOD']} "
+                         f"{environ['RAW_URI']}:\n{traceback.format_exc()}")
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.code = 500
+            self._send_quietly(error_response("500 Internal Server Error"))
+
+    def body_drainable(self):
+        """Whether the unread rest of the request body is small enough to discard, so that
+        the connection can serve another request (Response consults it for its headers)."""
+        request = self.response.request
+        if request.complete:
+            return request.error is None
+        if self.expecting:  # the client may never send the body it asked permission for
+            return False
+        length = _content_length(request)
+        return length is None or length - request.body_size <= _DRAIN_LIMIT
+
+    def _drain(self, request):
+        """Read and discard a small unread body so the connection can be reused."""
+        if not self.body_drainable():
+            return False
+        limit = request.body_size + _DRAIN_LIMIT
+        while not request.complete:
+            request.body.clear()
+            if request.body_size > limit:
+                return False
+            try:
+                if not self._fill(self.limits.header_timeout):
+                    return False
+            except OSError:
+                return False
+        request.body.clear()
+        return request.error is None
+
+    def _refuse(self, error, request=None, headers=""):
+        """Answer a request we will not serve, then the connection closes."""
+        self.linger = True
+        self._send_quietly(error_response(error.status, error.detail, headers))
+        code = int(error.status[:3])
+        self.server.status_counts[code // 100] += 1
+        if self.server.access_log is not None:
+            self._log(request, code, 0, monotonic())
+
+    def describe_request(self, now):
+        """The request in flight as a dict for `status --requests`."""
+        request = self.response.request
+        return {"method": request.method, "path": request.url.decode("latin-1"),
+                "client": f"{self.remote_addr}:{self.remote_port}" if self.remote_addr
+                else "unix", "age": now - self.busy_since if self.busy_since else 0.0}
+
+    def time_out(self):
+        """Called by the server's watchdog: the request ran past max_request_time. Answer 504
+        if the response has not started, then end the connection (kill its greenlet)."""
+        self.busy_since = 0.0
+        response = self.response
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.code = 504
+            self._send_quietly(error_response(_TIMED_OUT, "the request took too long"))
+        response.broken = True  # whatever the app still writes is dropped
+        response.keep_alive = False
+        self.linger = False
+        if self.greenlet is not None:
+            self.greenlet.kill(block=False)
+
+    def _send_quietly(self, data):
+        try:
+            send_all(self.sock, data)
+        except ClientDisconnected:
+            pass
+
+    def _log(self, request, code, sent, started):
+        millis = (monotonic() - started) * 1000.0
+        if request is None:
+            line = "-"
+        else:
+            line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
+        stamp = strftime("%d/%b/%Y:%H:%M:%S %z")
+        self.server.access_log(f'{self.remote_addr or "-"} - - [{stamp}] "{line}" {code} {sent} '
+                               f"{millis:.1f}")
+
+
+def _content_length(request):
+    """The request's Content-Length, or None (chunked)."""
+    for name, value in request.headers:
+        if name.lower() == b"content-length":
+            return int(value)
+    return None
