@@ -85,3 +85,30 @@ def test_cleanup_keeps_n_good_and_never_current_or_previous():
     removed = {r.name for r in rel.to_remove(inventory, keep=1, protect=set())}
     # 5 is the newest good (kept), 4 is current, 2 is the previous good before current.
     assert removed == {"1", "3", "6"}
+
+
+def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
+    import shutil
+    import subprocess
+
+    from railcar.deploy.paths import Paths
+    from railcar.deploy.service import render_unit, start_argv
+
+    config = load(config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n"),
+                  "web1")
+    paths = Paths(config.deploy_to)
+    unit = render_unit(paths, config)
+    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "--daemon" not in unit
+    assert f"ExecStart={paths.railcar} start {paths.current} --name shop" in unit
+    assert "--daemon" in start_argv(paths, config)   # the plain daemon path keeps it
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: unit not verified")
+    service = tmp_path / "railcar-shop.service"
+    service.write_text(unit)
+    result = subprocess.run([analyze, "verify", str(service)], capture_output=True, text=True,
+                            timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if str(service) in line and "is not executable" not in line]
+    assert not complaints, result.stdout + result.stderr

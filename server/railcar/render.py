@@ -123,13 +123,12 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
         if config.daemon:
             raise RenderError(f"{config.config_file}: [server] daemon = true does not fit a "
                               "systemd service (systemd keeps the master in the foreground)")
-        boot = max(app.boot_timeout for app in config.apps)
-        context.update(
-            railcar=options.get("railcar") or _railcar_executable(),
-            config_file=_safe(config.config_file, "-", "config file"),
-            start_timeout=int(boot + 30), stop_timeout=int(config.graceful_timeout + 30),
-            runtime_directory=(os.path.basename(config.run_dir)
-                               if os.path.dirname(config.run_dir) == "/run" else None))
+        railcar = options.get("railcar") or _railcar_executable()
+        config_file = _safe(config.config_file, "-", "config file")
+        context.update(systemd_context(
+            f"{railcar} start --config {config_file}",
+            max(app.boot_timeout for app in config.apps), config.graceful_timeout,
+            rendered_by="`railcar config systemd`", run_dir=config.run_dir))
     elif kind == "logrotate":
         logs = [config.log_file] if config.log_file else []
         logs += [app.access_log for app in config.apps
@@ -140,6 +139,27 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
         context.update(log_files=[_safe(path, "-", "log file") for path in logs],
                        pid_file=config.pid_file, service=options.get("service") or "railcar")
     return context
+
+
+def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: float,
+                    rendered_by: str, run_dir: str | None = None) -> dict:
+    """What the systemd unit template needs: a foreground `railcar start` command line (the
+    master tells systemd it is ready, Type=notify), timeouts from boot and graceful times."""
+    return dict(
+        exec_start=exec_start, rendered_by=rendered_by,
+        start_timeout=int(boot_timeout + 30), stop_timeout=int(graceful_timeout + 30),
+        runtime_directory=(os.path.basename(run_dir)
+                           if run_dir and os.path.dirname(run_dir) == "/run" else None))
+
+
+def render_systemd_unit(exec_start: str, names: list[str], boot_timeout: float,
+                        graceful_timeout: float, source: str, rendered_by: str) -> str:
+    """The systemd unit for a master started by `exec_start` (used where no --config file
+    exists, e.g. `fab setup`): the same template as `railcar config systemd`."""
+    template = _environment().get_template(KINDS["systemd"])
+    return template.render(apps=[{"name": name} for name in names], source=source,
+                           **systemd_context(exec_start, boot_timeout, graceful_timeout,
+                                             rendered_by))
 
 
 def _environment() -> jinja2.Environment:

@@ -2,7 +2,8 @@
 
 The server runs from DEPLOY_TO/railcar (a virtualenv holding this exact railcar version,
 installed from the uploaded wheel) and serves DEPLOY_TO/current. When systemd runs on the
-host it is a unit (from templates/railcar.service); otherwise a daemon started with
+host it is a Type=notify unit (templates/railcar.service.j2, the template of `railcar config
+systemd`, with the master in the foreground); otherwise a daemon started with
 `railcar start --daemon`, its pid file, admin socket and log under DEPLOY_TO.
 """
 
@@ -13,13 +14,13 @@ import os
 import posixpath
 import shlex
 from dataclasses import dataclass
-from string import Template
 
+from ..render import render_systemd_unit
+from ..settings import BY_NAME
 from .paths import Paths
 from .remote import Remote, RemoteError
 from .settings import DeployConfig
 
-TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 SERVER_PACKAGES = ("virtualenv",)   # the server venv builds the app venvs with it
 
 
@@ -169,11 +170,13 @@ def unit_name(config: DeployConfig) -> str:
 
 
 def render_unit(paths: Paths, config: DeployConfig) -> str:
-    with open(os.path.join(TEMPLATES, "railcar.service")) as handle:
-        template = Template(handle.read())
-    return template.substitute(
-        app=config.app, pid_file=paths.pid_file, exec_start=shlex.join(start_argv(paths, config)),
-        exec_stop=shlex.join([paths.railcar, "stop", "--admin-socket", paths.admin_socket]))
+    """The unit from the same template as `railcar config systemd`: the master in the
+    foreground (Type=notify), started with the server's own command line."""
+    argv = [arg for arg in start_argv(paths, config) if arg != "--daemon"]
+    return render_systemd_unit(
+        shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
+        BY_NAME["graceful_timeout"].default, source=f"{config.app} on this host",
+        rendered_by="`fab setup` (railcar.deploy)")
 
 
 def ensure_unit(remote: Remote, paths: Paths, config: DeployConfig) -> bool:
