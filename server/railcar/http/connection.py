@@ -12,7 +12,7 @@ import traceback
 from bisect import bisect_left
 from time import monotonic, strftime
 
-from gevent import GreenletExit
+from gevent import GreenletExit, sleep
 from gevent.hub import get_hub
 
 from .parser import HTTPError, Request, RequestParser
@@ -21,6 +21,10 @@ from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, build_envir
                    error_response, send_all)
 
 RECV_SIZE = 65536
+# A connection yields to the others after every 8 requests it serves. Hello bench, 64
+# connections, 2 workers, same run conditions: never 47k req/s with p99 36 ms; every request
+# 35k with p99 7.9 ms; every 8 requests 40k with p99 15 ms.
+_YIELD_EVERY_MASK = 7
 _DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
 _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
 _LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
@@ -120,6 +124,11 @@ class Connection:
                     self.linger = True
                 return
             self.served += 1
+            if not self.served & _YIELD_EVERY_MASK:
+                # Let the other connections run. A fast client's next request is often in
+                # the socket already, so recv does not block and this greenlet would serve
+                # it at once, again and again, while the worker's other connections wait.
+                sleep(0)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .wsgi import base_environ
 __all__ = ["HTTPServer", "Limits"]
 
 _ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to idler workers
+_ACCEPT_BURST = 64  # most connections accepted at once after a deferral that timed out
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -148,7 +149,7 @@ class HTTPServer:
         race), and when this worker already has connections, first let its event loop run
         everything that is ready (`gevent.idle()`): an idle worker gets to the accept first.
         The deferral is bounded (`_ACCEPT_DEFER`) so that a worker saturated on its own, with
-        no idle peer, still accepts. At `worker_connections` we stop accepting until a
+        no idle peer, still accepts, and then takes the whole queue (`_accept_budget`). At `worker_connections` we stop accepting until a
         connection closes.
         """
         raw = getattr(listener, "_sock", listener)  # the C-level socket under gevent's
@@ -166,22 +167,34 @@ class HTTPServer:
                 if not self._room.is_set():
                     self._room.wait()
                     continue
-                if self._conns:
-                    with gevent.Timeout(_ACCEPT_DEFER, False):
-                        gevent.idle()
-                try:
-                    fd, addr = raw._accept()
-                except BlockingIOError:
-                    hub.wait(watcher)
-                    continue
-                except OSError as exc:
-                    if not self._accept_failed(exc, listener):
-                        return
-                    continue
-                self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
-                                       addr, base)
+                for _ in range(self._accept_budget()):
+                    try:
+                        fd, addr = raw._accept()
+                    except BlockingIOError:
+                        hub.wait(watcher)
+                        break
+                    except OSError as exc:
+                        if not self._accept_failed(exc, listener):
+                            return
+                        break
+                    self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
+                                           addr, base)
+                    if not self._room.is_set():
+                        break
         finally:
             watcher.close()
+
+    def _accept_budget(self):
+        """How many queued connections to accept now: one after letting an idler worker
+        take it, or, when this worker's loop stayed busy for `_ACCEPT_DEFER` (every worker is
+        busy, or there is no other), a burst, so that a burst of new connections waits for
+        one deferral rather than one each."""
+        if not self._conns:
+            return 1
+        with gevent.Timeout(_ACCEPT_DEFER, False):
+            gevent.idle()
+            return 1
+        return _ACCEPT_BURST
 
     def _accept_failed(self, exc, listener):
         """Handle an accept() error; False when the listener is unusable."""
