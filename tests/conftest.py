@@ -195,6 +195,13 @@ def _no_stray_children():
     raise AssertionError(f"processes left behind: {[p.cmdline() for p in left]}")
 
 
+def write_app(directory: Path, source: str) -> Path:
+    """A one-file app: `directory/wsgi.py` holding `source`."""
+    directory.mkdir()
+    (directory / "wsgi.py").write_text(source)
+    return directory
+
+
 def copy_example(name: str, dest: Path) -> Path:
     shutil.copytree(REPO / "examples" / name, dest)
     return dest

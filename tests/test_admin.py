@@ -10,7 +10,7 @@ import time
 import psutil
 import requests
 
-from conftest import gone, wait_for
+from conftest import gone, wait_for, write_app
 
 APP = '''
 import os, time
@@ -27,10 +27,7 @@ def application(environ, start_response):
 
 
 def make_app(tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "wsgi.py").write_text(APP)
-    return app
+    return write_app(tmp_path / "app", APP)
 
 
 def test_status_json_schema_counts_requests(railcar, tmp_path):

@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from conftest import free_port, gone, wait_for
+from conftest import free_port, gone, wait_for, write_app
 from loadgen import Load
 
 APP = '''
@@ -34,10 +34,7 @@ def application(environ, start_response):
 
 
 def make_app(tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "wsgi.py").write_text(APP)
-    return str(app)
+    return str(write_app(tmp_path / "app", APP))
 
 
 def in_background(function, *args):

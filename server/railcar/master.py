@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 import gevent
@@ -170,8 +169,3 @@ def bind_all(config: ServerConfig) -> dict[str, object]:
             sockets.close(address, sock)
         raise
     return bound
-
-
-def exit_on_error(message: str) -> None:
-    sys.stderr.write(f"railcar: {message}\n")
-    sys.exit(1)
