@@ -296,7 +296,7 @@ def test_concurrent_deploy_fails_fast_on_the_lock(site):
         started = time.monotonic()
         output = site.fab("-H", "host1", "deploy", ok=False)
         assert time.monotonic() - started < 20
-        assert f"deploy locked by" in output and f"pid {first.pid} " in output
+        assert "deploy locked by" in output and f"pid {first.pid} " in output
     finally:
         rest = first.communicate(timeout=240)[0]
     assert first.returncode == 0, rest

@@ -10,7 +10,6 @@ import os
 import socket
 import traceback
 
-import gevent
 from gevent.server import StreamServer
 
 from ..channel import Channel, ChannelClosed
