@@ -67,6 +67,14 @@ class Site:
         self.project = workdir / "project"
         self.wheelhouse = wheelhouse
 
+    def create(self, requirements: str) -> None:
+        """An empty git repo for the app (with its requirements) and the project's fabfile."""
+        self.app.mkdir()
+        self.project.mkdir()
+        subprocess.run(["git", "init", "-q", str(self.app)], check=True)
+        (self.app / "requirements.txt").write_text(requirements)
+        (self.project / "fabfile.py").write_text("from railcar.deploy import ns\n")
+
     def add_host(self, name: str):
         self.hosts[name] = self.ssh.start(name)
         self.ports[name] = free_port()
@@ -158,13 +166,9 @@ def deploy_wheelhouse(wheelhouse, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, deploy_wheelhouse):
     site = Site(tmp_path_factory.mktemp("deploy"), deploy_wheelhouse)
-    site.app.mkdir()
-    site.project.mkdir()
-    subprocess.run(["git", "init", "-q", str(site.app)], check=True)
-    (site.app / "requirements.txt").write_text("click\n")
+    site.create("click\n")
     (site.app / "uncommitted.txt").write_text("never shipped\n")
     subprocess.run(["git", "-C", str(site.app), "add", "requirements.txt"], check=True)
-    (site.project / "fabfile.py").write_text("from railcar.deploy import ns\n")
     try:
         site.add_host("host1")
         site.add_host("host2")

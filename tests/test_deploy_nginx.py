@@ -104,11 +104,7 @@ def write_config(site: Site, nginx: Nginx, server_names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, deploy_wheelhouse):  # noqa: F811
     site = Site(tmp_path_factory.mktemp("deploy-nginx"), deploy_wheelhouse)
-    site.app.mkdir()
-    site.project.mkdir()
-    subprocess.run(["git", "init", "-q", str(site.app)], check=True)
-    (site.app / "requirements.txt").write_text("")
-    (site.project / "fabfile.py").write_text("from railcar.deploy import ns\n")
+    site.create("")
     nginx = Nginx(site.workdir / "nginx", free_port())
     try:
         site.add_host("host1")
