@@ -199,11 +199,14 @@ class WorkerProcess:
         `fds` travel with the request (the worker side must expect them)."""
         if self.state not in (states.READY, states.RETIRING) or self.channel is None:
             return None
+        # The id is this call's own: other calls to the same worker may start (and bump
+        # next_call_id) while this one waits, and each must get and clean up its own reply.
         self.next_call_id += 1
+        call_id = self.next_call_id
         waiter = gevent.event.AsyncResult()
-        self.pending[self.next_call_id] = waiter
+        self.pending[call_id] = waiter
         try:
-            message = {"call": name, "id": self.next_call_id}
+            message = {"call": name, "id": call_id}
             if fds:
                 message["fds"] = len(fds)
             self.channel.send(message, fds)
@@ -211,7 +214,7 @@ class WorkerProcess:
         except (OSError, gevent.Timeout):
             return None
         finally:
-            self.pending.pop(self.next_call_id, None)
+            self.pending.pop(call_id, None)
 
     def tell(self, name: str) -> None:
         """Send a call without waiting for the answer."""
