@@ -293,6 +293,7 @@ class Connection:
             self._app_error(environ, response)
             return False
         finally:
+            response.finished = True  # a write or start_response from now on raises
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()

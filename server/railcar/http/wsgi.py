@@ -9,12 +9,22 @@ module turns one parsed `Request` into an environ, gives the application a `Resp
 - any other iterable is streamed, each non-empty chunk written as soon as it is produced, with
   chunked transfer-coding when the application set no Content-Length and the client speaks
   HTTP/1.1, else by closing the connection at the end;
-- a HEAD response, 1xx, 204 and 304 never carry a body, whatever the application yields.
+- a HEAD response, 1xx, 204 and 304 never carry a body, whatever the application yields;
+  1xx, 204 and 304 carry no Content-Length either (HEAD keeps the application's).
 
 `Date` and `Server` are added unless the application set them; hop-by-hop headers from the
 application are replaced by our own framing (`Connection: close` from the app is honoured).
+
+What the application hands over is checked before a byte of it is sent (`start_response`
+raises ValueError or TypeError, which the connection turns into a logged 500): the status is
+three digits and a reason phrase, header names are tokens, header values hold no control
+character but tab (no NUL, CR, LF, DEL), Content-Length is plain decimal digits and several
+Content-Length fields must agree. A response is used once: `start_response` and `write`
+called after it finished raise RuntimeError and send nothing, so a `write` kept by the
+application can never put bytes into a later response.
 """
 
+import re
 import sys
 from email.utils import formatdate
 from time import time
@@ -239,6 +249,12 @@ class Input:
 
 
 _SERVER = "Server: railcar\r\n"
+# RFC 9110: a status code is 3 digits; field names are tokens; a reason phrase and field
+# values are visible characters, obs-text, space and tab. [0-9] rather than \d: only ASCII.
+_STATUS = re.compile(r"[1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # a Content-Length, bounded so int() stays cheap
 _SEND_CHUNK = 1 << 20
 _NO_BODY_CODES = frozenset((204, 304))
 # Response header names (lower-cased) that change framing or that we add ourselves.
@@ -285,6 +301,48 @@ def send_all(sock, data):
         raise ClientDisconnected(str(exc)) from exc
 
 
+def _app_fields(headers):
+    """Check the application's header list; return (lines, content_length, add_date,
+    add_server, close): the header lines to send as one str (framing and hop-by-hop fields
+    left out), the Content-Length it set or None, whether Date and Server are still ours to
+    add, and whether it asked for `Connection: close`. Raises TypeError or ValueError naming
+    the first bad field; nothing of a bad list is kept.
+    """
+    lines = []
+    length = None
+    add_date = add_server = True
+    close = False
+    for name, value in headers:
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"header {name!r}: {value!r} is not a pair of str")
+        lname = name.lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not a token (RFC 9110: letters, digits "
+                             "and !#$%&'*+-.^_`|~ only)")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"header {name!r}: value {value!r} holds a control character "
+                             "or one beyond latin-1 (only tab, space and visible characters)")
+        if lname in _SPECIAL:
+            if lname == "content-length":
+                if not _DECIMAL.fullmatch(value):
+                    raise ValueError(f"invalid Content-Length {value!r}: expected decimal digits")
+                if length is not None and int(value) != length:
+                    raise ValueError(f"two different Content-Length values: {length} and "
+                                     f"{value!r}")
+                length = int(value)
+                continue  # written by _head, once, where the status allows one
+            if lname == "date":
+                add_date = False
+            elif lname == "server":
+                add_server = False
+            else:  # hop-by-hop: ours to write
+                if lname == "connection" and "close" in value.lower():
+                    close = True
+                continue
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines), length, add_date, add_server, close
+
+
 class Response:
     """The response to one request: start_response, write, and framing decisions.
 
@@ -294,11 +352,14 @@ class Response:
     Content-Length were sent, or when too much of the request body is left unread to discard
     (`body_drainable`).
     After the application finishes, the connection may serve another request iff `keep_alive`.
+    Once `finished` (set when the body ended, and by the connection when it is done with the
+    request whatever happened), `start_response` and `write` raise RuntimeError.
     """
 
     __slots__ = ("sock", "server", "request", "head_only", "http11", "keep_alive",
-                 "body_drainable", "status", "code", "headers", "headers_sent", "chunked",
-                 "remaining", "sent", "broken")
+                 "body_drainable", "status", "code", "fields", "length", "add_date",
+                 "add_server", "app_close", "headers_sent", "chunked", "remaining", "sent",
+                 "broken", "finished")
 
     def __init__(self, sock, server, request, http11):
         self.sock = sock
@@ -310,15 +371,22 @@ class Response:
         self.body_drainable = None  # set when the request body may still be unread
         self.status = None
         self.code = 0
-        self.headers = None
+        self.fields = ""  # the application's header lines, checked (see _app_fields)
+        self.length = None  # the application's Content-Length
+        self.add_date = self.add_server = True
+        self.app_close = False
         self.headers_sent = False
         self.chunked = False
         self.remaining = None  # Content-Length bytes still to send, if the app set one
         self.sent = 0  # body bytes sent
         self.broken = False
+        self.finished = False
 
     def start_response(self, status, headers, exc_info=None):
-        """PEP 3333 start_response; returns `write`."""
+        """PEP 3333 start_response; returns `write`. A bad status or header raises
+        ValueError/TypeError here, in the application, and nothing of it is kept."""
+        if self.finished:
+            raise RuntimeError("start_response called after the response finished")
         if exc_info:
             try:
                 if self.headers_sent:
@@ -327,52 +395,38 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or status[3] != " ":
-            raise ValueError(f"invalid status {status!r}")
+        if type(status) is not str or not _STATUS.fullmatch(status):
+            raise ValueError(f"invalid status {status!r}: expected three digits (100-599), a "
+                             "space and a reason phrase without control characters")
+        fields = _app_fields(headers)
         self.code = int(status[:3])
         self.status = status
-        self.headers = headers
+        self.fields, self.length, self.add_date, self.add_server, self.app_close = fields
         return self.write
 
     def _head(self, body_length):
         """Status line and headers as bytes. Decides framing: Content-Length (the app's, or
-        `body_length` when the whole body is known), chunked, or close-delimited.
+        `body_length` when the whole body is known), chunked, or close-delimited; none at
+        all for 1xx, 204 and 304, which have no body.
         """
         if self.status is None:
             raise AssertionError("the application did not call start_response")
-        lines = ["HTTP/1.1 ", self.status, "\r\n"]
-        length = None
-        add_date = add_server = True
-        for name, value in self.headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"header {name!r}: {value!r} is not a pair of str")
-            lname = name.lower()
-            if lname in _SPECIAL:
-                if lname == "content-length":
-                    length = int(value)
-                    if length < 0:
-                        raise ValueError(f"invalid Content-Length {value!r}")
-                elif lname == "date":
-                    add_date = False
-                elif lname == "server":
-                    add_server = False
-                else:  # hop-by-hop: ours to write
-                    if lname == "connection" and "close" in value.lower():
-                        self.keep_alive = False
-                    continue
-            lines.append(f"{name}: {value}\r\n")
+        lines = ["HTTP/1.1 ", self.status, "\r\n", self.fields]
         code = self.code
-        no_body = self.head_only or code < 200 or code in _NO_BODY_CODES
-        if code < 200 or self.server.retiring:
+        if self.app_close or code < 200 or self.server.retiring:
             # Interim statuses cannot end a response (upgrades are not supported); a retiring
             # server tells every client it is closing.
             self.keep_alive = False
         elif self.body_drainable is not None and self.keep_alive and not self.body_drainable():
             self.keep_alive = False
-        if length is not None:
-            if not no_body:
+        length = self.length
+        if code < 200 or code in _NO_BODY_CODES:
+            pass  # no body, so no framing either, whatever the application set
+        elif length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
+            if not self.head_only:
                 self.remaining = length
-        elif no_body:
+        elif self.head_only:
             pass
         elif body_length is not None:
             lines.append(f"Content-Length: {body_length}\r\n")
@@ -381,24 +435,23 @@ class Response:
             self.chunked = True
         else:
             self.keep_alive = False
-        if add_date:
+        if self.add_date:
             lines.append(date_header())
-        if add_server:
+        if self.add_server:
             lines.append(_SERVER)
         if not self.keep_alive:
-            lines.append("Connection: close\r\n")
+            lines.append("Connection: close\r\n\r\n")
         elif not self.http11:
-            lines.append("Connection: keep-alive\r\n")
-        head = "".join(lines)
-        nlines = len(lines) - 2
-        if head.count("\n") != nlines or head.count("\r") != nlines:
-            raise ValueError("CR or LF in a response header")
-        return (head + "\r\n").encode("latin-1")
+            lines.append("Connection: keep-alive\r\n\r\n")
+        else:
+            lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
 
     def send_whole(self, body):
         """Send the whole response when the body is known up front (a list or tuple body)."""
         head = self._head(len(body))
         self.headers_sent = True
+        self.finished = True
         if self.head_only or self.code < 200 or self.code in _NO_BODY_CODES:
             self._send(head)
             return
@@ -418,8 +471,11 @@ class Response:
 
     def write(self, data):
         """Send one body chunk now (the PEP 3333 write callable; also used for iterables).
-        Headers go out with the first non-empty chunk.
+        Headers go out with the first non-empty chunk. Raises RuntimeError once the response
+        finished: a `write` kept past its response never reaches the wire.
         """
+        if self.finished:
+            raise RuntimeError("write() called after the response finished")
         if self.broken:
             raise ClientDisconnected("client connection closed")
         if type(data) is not bytes:
@@ -448,7 +504,9 @@ class Response:
         """End the body after the iterable is exhausted."""
         if not self.headers_sent:
             self.send_whole(b"")
-        elif self.chunked:
+            return
+        self.finished = True
+        if self.chunked:
             self._send(b"0\r\n\r\n")
         elif self.remaining:
             self.keep_alive = False  # the app sent less than its Content-Length
