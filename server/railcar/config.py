@@ -47,6 +47,8 @@ class AppConfig:
     static_url: str = "/static/"
     run_as: "Account | None" = None     # set only when the master runs as root
     socket_group: int | None = None     # gid given to the app's unix sockets
+    health: dict[str, Any] | None = None    # see health_check(); None: no health check
+    canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,19 @@ REQUEST_LIMIT_NAMES = ("max_concurrent_requests", "max_request_time")
 # Settings the master enforces (pool.py, supervision.py).
 SUPERVISION_NAMES = ("max_requests", "max_requests_jitter", "memory_limit", "max_workers",
                      "idle_timeout", "environment", "spawn_method")
+
+
+CANARY_NAMES = ("canary_duration", "canary_min_requests", "canary_max_error_rate")
+
+
+def health_check(values: dict[str, Any]) -> dict[str, Any] | None:
+    """What a new worker checks before it reports ready (railcar.health), or None."""
+    if not values.get("health_path"):
+        return None
+    plain = [n for n in values["server_names"] if not n.startswith((".", "~")) and "*" not in n]
+    host = values.get("health_host") or (plain or ["localhost"])[0]
+    return {"path": values["health_path"], "host": host,
+            "statuses": values["health_statuses"], "timeout": values["health_timeout"]}
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -207,6 +222,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         static_url=values["static_url"],
         run_as=_account(values, root, where, account_required) if os.getuid() == 0 else None,
         socket_group=_socket_group(values, where),
+        health=health_check(values),
+        canary={name: values[name] for name in CANARY_NAMES},
     )
 
 

@@ -86,7 +86,8 @@ class AppPool:
     # --- spawning -------------------------------------------------------------------------
     def _worker_spec(self) -> dict:
         return {"app": self.app.name, "limits": self.app.limits,
-                "access_log": self.app.access_log, "graceful_timeout": self.graceful_timeout}
+                "access_log": self.app.access_log, "graceful_timeout": self.graceful_timeout,
+                "health": self.app.health}
 
     def smart(self) -> bool:
         return self.app.supervision.get("spawn_method") == "smart"
@@ -119,7 +120,9 @@ class AppPool:
                 self.log.error("%s", preloader.failure_text())
                 return preloader, False
         worker = self.spawn_worker(release)
-        ok = worker.state != states.FAILED and worker.wait_ready(self.app.boot_timeout)
+        health_timeout = self.app.health["timeout"] if self.app.health else 0.0
+        ok = worker.state != states.FAILED and \
+            worker.wait_ready(self.app.boot_timeout, health_timeout)
         if ok:
             self.fallback.stop()
         else:

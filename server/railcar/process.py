@@ -34,6 +34,8 @@ from .channel import Channel
 from .release import Release
 
 OUTPUT_TAIL_LINES = 200
+HEALTH_MARGIN = 1.0   # seconds the master waits past health_timeout before killing a worker
+READY_POLL = 0.25     # how often wait_ready looks whether the health check began
 
 
 class WorkerProcess:
@@ -50,6 +52,8 @@ class WorkerProcess:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.boot_error: str | None = None
+        self.health_error: str | None = None  # why its health check failed
+        self.health_since: float | None = None   # monotonic: its health check began
         self.returncode: int | None = None
         self.retired = False                  # True once asked to stop (not a crash)
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
@@ -142,6 +146,10 @@ class WorkerProcess:
                 self._change_state(states.READY)
             elif event == "boot_error":
                 self.boot_error = message.get("error")
+            elif event == "health_check":
+                self.health_since = time.monotonic()
+            elif event == "health_error":
+                self.health_error = message.get("error")
             elif event == "exited":         # from a preloader: one of its workers
                 self._child_exit(message.get("pid")).set(message.get("returncode"))
             elif "reply" in message:
@@ -173,10 +181,23 @@ class WorkerProcess:
             self.booted.set()
 
     # --- waiting and asking ---------------------------------------------------------------
-    def wait_ready(self, timeout: float) -> bool:
-        """Block until READY (True) or failed/timed out (False; the worker is then killed)."""
-        if not self.booted.wait(timeout):
-            self.boot_error = f"the app did not become ready within {timeout:g} seconds"
+    def wait_ready(self, timeout: float, health_timeout: float = 0.0) -> bool:
+        """Block until READY (True) or failed/timed out (False; the worker is then killed).
+
+        `timeout` counts from now; once the worker says its health check began, it has
+        `health_timeout` (plus a second, so the worker's own timeout speaks first) from then.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.booted.wait(min(max(deadline - time.monotonic(), 0), READY_POLL)):
+            if self.health_since is not None:     # imported: the check has its own clock
+                deadline = self.health_since + health_timeout + HEALTH_MARGIN
+            if time.monotonic() < deadline:
+                continue
+            if self.health_since is not None:
+                self.health_error = (f"the health check did not answer within "
+                                     f"{health_timeout:g} seconds (the app does not yield)")
+            else:
+                self.boot_error = f"the app did not become ready within {timeout:g} seconds"
             self.kill(signal.SIGKILL)
             self.exited.wait(5)
             return False
@@ -184,11 +205,14 @@ class WorkerProcess:
 
     def failure_text(self) -> str:
         """What went wrong at boot, with the app's own output."""
-        parts = [f"{self.kind} {self.pid} of {self.app_name} failed to boot "
+        what = "failed its health check" if self.health_error else "failed to boot"
+        parts = [f"{self.kind} {self.pid} of {self.app_name} {what} "
                  f"(release {self.release.path}, python {self.release.python})"]
         if self.returncode is not None:
             parts[0] += f": exit status {self.returncode}"
-        if self.boot_error:
+        if self.health_error:
+            parts.append(self.health_error.rstrip())
+        elif self.boot_error:
             parts.append(self.boot_error.rstrip())
         elif self.output_tail:
             parts.append("\n".join(self.output_tail))

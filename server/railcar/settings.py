@@ -171,6 +171,59 @@ def _proxy_list(value: Any) -> list[str]:
     return out
 
 
+def _url_path(value: Any) -> str:
+    """A request target in origin form: /path, optionally with ?query."""
+    text = _text(value)
+    if not text.startswith("/") or any(c.isspace() or ord(c) < 32 or ord(c) == 127
+                                       for c in text):
+        raise ValueError(f"{text!r} is not a URL path starting with / (no spaces)")
+    return text
+
+
+def _host_header(value: Any) -> str:
+    text = _text(value)
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c in "/\\@" for c in text):
+        raise ValueError(f"{text!r} is not a host name (HOST or HOST:PORT)")
+    return text
+
+
+def status_ranges(value: Any) -> list[tuple[int, int]]:
+    """HTTP statuses as inclusive ranges, from "200-299,301" or a list like [200, "300-399"]."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    ranges = []
+    for item in items:
+        text = str(item).strip()
+        low, sep, high = text.partition("-")
+        if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+            raise ValueError(f"{text!r} is not a status or a range like 200-299")
+        low_code, high_code = int(low), int(high if sep else low)
+        if not 100 <= low_code <= high_code <= 599:
+            raise ValueError(f"{text!r} is not a status range within 100-599")
+        ranges.append((low_code, high_code))
+    if not ranges:
+        raise ValueError("expected at least one status")
+    return ranges
+
+
+def _statuses(value: Any) -> str:
+    """Validated and written the one canonical way: "200-299,301"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("expected statuses like \"200-299,301\"")
+    return ",".join(f"{low}" if low == high else f"{low}-{high}"
+                    for low, high in status_ranges(value))
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number from 0 to 1")
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("must be from 0 to 1 (0.05 means 5%)")
+    return number
+
+
 def _default_run_dir() -> str:
     return "/run/railcar" if os.getuid() == 0 else f"/tmp/railcar-{os.getuid()}"
 
@@ -225,6 +278,35 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--spawn-method", key="spawn_method", metavar="smart|direct"),
     Setting("boot_timeout", _seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
+    # Health check: a new worker calls it in-process before it takes any connection.
+    Setting("health_path", _url_path, None,
+            "Health check: a new worker GETs this path from its own app, in its own process, "
+            "before it accepts connections; a worker whose check fails never serves and a "
+            "restart onto it aborts (default: no check).",
+            flag="--health-path", key="health_path", metavar="PATH"),
+    Setting("health_host", _host_header, None,
+            "Host header of the health check (default: the first server_names entry, else "
+            "localhost).", flag="--health-host", key="health_host", metavar="HOST"),
+    Setting("health_statuses", _statuses, "200-399",
+            "Statuses of a passing health check: codes and ranges, e.g. \"200-299,301\".",
+            flag="--health-statuses", key="health_statuses", metavar="LIST"),
+    Setting("health_timeout", _seconds, 10.0,
+            "Seconds the health check has to answer (counted after the app imported).",
+            flag="--health-timeout", key="health_timeout"),
+    # Canary: the first new worker of a rolling restart serves beside the old ones first.
+    Setting("canary_duration", _seconds_or_off, 0.0,
+            "Canary: the first new worker of a rolling restart serves its share beside the "
+            "old workers for this many seconds before the rest follow; too many 5xx abort "
+            "the restart (0: off).", flag="--canary-duration", key="canary_duration",
+            metavar="SECONDS"),
+    Setting("canary_min_requests", _non_negative_int, 10,
+            "Requests the canary must serve during canary_duration for its error rate to be "
+            "judged (fewer: the restart goes on).",
+            flag="--canary-min-requests", key="canary_min_requests"),
+    Setting("canary_max_error_rate", _fraction, 0.1,
+            "Share of the canary's responses (0..1) that may be 5xx; above it the restart "
+            "aborts and the canary is retired.",
+            flag="--canary-max-error-rate", key="canary_max_error_rate", metavar="RATE"),
     # Limits: a worker past one is replaced (new one ready first, then the old one retires).
     Setting("max_requests", _non_negative_int, 0,
             "Replace a worker after it served this many requests (0: never).",

@@ -6,9 +6,11 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
 - The environment variable RAILCAR_WORKER holds a JSON spec: module, release, listen_fds,
   control_fd, limits, access_log, graceful_timeout.
 - gevent monkey-patches the process before the app is imported.
-- The worker sends {"event": "ready"} only after the app imported and is callable and the
-  listeners accept; if the import fails it sends {"event": "boot_error", "error": traceback}
-  and exits 1.
+- The worker sends {"event": "ready"} only after the app imported and is callable, passed
+  its health check (spec "health", see railcar.health) and the listeners accept; if the
+  import fails it sends {"event": "boot_error", "error": traceback} and exits 1. The health
+  check runs in-process before the worker touches the listeners: {"event": "health_check"}
+  when it starts, {"event": "health_error", "error": why} and exit 1 when it fails.
 - SIGTERM (or the master's channel closing): retire gracefully, then exit 0.
   SIGINT/SIGQUIT: exit at once. SIGUSR2: write the stack of every thread to stderr (works even
   when the event loop is stuck in CPU-bound code).
@@ -33,7 +35,7 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.util  # noqa: E402
 
-from railcar import __version__  # noqa: E402
+from railcar import __version__, health  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
 
@@ -106,14 +108,16 @@ class Worker:
         self.replace_reason = None   # set when this worker should be replaced
 
     def boot(self, app) -> None:
-        """Serve `app` on the inherited listeners, then tell the master we are ready."""
+        """Pass the health check, serve `app` on the inherited listeners, then tell the master
+        we are ready."""
+        extra_environ = {"SERVER_SOFTWARE": f"railcar/{__version__}"}
+        self.check_health(app, extra_environ)
         listeners = [socket.socket(fileno=fd) for fd in self.spec["listen_fds"]]
         if self.spec.get("access_log"):
             self.access_log = AccessLog(self.spec["access_log"])
         self.server = HTTPServer(
             listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
-            base_environ={"SERVER_SOFTWARE": f"railcar/{__version__}"},
-            on_timeout=self.request_timed_out)
+            base_environ=extra_environ, on_timeout=self.request_timed_out)
         self.server.start()
         gevent.signal_handler(signal.SIGTERM, self.retire)
         gevent.signal_handler(signal.SIGINT, self.exit_now)
@@ -121,6 +125,20 @@ class Worker:
         faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
                            "release": self.spec["release"]})
+
+    def check_health(self, app, extra_environ: dict) -> None:
+        """Run the app's health check (if it has one) before touching the listeners; if it
+        fails, say why on stderr and to the master ({"event": "health_error"}) and exit 1."""
+        check = self.spec.get("health")
+        if not check:
+            return
+        self.channel.send({"event": "health_check"})
+        problem = health.check(app, check, extra_environ)
+        if problem:
+            sys.stderr.write(problem + "\n")
+            sys.stderr.flush()
+            self.channel.send({"event": "health_error", "error": problem})
+            sys.exit(1)
 
     def retire(self) -> None:
         if not self.retiring:
