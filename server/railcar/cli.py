@@ -67,7 +67,8 @@ def _admin_options(function):
                             help="Find the master by its pid file.")(function)
     return click.option("--admin-socket", default=None, metavar="PATH",
                         help="The master's admin socket (default: "
-                             "$RAILCAR_ADMIN_SOCKET or /tmp/railcar-UID/admin.sock).")(function)
+                             "$RAILCAR_ADMIN_SOCKET, else /run/railcar/admin.sock as root, "
+                             "/tmp/railcar-UID/admin.sock otherwise).")(function)
 
 
 def _call(admin_socket, command, **kwargs):

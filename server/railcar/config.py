@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import envfile
 from .settings import (APP_KEYS, SERVER_KEYS, SETTINGS, ConfigError, coerce, default_admin_socket,
                        default_run_dir, defaults)
 
@@ -45,10 +46,19 @@ class AppConfig:
     server_names: list[str] = field(default_factory=list)
     static_dir: str | None = None
     static_url: str = "/static/"
+    env_file: str | None = None         # absolute; read at each spawn batch (envfile.read)
     run_as: "Account | None" = None     # set only when the master runs as root
     socket_group: int | None = None     # gid given to the app's unix sockets
     health: dict[str, Any] | None = None    # see health_check(); None: no health check
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
+
+    def environment(self) -> dict[str, str]:
+        """What the app's processes get on top of the master's environment: `env`, then the
+        env file's variables (read now, so a restart sees the file as it is now)."""
+        env = dict(self.env)
+        if self.env_file:
+            env.update(envfile.read(self.env_file))
+        return env
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class ServerConfig:
     metrics_bind: str | None = None
     run_dir: str = field(default_factory=default_run_dir)
     config_file: str | None = None      # the --config file, if the apps came from one
+    admin_group: int | None = None      # gid that may use the admin socket (mode 0660)
 
 
 LIMIT_NAMES = ("max_request_line", "max_header_size", "max_headers", "max_body_size",
@@ -205,6 +216,10 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
     python = values.get("python")
     if python:
         python = os.path.abspath(os.path.join(base_dir, os.path.expanduser(python)))
+    env_file = values.get("env_file")
+    if env_file:
+        env_file = os.path.abspath(os.path.join(base_dir, os.path.expanduser(env_file)))
+        envfile.read(env_file)      # refuse a missing or malformed file before anything runs
     return AppConfig(
         name=name,
         root=root,
@@ -213,6 +228,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         workers=values["workers"],
         python=python,
         env=dict(values["env"]),
+        env_file=env_file,
         access_log=values.get("access_log"),
         boot_timeout=values["boot_timeout"],
         limits={name: values[name] for name in LIMIT_NAMES + REQUEST_LIMIT_NAMES},
@@ -249,6 +265,9 @@ def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
         metrics_bind=values.get("metrics_bind"),
         run_dir=os.path.abspath(values.get("run_dir") or default_run_dir()),
         config_file=config_file,
+        admin_group=(_group_id(values["admin_group"], f"{config_file} [server]" if config_file
+                               else "command line", "admin_group")
+                     if values.get("admin_group") else None),
     )
 
 

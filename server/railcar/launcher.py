@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 
+from . import rundir
 from .config import ServerConfig
 
 READY_POLL = 0.1
@@ -97,7 +98,11 @@ def launch(config: ServerConfig) -> int:
     if config.daemon:
         if not config.log_file:
             config.log_file = os.path.join(os.path.dirname(config.admin_socket), "railcar.log")
-            os.makedirs(os.path.dirname(config.log_file), mode=0o700, exist_ok=True)
+            try:
+                rundir.ensure(os.path.dirname(config.log_file), mode=0o700)
+            except rundir.RuntimeDirError as exc:
+                sys.stderr.write(f"railcar: {exc}\n")
+                return 1
         status = _daemonize(config)
         if status is not None:
             return status

@@ -42,7 +42,7 @@ class Master:
         self.pools = [
             AppPool(app, [listeners[b] for b in app.binds], config.graceful_timeout, log)
             for app in config.apps]
-        self.control = ControlServer(config.admin_socket, self, log)
+        self.control = ControlServer(config.admin_socket, self, log, group=config.admin_group)
         self.metrics = None
         if config.metrics_bind:
             from .metrics import MetricsServer     # prometheus-client only when asked for

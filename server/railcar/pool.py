@@ -29,6 +29,7 @@ from . import release as releases
 from . import states
 from . import supervision
 from .config import AppConfig
+from .settings import ConfigError
 from .fallback import BootErrorResponder
 from .process import WorkerProcess
 
@@ -101,7 +102,7 @@ class AppPool:
             if self.smart():
                 worker.start_forked(self.preloader)
             else:
-                worker.start(self.listeners, self._worker_spec(), self.app.env,
+                worker.start(self.listeners, self._worker_spec(), release.env,
                              self.app.run_as)
         except OSError:
             pass    # state is FAILED with the reason in boot_error
@@ -141,7 +142,7 @@ class AppPool:
         self.preloaders.append(preloader)
         began = time.monotonic()
         try:
-            preloader.start(self.listeners, self._worker_spec(), self.app.env, self.app.run_as)
+            preloader.start(self.listeners, self._worker_spec(), release.env, self.app.run_as)
         except OSError:
             self.preloaders.remove(preloader)
             return preloader, False
@@ -172,7 +173,12 @@ class AppPool:
                 preloader.retire()
 
     def _resolve(self) -> releases.Release:
-        return releases.resolve(self.app.root, self.app.module, self.app.python)
+        """The release to spawn now, with the app's environment (the env file read now)."""
+        try:
+            env = self.app.environment()
+        except ConfigError as exc:
+            raise releases.ReleaseError(str(exc)) from None
+        return releases.resolve(self.app.root, self.app.module, self.app.python, env)
 
     def manage_workers(self) -> None:
         """Reconcile: spawn the missing workers (with backoff after failures), retire extras."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Modules the worker needs from the app's interpreter.
 WORKER_IMPORTS = ("railcar", "gevent", "httptools")
@@ -24,6 +24,8 @@ class Release:
     path: str       # resolved release directory (never the symlink)
     module: str     # MODULE or MODULE:CALLABLE
     python: str     # interpreter the workers run
+    # Variables the app's processes get (`env` and the env file): secrets, so never shown.
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 def find_module(release_dir: str, module: str | None) -> str:
@@ -67,11 +69,14 @@ def check_python(python: str) -> None:
             f"environment ({python} -m pip install railcar)")
 
 
-def resolve(root: str, module: str | None, python: str | None) -> Release:
-    """The release `root` points to now. Raises ReleaseError with a plain message."""
+def resolve(root: str, module: str | None, python: str | None,
+            env: dict[str, str] | None = None) -> Release:
+    """The release `root` points to now, to run with `env`. Raises ReleaseError with a plain
+    message."""
     path = os.path.realpath(root)
     if not os.path.isdir(path):
         raise ReleaseError(f"app root {root} does not lead to a directory ({path})")
     interpreter = find_python(path, python)
     check_python(interpreter)
-    return Release(path=path, module=find_module(path, module), python=interpreter)
+    return Release(path=path, module=find_module(path, module), python=interpreter,
+                   env=dict(env or {}))

@@ -246,7 +246,7 @@ def _default_admin_socket() -> str:
     explicit = os.environ.get("RAILCAR_ADMIN_SOCKET")
     if explicit:
         return explicit
-    return os.path.join(f"/tmp/railcar-{os.getuid()}", "admin.sock")
+    return os.path.join(_default_run_dir(), "admin.sock")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -269,6 +269,11 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--python", key="python", metavar="PATH"),
     Setting("env", _env_table, {}, "Environment variable for the app (repeatable).",
             flag="--env", key="env", multiple=True, metavar="KEY=VALUE"),
+    Setting("env_file", _text, None,
+            "File of KEY=VALUE lines (like systemd's EnvironmentFile) read by the master and "
+            "added to the app's environment after --env, re-read at every restart. For "
+            "secrets: values never appear on a command line, in the log or in status.",
+            flag="--env-file", key="env_file", metavar="PATH"),
     Setting("access_log", _text, None, "Access log: a file path, or '-' for the server log.",
             flag="--access-log", key="access_log", metavar="PATH"),
     Setting("spawn_method", _spawn_method, "smart",
@@ -374,8 +379,14 @@ SETTINGS: tuple[Setting, ...] = (
     # --- per server -----------------------------------------------------------------------
     Setting("config", _text, None, "Server config file with [server] and [[apps]] tables.",
             scope="server", flag="--config", metavar="FILE"),
-    Setting("admin_socket", _text, None, "Admin socket path (mode 0600).",
+    Setting("admin_socket", _text, None, "Admin socket path (mode 0600) "
+            "(default: /run/railcar/admin.sock as root, else /tmp/railcar-UID/admin.sock).",
             scope="server", flag="--admin-socket", key="admin_socket", metavar="PATH"),
+    Setting("admin_group", _text, None,
+            "Group that may use the admin socket (status, restart...): the socket becomes mode "
+            "0660 with that group and its directory group-traversable (default: the master's "
+            "account alone, mode 0600).",
+            scope="server", flag="--admin-group", key="admin_group", metavar="GROUP"),
     Setting("pid_file", _text, None, "Write the master's pid here.",
             scope="server", flag="--pid-file", key="pid_file", metavar="PATH"),
     Setting("log_file", _text, None, "Server log file (default: stderr).",

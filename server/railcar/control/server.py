@@ -12,21 +12,29 @@ import traceback
 
 from gevent.server import StreamServer
 
+from .. import rundir
 from ..channel import Channel, ChannelClosed
 from . import handlers, protocol
 
 
 class ControlServer:
-    def __init__(self, path: str, master, log):
+    """`group` (a gid, the admin_group setting): members may use the socket too (mode 0660,
+    the directory made traversable for them); otherwise only the master's account (0600)."""
+
+    def __init__(self, path: str, master, log, group: int | None = None):
         self.path = path
+        self.group = group
         self.master = master
         self.log = log
         self.server: StreamServer | None = None
 
     def start(self) -> None:
-        """Bind the socket with mode 0600; refuse to take over a live master's socket."""
+        """Bind the socket with mode 0600 (0660 and our group with `group`) in a verified
+        directory (rundir); refuse to take over a live master's socket."""
         directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        rundir.ensure(directory, mode=0o700)
+        if self.group is not None:
+            rundir.open_to_group(directory, self.group)
         if os.path.exists(self.path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -43,7 +51,19 @@ class ControlServer:
             listener.bind(self.path)
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        if self.group is None:
+            os.chmod(self.path, 0o600)
+        else:
+            try:
+                os.chown(self.path, -1, self.group)
+            except OSError as exc:
+                listener.close()
+                os.unlink(self.path)
+                raise rundir.RuntimeDirError(
+                    f"cannot give the admin socket {self.path} to admin_group (gid "
+                    f"{self.group}): {exc.strerror} (the account running railcar must be a "
+                    "member of that group)") from None
+            os.chmod(self.path, 0o660)
         listener.listen(64)
         self.server = StreamServer(listener, self.handle)
         self.server.start()

@@ -1,0 +1,106 @@
+"""Real system accounts for tests of privileges: created with useradd, removed afterwards.
+
+Names are unique per test run (`rc` + random suffix), so parallel runs never collide. Needs
+root; tests using it are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.getuid() == 0
+
+
+def needs_root():
+    return pytest.mark.skipif(not IS_ROOT or not shutil.which("useradd"),
+                              reason="creates system accounts (useradd) and runs as root")
+
+
+class Accounts:
+    """Creates users and groups; `remove_all` deletes every one it made."""
+
+    def __init__(self):
+        self.users: list[str] = []
+        self.groups: list[str] = []
+
+    def group(self) -> str:
+        name = "rcg" + secrets.token_hex(3)
+        subprocess.run(["groupadd", name], check=True, timeout=30)
+        self.groups.append(name)
+        return name
+
+    def user(self, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
+        name = "rc" + secrets.token_hex(3)
+        cmd = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"]
+        if groups:
+            cmd += ["--groups", ",".join(groups)]
+        subprocess.run(cmd + [name], check=True, timeout=30)
+        self.users.append(name)
+        return pwd.getpwnam(name)
+
+    def remove_all(self) -> None:
+        for name in self.users:
+            subprocess.run(["userdel", name], timeout=30)
+        for name in self.groups:
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                continue
+            subprocess.run(["groupdel", name], timeout=30)
+
+
+@pytest.fixture
+def accounts():
+    made = Accounts()
+    yield made
+    made.remove_all()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def shared_venv(wheelhouse):
+    """A virtualenv with railcar that every account can run: built from the system's python3
+    (this run's own interpreter may live under /root), in a directory all can reach."""
+    base = Path(tempfile.mkdtemp(prefix="railcar-venv-"))
+    os.chmod(base, 0o755)
+    python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "virtualenv", "-q", "--no-download", "-p", python,
+                    str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
+                    "--find-links", str(wheelhouse), "railcar"], check=True, timeout=600)
+    yield venv
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory other accounts can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="railcar-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def give(path: Path, account: pwd.struct_passwd) -> None:
+    """Make `path` (recursively) belong to `account`."""
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            os.lchown(name, account.pw_uid, account.pw_gid)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
