@@ -324,7 +324,8 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--memory-limit", key="memory_limit", metavar="MIB"),
     Setting("max_request_time", _seconds_or_off, 0.0,
             "Seconds a request may run; past it the client gets 504, the request's stack is "
-            "logged and the worker is replaced (0: no limit).",
+            "logged and the worker is replaced (0: no limit). Pure-Python CPU work is "
+            "interrupted too (a CPU-time timer, SIGVTALRM, in the worker).",
             flag="--max-request-time", key="max_request_time", metavar="SECONDS"),
     Setting("max_concurrent_requests", _non_negative_int, 0,
             "Requests one worker serves at once; more are answered 503 at once, with "

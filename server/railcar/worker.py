@@ -15,7 +15,9 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   SIGINT/SIGQUIT: exit at once. SIGUSR2: write the stack of every thread to stderr (works even
   when the event loop is stuck in CPU-bound code).
 - A request past max_request_time makes the worker ask to be replaced: `stats` then carries
-  "replace": reason, which the master acts on.
+  "replace": reason, which the master acts on. A request computing without a pause is found
+  too: with max_request_time on, the worker runs a CPU-time timer (ITIMER_VIRTUAL, SIGVTALRM)
+  whose handler interrupts it (railcar.http.deadline).
 """
 
 from gevent import monkey

@@ -12,9 +12,10 @@ import traceback
 from bisect import bisect_left
 from time import monotonic, strftime
 
-from gevent import GreenletExit, sleep
+from gevent import GreenletExit, getcurrent, sleep
 from gevent.hub import get_hub
 
+from .deadline import RequestTimeout
 from .parser import HTTPError, Request, RequestParser
 from .proxies import apply_forwarded
 from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, build_environ,
@@ -74,8 +75,8 @@ class Connection:
         """Serve until the client or the server ends the connection. Never raises."""
         try:
             self._serve()
-        except (ClientDisconnected, ConnectionError, TimeoutError):
-            pass
+        except (ClientDisconnected, ConnectionError, TimeoutError, RequestTimeout):
+            pass  # RequestTimeout here: interrupted again while answering the first one
         except GreenletExit:  # killed by stop() or at the end of retire()'s grace
             self.linger = False
             raise
@@ -254,6 +255,11 @@ class Connection:
         self.busy_since = started
         try:
             ok = self._run_app(environ, response)
+        except RequestTimeout as timeout:  # past max_request_time, interrupted (deadline.py)
+            self.busy_since = 0.0  # first: the CPU timer must not interrupt us again
+            if not timeout.answered:
+                server.deadline.expire(self, frame=timeout.frame)
+            ok = False
         finally:
             self.busy_since = 0.0
             server.in_flight -= 1
@@ -354,8 +360,9 @@ class Connection:
                 else "unix", "age": now - self.busy_since if self.busy_since else 0.0}
 
     def time_out(self):
-        """Called by the server's watchdog: the request ran past max_request_time. Answer 504
-        if the response has not started, then end the connection (kill its greenlet)."""
+        """The request ran past max_request_time (deadline.py). Answer 504 if the response has
+        not started, then end the connection: kill its greenlet when called from the
+        watchdog; when called from the greenlet itself, `_handle` returns False."""
         self.busy_since = 0.0
         response = self.response
         if not response.headers_sent:
@@ -365,7 +372,7 @@ class Connection:
         response.broken = True  # whatever the app still writes is dropped
         response.keep_alive = False
         self.linger = False
-        if self.greenlet is not None:
+        if self.greenlet is not None and self.greenlet is not getcurrent():
             self.greenlet.kill(block=False)
 
     def _send_quietly(self, data):

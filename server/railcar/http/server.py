@@ -12,7 +12,6 @@ One greenlet accepts per listener; one greenlet serves each connection, request 
 import errno
 import socket
 import sys
-import traceback
 from dataclasses import dataclass
 from time import monotonic
 
@@ -22,6 +21,7 @@ from gevent.hub import get_hub
 from gevent.socket import socket as gsocket
 
 from .connection import LATENCY_BUCKETS, RECV_SIZE, Connection
+from .deadline import Deadline
 from .proxies import TrustedProxies
 from .wsgi import base_environ
 
@@ -57,7 +57,8 @@ class HTTPServer:
     `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
     `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
     `on_timeout(description)`, if given, is called after a request ran past
-    `limits.max_request_time` and was answered 504 (its stack is written to stderr first).
+    `limits.max_request_time` and was answered 504 (its stack is written to stderr first),
+    whether it was blocked or computing without a pause (see deadline.py).
 
     Counters for metrics are plain ints updated in place: `status_counts[code // 100]`,
     `latency_counts[i]` (requests that took at most LATENCY_BUCKETS[i] seconds, the last one
@@ -88,6 +89,9 @@ class HTTPServer:
         self._room = Event()  # set while under worker_connections
         self._room.set()
         self._all_closed = Event()
+        # max_request_time: a watchdog for blocked requests, a CPU timer for busy ones.
+        self.deadline = (Deadline(self, self.limits.max_request_time)
+                         if self.limits.max_request_time else None)
 
     # -- public interface ---------------------------------------------------------------------
 
@@ -95,8 +99,8 @@ class HTTPServer:
         """Start one accept greenlet per listener and return at once."""
         for listener in self.listeners:
             self._acceptors.append(gevent.spawn(self._accept_loop, listener))
-        if self.limits.max_request_time:
-            self._acceptors.append(gevent.spawn(self._watch_request_time))
+        if self.deadline is not None:
+            self.deadline.start()
 
     def stats(self):
         """Requests served in total, requests in flight, open connections, and the counters."""
@@ -106,6 +110,10 @@ class HTTPServer:
                 "status_counts": {f"{i}xx": n for i, n in enumerate(self.status_counts) if i},
                 "latency": {"buckets": list(LATENCY_BUCKETS), "counts": self.latency_counts,
                             "sum": self.latency_sum}}
+
+    def connections(self):
+        """The open connections, as a list (safe to iterate while connections come and go)."""
+        return list(self._conns)
 
     def requests_in_flight(self):
         """One dict per request being served: method, path, client, age (seconds)."""
@@ -125,16 +133,24 @@ class HTTPServer:
         self._close_listeners()
         for conn in list(self._conns):
             conn.wake_if_idle()
-        if self._conns and not self._all_closed.wait(grace):
-            self._kill_connections()
-            return False
-        return True
+        try:
+            if self._conns and not self._all_closed.wait(grace):
+                self._kill_connections()
+                return False
+            return True
+        finally:
+            self._stop_deadline()
 
     def stop(self):
         """Immediate stop: close the listeners and every connection."""
         self.retiring = True
         self._close_listeners()
         self._kill_connections()
+        self._stop_deadline()
+
+    def _stop_deadline(self):
+        if self.deadline is not None:
+            self.deadline.stop()
 
     # -- accepting ----------------------------------------------------------------------------
 
@@ -235,31 +251,3 @@ class HTTPServer:
 
     def _kill_connections(self):
         gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
-
-    # -- max_request_time ---------------------------------------------------------------------
-
-    def _watch_request_time(self):
-        """Find requests running past max_request_time, a few times per limit (at most 1 s
-        apart). Only a request that yields to the event loop can be seen here; a worker stuck
-        in pure CPU work stops answering its master, which replaces it."""
-        limit = self.limits.max_request_time
-        interval = min(1.0, limit / 4)
-        while True:
-            gevent.sleep(interval)
-            now = monotonic()
-            for conn in list(self._conns):
-                if conn.busy_since and now - conn.busy_since > limit:
-                    self._time_out(conn, now)
-
-    def _time_out(self, conn, now):
-        """Log the stuck request's stack, answer 504 if nothing was sent, end the connection."""
-        info = conn.describe_request(now)
-        frame = conn.greenlet.gr_frame if conn.greenlet else None
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
-        description = (f"{info['method']} {info['path']} from {info['client']} ran past "
-                       f"max_request_time ({self.limits.max_request_time:g} s)")
-        sys.stderr.write(f"railcar: {description}; its stack:\n{stack}")
-        self.timed_out += 1
-        conn.time_out()
-        if self.on_timeout is not None:
-            self.on_timeout(description)
