@@ -8,6 +8,13 @@ Two ways to get the process, one handle: `start` runs `python -m railcar.worker`
 preloader, `railcar.preloader`) as our child with gevent.subprocess.Popen; `start_forked` asks
 a preloader to fork one. `self.popen` is then either a Popen or a ForkedProcess, which offers
 the part of Popen's interface used here (pid, stdout, wait, send_signal) for a grandchild.
+
+What a worker or preloader sends is untrusted (it runs app code) and cannot break the master:
+output lines are read with a bound (the rest of a longer line is dropped, counted); channel
+messages are checked (railcar.channel, railcar.replies), and a bad one is logged and dropped
+while the reader goes on; a pid a preloader reports is verified to be its child and then
+signalled only through a pidfd (or psutil's start-time check where there is no pidfd), so a
+recycled pid is never hit.
 """
 
 from __future__ import annotations
@@ -29,13 +36,15 @@ import gevent.socket
 import gevent.subprocess
 import psutil
 
-from . import states
-from .channel import Channel
+from . import replies, states
+from .channel import BadMessage, Channel
 from .release import Release
 
 OUTPUT_TAIL_LINES = 200
 HEALTH_MARGIN = 1.0   # seconds the master waits past health_timeout before killing a worker
 READY_POLL = 0.25     # how often wait_ready looks whether the health check began
+MAX_OUTPUT_LINE = 16 * 1024     # bytes of one output line kept; the rest is dropped
+DROP_LOG_INTERVAL = 1.0         # at most one "dropped a message" line per process per second
 
 
 class WorkerProcess:
@@ -61,11 +70,16 @@ class WorkerProcess:
         self.exited = gevent.event.Event()
         self.popen: gevent.subprocess.Popen | None = None
         self.channel: Channel | None = None
-        self.pending: dict[int, gevent.event.AsyncResult] = {}
+        self.pending: dict[int, tuple[str, gevent.event.AsyncResult]] = {}
         self.next_call_id = 0
         self.ps: psutil.Process | None = None
         self.preloader: WorkerProcess | None = None     # the one that forked this worker
-        self.child_exits: dict[int, gevent.event.AsyncResult] = {}   # preloader: pid -> status
+        # Preloader: the live workers it forked (verified), and their exit statuses. Only
+        # pids in `forked` are ever keys of `child_exits`.
+        self.forked: set[int] = set()
+        self.child_exits: dict[int, gevent.event.AsyncResult] = {}
+        self.dropped = 0                      # malformed messages dropped
+        self.next_drop_log = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -115,15 +129,23 @@ class WorkerProcess:
         finally:
             theirs.close()
             os.close(output_end)
-        if not reply or "pid" not in reply:
+        try:
+            if not reply or "pid" not in reply:
+                why = (reply or {}).get("error", "no answer")
+                raise OSError(f"preloader {preloader.pid} could not fork a worker: {why}")
+            process = ForkedProcess(reply["pid"], output, preloader)
+        except OSError as exc:
             ours.close()
             os.close(output)
-            why = (reply or {}).get("error", "no answer")
-            self.boot_error = f"preloader {preloader.pid} could not fork a worker: {why}"
+            if reply and "pid" in reply:
+                preloader.forked.discard(reply["pid"])
+                preloader.child_exits.pop(reply["pid"], None)
+            self.boot_error = str(exc)
             self._change_state(states.FAILED)
-            raise OSError(self.boot_error)
+            raise OSError(self.boot_error) from None
         self.preloader = preloader
-        self.popen = ForkedProcess(reply["pid"], output, preloader)
+        self.popen = process
+        self.ps = process.ps
         self._follow(ours)
 
     def _follow(self, channel_socket: socket.socket) -> None:
@@ -133,36 +155,67 @@ class WorkerProcess:
 
     def _follow_output(self) -> None:
         prefix = f"[{self.app_name}:{self.pid}] "
-        for raw in self.popen.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
+        for line in bounded_lines(self.popen.stdout, MAX_OUTPUT_LINE):
             self.output_tail.append(line)
             self.log.info("%s%s", prefix, line)
 
     def _follow_channel(self) -> None:
-        for message in self.channel.messages():
-            event = message.get("event")
-            if event == "ready" and self.state == states.BOOTING:
-                self.ready_at = time.time()
-                self._change_state(states.READY)
-            elif event == "boot_error":
-                self.boot_error = message.get("error")
-            elif event == "health_check":
-                self.health_since = time.monotonic()
-            elif event == "health_error":
-                self.health_error = message.get("error")
-            elif event == "exited":         # from a preloader: one of its workers
-                self._child_exit(message.get("pid")).set(message.get("returncode"))
-            elif "reply" in message:
-                waiter = self.pending.pop(message["reply"], None)
-                if waiter is not None:
-                    waiter.set(message.get("result"))
+        for message in self.channel.messages(on_bad=self._dropped):
+            try:
+                self._dispatch(message)
+            except BadMessage as exc:
+                self._dropped(exc)
+
+    def _dispatch(self, message: dict) -> None:
+        """Act on one message from the process; BadMessage if it is not one of ours."""
+        if "reply" in message:
+            call_id = message["reply"]
+            if type(call_id) is not int:
+                raise BadMessage(f"a reply to call id {replies._show(call_id)}")
+            name, waiter = self.pending.pop(call_id, (None, None))
+            if waiter is None:
+                return      # a late answer to a call that timed out
+            try:
+                result = replies.check_reply(name, message.get("result"))
+            except BadMessage:
+                waiter.set(None)
+                raise
+            if name == "fork" and "pid" in result:
+                # Before the next message, which may be that worker's exit already.
+                self.forked.add(result["pid"])
+            waiter.set(result)
+            return
+        event = replies.check_event(message, self.kind)
+        if event["event"] == "ready" and self.state == states.BOOTING:
+            self.ready_at = time.time()
+            self._change_state(states.READY)
+        elif event["event"] == "boot_error":
+            self.boot_error = event["error"]
+        elif event["event"] == "health_check":
+            self.health_since = time.monotonic()
+        elif event["event"] == "health_error":
+            self.health_error = event["error"]
+        elif event["event"] == "exited":        # from a preloader: one of its workers
+            if event["pid"] not in self.forked:
+                raise BadMessage(f"exit of {event['pid']}, not a worker it forked")
+            self._child_exit(event["pid"]).set(event["returncode"])
+
+    def _dropped(self, why: BadMessage) -> None:
+        """Log a dropped message: at most once a second per process, with a count."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now >= self.next_drop_log:
+            self.next_drop_log = now + DROP_LOG_INTERVAL
+            self.log.warning("%s: dropped a malformed message from %s %s: %s "
+                             "(%d dropped so far)", self.app_name, self.kind, self.pid, why,
+                             self.dropped)
 
     def _wait_exit(self) -> None:
         self.returncode = self.popen.wait()
         # Let the last output and channel messages (a boot error) arrive before judging.
         gevent.joinall(self.followers, timeout=2)
         self.channel.close()
-        for waiter in self.pending.values():
+        for _name, waiter in self.pending.values():
             waiter.set(None)
         if self.state == states.BOOTING:
             self._change_state(states.FAILED)
@@ -219,7 +272,8 @@ class WorkerProcess:
         return "\n".join(parts)
 
     def call(self, name: str, timeout: float = 2.0, fds: list[int] = ()) -> dict | None:
-        """Ask the worker something over its channel; None if it does not answer in time.
+        """Ask the worker something over its channel: its reply, checked by
+        railcar.replies; None if it does not answer in time or answers nonsense.
         `fds` travel with the request (the worker side must expect them)."""
         if self.state not in (states.READY, states.RETIRING) or self.channel is None:
             return None
@@ -228,7 +282,7 @@ class WorkerProcess:
         self.next_call_id += 1
         call_id = self.next_call_id
         waiter = gevent.event.AsyncResult()
-        self.pending[call_id] = waiter
+        self.pending[call_id] = (name, waiter)
         try:
             message = {"call": name, "id": call_id}
             if fds:
@@ -280,7 +334,13 @@ class WorkerProcess:
 class ForkedProcess:
     """A worker forked by a preloader, seen through the part of Popen's interface that
     WorkerProcess uses. It is not our child: its exit is seen through a pidfd (psutil polling
-    where there is none) and its exit status comes from the preloader, when it can tell."""
+    where there is none) and its exit status comes from the preloader, when it can tell.
+
+    The pid comes from the preloader, which runs app code: it is verified to be a child of
+    that preloader before anything else, and from then on the process is named by a pidfd
+    (or a psutil.Process, which checks the start time before each signal), never by the
+    number alone, so a pid reused by another process is never signalled. Raises OSError if
+    the pid is not the preloader's child."""
 
     POLL_INTERVAL = 0.2
     STATUS_WAIT = 2.0   # how long to wait for the preloader's word on the exit status
@@ -288,8 +348,9 @@ class ForkedProcess:
     def __init__(self, pid: int, output_fd: int, preloader: WorkerProcess):
         self.pid = pid
         self.preloader = preloader
-        self.stdout = gevent.fileobject.FileObject(output_fd, "rb")
         self.returncode: int | None = None
+        self.pidfd, self.ps = _open_child(pid, preloader.pid)
+        self.stdout = gevent.fileobject.FileObject(output_fd, "rb")
 
     def wait(self) -> int | None:
         self._wait_gone()
@@ -297,25 +358,82 @@ class ForkedProcess:
         gevent.wait([status, self.preloader.exited], timeout=self.STATUS_WAIT, count=1)
         self.returncode = status.value if status.ready() else None
         self.preloader.child_exits.pop(self.pid, None)
+        self.preloader.forked.discard(self.pid)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
         return self.returncode
 
     def _wait_gone(self) -> None:
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
+        if self.pidfd is not None:
+            gevent.socket.wait_read(self.pidfd)
             return
-        except (AttributeError, OSError):
-            while not _gone(self.pid):
-                gevent.sleep(self.POLL_INTERVAL)
-            return
-        try:
-            gevent.socket.wait_read(pidfd)
-        finally:
-            os.close(pidfd)
+        while self.ps.is_running() and not _gone(self.pid):
+            gevent.sleep(self.POLL_INTERVAL)
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
+        if self.returncode is not None:
+            return
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            else:
+                self.ps.send_signal(sig)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass    # gone already (its pid may belong to another process by now)
+
+
+def _open_child(pid: int, parent: int) -> tuple[int | None, psutil.Process]:
+    """A pidfd (None without pidfd support) and a psutil.Process for `pid`, verified to be a
+    child of `parent`; OSError if it is not.
+
+    The pidfd is opened first and checked alive last: if the process it names still exists
+    after the parent check, that check read this very process (a pid is not reused while its
+    process exists, zombie included)."""
+    pidfd = None
+    try:
+        if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+            pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise OSError(f"the preloader reported pid {pid}, which does not exist") from None
+    except OSError:
+        pidfd = None        # a kernel without pidfds: psutil's start-time check instead
+    try:
+        ps = psutil.Process(pid)
+        ok = ps.ppid() == parent
+        if ok and pidfd is not None:
+            signal.pidfd_send_signal(pidfd, 0)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        ok = False
+    if not ok:
+        if pidfd is not None:
+            os.close(pidfd)
+        raise OSError(f"the preloader {parent} reported pid {pid}, which is not its child; "
+                      "it is never signalled")
+    return pidfd, ps
+
+
+def bounded_lines(stream, limit: int):
+    """Decoded lines of `stream` (binary), each cut to `limit` bytes: the rest of a longer
+    line is read and dropped as it comes (never held whole), and counted in a note."""
+    while True:
+        raw = stream.readline(limit)
+        if not raw:
+            return
+        if raw.endswith(b"\n"):
+            yield raw[:-1].decode("utf-8", "replace")
+            continue
+        dropped = 0
+        while True:
+            rest = stream.readline(limit)
+            if not rest:
+                break
+            if rest.endswith(b"\n"):
+                dropped += len(rest) - 1
+                break
+            dropped += len(rest)
+        line = raw.decode("utf-8", "replace")
+        yield f"{line} [{dropped} more bytes of this line dropped]" if dropped else line
 
 
 def _gone(pid: int) -> bool:

@@ -85,24 +85,31 @@ class AppCounters:
     seen: dict[int, dict] = field(default_factory=dict)   # pid -> last stats counted
 
     def add(self, pid: int, stats: dict) -> None:
-        """Count what worker `pid` did since its previous stats."""
+        """Count what worker `pid` did since its previous stats (checked by
+        railcar.replies). A counter that went down counts nothing: totals only grow."""
         last = self.seen.get(pid, {})
         self.seen[pid] = stats
         for key in ("requests", "overloaded", "timed_out"):
-            setattr(self, key, getattr(self, key) + stats.get(key, 0) - last.get(key, 0))
+            setattr(self, key, getattr(self, key) + _delta(stats.get(key, 0), last.get(key, 0)))
         last_status = last.get("status_counts", {})
         for name, count in stats.get("status_counts", {}).items():
-            self.status[name] = self.status.get(name, 0) + count - last_status.get(name, 0)
+            self.status[name] = self.status.get(name, 0) + _delta(count, last_status.get(name, 0))
         latency = stats.get("latency")
         if latency:
             if not self.buckets:
                 self.buckets = list(latency["buckets"])
                 self.latency_counts = [0] * len(latency["counts"])
+            if latency["buckets"] != self.buckets:
+                return      # another railcar's buckets: cannot be added up with ours
             last_latency = last.get("latency") or {"counts": [0] * len(latency["counts"]),
                                                    "sum": 0.0}
             for index, count in enumerate(latency["counts"]):
-                self.latency_counts[index] += count - last_latency["counts"][index]
-            self.latency_sum += latency["sum"] - last_latency["sum"]
+                self.latency_counts[index] += _delta(count, last_latency["counts"][index])
+            self.latency_sum += _delta(latency["sum"], last_latency["sum"])
 
     def forget(self, pid: int) -> None:
         self.seen.pop(pid, None)
+
+
+def _delta(now, before):
+    return max(now - before, 0)

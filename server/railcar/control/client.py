@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from ..channel import Channel, ChannelClosed
+from ..channel import BadMessage, Channel, ChannelClosed
 from . import protocol
+
+REPLY_MAX_LINE = 256 * 1024 * 1024
 
 
 class ControlError(Exception):
@@ -30,7 +32,8 @@ def call(path: str, command: str, on_progress: Callable[[str], None] | None = No
                            "(is it running? give --admin-socket)") from None
     except OSError as exc:
         raise ControlError(f"cannot reach the railcar master at {path}: {exc.strerror}") from None
-    channel = Channel(sock)
+    # The master is trusted; its replies (backtraces of every worker) may be long.
+    channel = Channel(sock, max_line=REPLY_MAX_LINE)
     try:
         channel.send(protocol.request(command, **args))
         while True:
@@ -45,5 +48,7 @@ def call(path: str, command: str, on_progress: Callable[[str], None] | None = No
                                message.get("result"))
     except (ChannelClosed, socket.timeout) as exc:
         raise ControlError(f"the master closed the admin connection ({exc})") from None
+    except BadMessage as exc:
+        raise ControlError(f"the master's reply was unreadable: {exc}") from None
     finally:
         channel.close()
