@@ -127,10 +127,11 @@ class Master:
             raise LookupError(f"no app named {name!r} (apps: {known})")
         return pools
 
-    def restart(self, name: str | None) -> list[tuple[AppPool, RestartOutcome]]:
-        """Rolling restart of one app or all, concurrently; blocks until every one is done."""
+    def restart(self, name: str | None, progress=None) -> list[tuple[AppPool, RestartOutcome]]:
+        """Rolling restart of one app or all, concurrently; blocks until every one is done.
+        `progress(text)` hears how canaries go."""
         pools = self.find_pools(name)
-        jobs = [gevent.spawn(pool.restart) for pool in pools]
+        jobs = [gevent.spawn(pool.restart, progress) for pool in pools]
         gevent.joinall(jobs)
         return list(zip(pools, [job.value for job in jobs]))
 

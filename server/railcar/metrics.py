@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
+from . import canary as canary_states
 from . import states
 
 WORKER_STATES = (states.BOOTING, states.READY, states.RETIRING)
@@ -42,6 +43,17 @@ class RailcarCollector:
         replaced = CounterMetricFamily("railcar_worker_replacements",
                                        "Workers replaced for going over a limit.",
                                        labels=["app", "limit"])
+        canary_active = GaugeMetricFamily(
+            "railcar_canary_active", "1 while a canary of a rolling restart is watched.",
+            labels=["app"])
+        canary_requests = GaugeMetricFamily(
+            "railcar_canary_requests", "Requests the current or last canary answered.",
+            labels=["app"])
+        canary_errors = GaugeMetricFamily(
+            "railcar_canary_errors", "5xx responses of the current or last canary.",
+            labels=["app"])
+        canaries = CounterMetricFamily("railcar_canaries", "Canary verdicts, by outcome.",
+                                       labels=["app", "outcome"])
         rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["app", "pid"])
         cpu = GaugeMetricFamily("railcar_worker_cpu_percent",
@@ -71,13 +83,20 @@ class RailcarCollector:
                 restarts.add_metric([app, outcome], pool.restarts[outcome])
             for limit, count in sorted(pool.replacements.items()):
                 replaced.add_metric([app, limit], count)
+            canary = pool.canary
+            canary_active.add_metric([app], int(canary is not None
+                                                and canary.state == canary_states.WATCHING))
+            canary_requests.add_metric([app], canary.requests if canary else 0)
+            canary_errors.add_metric([app], canary.errors if canary else 0)
+            for outcome in (canary_states.PASSED, canary_states.FAILED):
+                canaries.add_metric([app, outcome], pool.canaries[outcome])
             for worker, sample in samples.items():
                 if sample.rss is not None:
                     rss.add_metric([app, str(worker.pid)], sample.rss)
                 if sample.cpu is not None:
                     cpu.add_metric([app, str(worker.pid)], sample.cpu)
         return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
-                replaced, rss, cpu]
+                replaced, canary_active, canary_requests, canary_errors, canaries, rss, cpu]
 
 
 class MetricsServer:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import gevent
 import gevent.lock
 
+from . import canary as canaries
 from . import release as releases
 from . import states
 from . import supervision
@@ -34,6 +35,7 @@ from .fallback import BootErrorResponder
 from .process import WorkerProcess
 
 MAX_BACKOFF = 60.0
+CANARY_POLL = 0.5      # seconds between looks at the canary's counters
 
 
 @dataclass
@@ -43,10 +45,12 @@ class RestartOutcome:
     release: str | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    canary: canaries.Canary | None = None
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "error": self.error, "release": self.release,
-                "started_at": self.started_at, "finished_at": self.finished_at}
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "canary": self.canary.as_dict() if self.canary else None}
 
 
 class AppPool:
@@ -70,6 +74,8 @@ class AppPool:
         self.replacements: collections.Counter[str] = collections.Counter()
         self.last_replacement: dict | None = None
         self.restarts: collections.Counter[str] = collections.Counter()   # "ok" / "failed"
+        self.canary: canaries.Canary | None = None    # the one watched now, or the last one
+        self.canaries: collections.Counter[str] = collections.Counter()  # "passed"/"failed"
         self.supervisor: gevent.Greenlet | None = None
         self.preloaders: list[WorkerProcess] = []     # alive (smart spawning)
         self.preloader: WorkerProcess | None = None  # the one new workers fork from
@@ -230,24 +236,27 @@ class AppPool:
         self.manage_workers()
 
     # --- rolling restart ------------------------------------------------------------------
-    def restart(self) -> RestartOutcome:
+    def restart(self, progress=None) -> RestartOutcome:
         """Replace every serving worker with one of the release the root points to now.
 
         For each old worker: start a new one, wait until it is ready, retire the old one.
         If a new worker fails to boot, the restart is aborted: new workers are retired and
         old ones (same pids) keep serving; any already retired are replaced from their
-        release. Returns once every old worker has exited.
+        release. With a canary (canary_duration), the first new worker first serves beside
+        all the old ones for that long; if it fails, the restart aborts the same way.
+        Returns once every old worker has exited. `progress(text)`, if given, hears of the
+        canary as it goes.
         """
         outcome = RestartOutcome(ok=False, started_at=time.time())
         with self.lock:
-            outcome = self._restart_locked(outcome)
+            outcome = self._restart_locked(outcome, _quiet(progress))
         outcome.finished_at = time.time()
         self.last_restart = outcome
         self.restarts["ok" if outcome.ok else "failed"] += 1
         self.manage_workers()
         return outcome
 
-    def _restart_locked(self, outcome: RestartOutcome) -> RestartOutcome:
+    def _restart_locked(self, outcome: RestartOutcome, progress) -> RestartOutcome:
         try:
             release = self._resolve()
         except releases.ReleaseError as exc:
@@ -261,14 +270,21 @@ class AppPool:
         previous_preloader, self.preloader = self.preloader, None    # a fresh one: new code
         for index in range(max(self.wanted, len(old))):
             worker, ok = self._spawn_ready(release)
-            if not ok:
-                outcome.error = worker.failure_text()
-                self.last_error = outcome.error
+            error = None if ok else worker.failure_text()
+            if ok:
+                fresh.append(worker)
+                if index == 0 and old and self.app.canary.get("canary_duration"):
+                    outcome.canary = canary = self._watch_canary(worker, release, len(old),
+                                                                 progress)
+                    if canary.state != canaries.PASSED:
+                        error = (f"canary failed: {canary.reason}; the canary worker "
+                                 f"{canary.pid} is retired")
+            if error:
+                outcome.error = self.last_error = error
                 if previous_preloader is not None and previous_preloader.state == states.READY:
                     self.preloader = previous_preloader
                 self._abort(fresh, retired)
                 return outcome
-            fresh.append(worker)
             if index < len(old):
                 old[index].retire()
                 retired.append(old[index])
@@ -277,6 +293,36 @@ class AppPool:
         outcome.ok = True
         self.log.info("%s: rolling restart done, serving %s", self.app.name, release.path)
         return outcome
+
+    def _watch_canary(self, worker: WorkerProcess, release: releases.Release, beside: int,
+                      progress) -> canaries.Canary:
+        """Let `worker` (READY) serve beside the `beside` old ones for canary_duration, its
+        counters sampled every CANARY_POLL seconds, then judge it (canary.Canary.finish)."""
+        canary = canaries.Canary.from_settings(self.app.canary, worker.pid, release.path,
+                                               beside)
+        self.canary = canary
+        message = (f"{self.app.name}: canary worker {worker.pid} (release {release.path}) "
+                   f"serves beside {beside} old worker(s) for {canary.duration:g} s")
+        self.log.info("%s", message)
+        progress(message)
+        deadline = time.monotonic() + canary.duration
+        while worker.state == states.READY and not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            gevent.sleep(min(CANARY_POLL, left))
+            canary.record(worker.call("stats", timeout=1.0))
+        if worker.state != states.READY or self.stopping:
+            why = "the server is stopping" if self.stopping else exit_reason(worker.returncode)
+            canary.finish(exit_reason=why)
+        else:
+            canary.record(worker.call("stats", timeout=1.0))
+            canary.finish()
+        self.canaries[canary.state] += 1
+        message = f"{self.app.name}: canary {canary.state}: {canary.reason}"
+        (self.log.info if canary.state == canaries.PASSED else self.log.error)("%s", message)
+        progress(message)
+        return canary
 
     def _abort(self, fresh: list[WorkerProcess], retired: list[WorkerProcess]) -> None:
         self.log.error("%s: restart aborted; the previous workers keep serving", self.app.name)
@@ -432,6 +478,17 @@ class AppPool:
                                  self.app.name, worker.pid)
                 worker.kill(signal.SIGKILL)
                 worker.exited.wait(5)
+
+
+def _quiet(progress):
+    """`progress` that never fails the restart (the client may have gone away)."""
+    def say(text: str) -> None:
+        if progress is not None:
+            try:
+                progress(text)
+            except OSError:
+                pass
+    return say
 
 
 def exit_reason(returncode: int | None) -> str:

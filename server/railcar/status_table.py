@@ -28,6 +28,21 @@ def _dash(value) -> str:
     return "-" if value is None else str(value)
 
 
+def _canary_line(canary: dict, now: float) -> str:
+    rate = canary["error_rate"]
+    counts = (f"{canary['errors']} of {canary['requests']} requests 5xx"
+              + (f" ({rate:.1%})" if rate is not None else "")
+              + f", limit {canary['max_error_rate']:.1%} over at least "
+              f"{canary['min_requests']}")
+    where = f"worker {canary['pid']}, release {os.path.basename(canary['release'])}"
+    if canary["state"] == "watching":
+        return (f"canary: watching {where} beside {canary['beside']} old, "
+                f"{canary['seconds_left']:.0f}s of {canary['duration']:g}s left; {counts}")
+    verdict = "FAILED" if canary["state"] == "failed" else canary["state"]
+    return (f"last canary: {verdict} {_duration(now - canary['finished_at'])} ago ({where}): "
+            f"{canary['reason']}")
+
+
 COLUMNS = ("PID", "STATE", "RELEASE", "REQUESTS", "IN FLIGHT", "CPU%", "RSS", "UPTIME")
 
 
@@ -60,10 +75,14 @@ def render(status: dict) -> str:
             lines.append(f"  replaced workers: {counts}; last: {replaced['pid']} -> "
                          f"{replaced['new_pid']}, {_duration(now - replaced['at'])} ago "
                          f"({replaced['reason']})")
+        canary = app.get("canary")
+        if canary:
+            lines.append("  " + _canary_line(canary, now))
         if app.get("error"):
             lines.append("  error: " + app["error"].replace("\n", "\n    "))
         rows = [COLUMNS] + [(
-            _dash(w["pid"]), w["state"], os.path.basename(w["release"] or "") or "-",
+            _dash(w["pid"]), w["state"] + (" (canary)" if w.get("canary") else ""),
+            os.path.basename(w["release"] or "") or "-",
             _dash(w.get("requests")), _dash(w.get("in_flight")),
             "-" if w.get("cpu") is None else f"{w['cpu']:.1f}", _size(w.get("rss")),
             _duration(now - w["started_at"])) for w in app["workers"]]

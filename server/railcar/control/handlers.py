@@ -29,6 +29,8 @@ def _worker_status(pool, worker) -> dict:
     else:
         row.update(worker.resources())
     row["replacing"] = worker in pool.replacing
+    canary = pool.canary
+    row["canary"] = canary is not None and canary.state == "watching" and canary.pid == worker.pid
     return row
 
 
@@ -50,6 +52,8 @@ def _app_status(pool) -> dict:
         "restarts": dict(pool.restarts),
         "replacements": dict(pool.replacements),
         "last_replacement": pool.last_replacement,
+        "canary": pool.canary.as_dict() if pool.canary else None,
+        "canaries": dict(pool.canaries),
         "workers": [job.value for job in jobs],
         "spawn_method": pool.app.supervision.get("spawn_method"),
         "preloaders": [{"pid": p.pid, "release": p.release.path, "state": p.state,
@@ -90,7 +94,7 @@ def do_restart(master, progress, app: str | None = None) -> dict:
     except LookupError as exc:
         return protocol.failure(str(exc))
     progress("restarting " + ", ".join(p.app.name for p in pools))
-    results = master.restart(app)
+    results = master.restart(app, progress)
     apps = [dict(outcome.as_dict(), name=pool.app.name) for pool, outcome in results]
     failed = [a for a in apps if not a["ok"]]
     if failed:

@@ -13,14 +13,21 @@ Commands (args in parentheses):
     status                -> {"master": {...}, "apps": [{"name", "root", "release", "state",
                               "error", "last_restart", "restarts", "replacements",
                               "last_replacement", "wanted_workers", "min_workers",
-                              "max_workers", "workers": [{"pid", "release", "state",
+                              "max_workers", "canary", "canaries",
+                              "workers": [{"pid", "release", "state",
                               "requests", "in_flight", "started_at", "rss", "cpu",
-                              "replacing"}], "spawn_method",
+                              "replacing", "canary"}], "spawn_method",
                               "preloaders": [{"pid", "release", "state", "current"}]}]}
     requests (app)        -> {"requests": [{"app", "worker", "method", "path", "client",
                               "age"}]}: every request in flight, oldest first
-    restart (app)         -> {"apps": [{"name", "ok", "release", "error", ...}]}; blocks
-                              until done; ok is false on the final line if any app failed
+    restart (app)         -> {"apps": [{"name", "ok", "release", "error", "canary", ...}]};
+                              blocks until done (progress lines tell how a canary goes); ok
+                              is false on the final line if any app failed
+    A canary (status "canary": the one watched now or the last one; restart "canary": this
+    restart's, or null) is {"state": "watching"|"passed"|"failed", "pid", "release",
+    "started_at", "finished_at", "duration", "seconds_left", "beside", "requests", "errors",
+    "error_rate", "min_requests", "max_error_rate", "judged", "reason"}; "canaries" counts
+    verdicts by state.
     stop (graceful=true)  -> {"pid"}; the master then stops (the client waits for the pid)
     backtraces (app, worker) -> {"workers": [{"app", "pid", "text"}]}
 """
