@@ -114,6 +114,9 @@ def test_unhealthy_release_is_refused_under_load_and_serves_nothing(railcar, app
     assert served(bad) and set(served(bad)) == {"/health"}
     assert served(good).count("/") == total
     # The access log holds the client requests only: no health check, no 500.
+    # (A worker writes its line just after the response, so the last may lag a moment.)
+    wait_for(lambda: len(access_log.read_text().splitlines()) >= total, 5,
+             what=f"{total} access log lines")
     lines = access_log.read_text().splitlines()
     assert len(lines) == total
     assert not [line for line in lines if "/health" in line or '" 500 ' in line]
