@@ -335,18 +335,42 @@ def test_access_log(server):
 
 
 def test_worker_connections_limit(fresh_server):
+    """Connections in the middle of a request are never closed to make room: a third client
+    waits until one of them ends."""
     proc = fresh_server("worker_connections=2")
     first, second = proc.connect(), proc.connect()
+    for sock in (first, second):
+        sock.sendall(b"GET /hello HTTP/1.1\r\n")  # a request begun: not idle
     third = proc.connect()
     try:
         time.sleep(0.2)
         third.sendall(request_bytes("GET", "/hello"))
         third.settimeout(0.5)
-        with pytest.raises(socket.timeout):  # not accepted while two connections are open
+        with pytest.raises(socket.timeout):  # not accepted while two connections are busy
             third.recv(100)
         first.close()
         third.settimeout(5)
         assert Reader(third).response().body == b"Hello, World!"
+    finally:
+        for sock in (first, second, third):
+            sock.close()
+
+
+def test_worker_connections_limit_closes_the_oldest_idle(fresh_server):
+    """At the limit, a new client makes the worker close its longest-idle connection."""
+    proc = fresh_server("worker_connections=2")
+    first = proc.connect()  # not a byte sent: idle
+    time.sleep(0.1)
+    second = proc.connect()
+    second.sendall(request_bytes("GET", "/hello"))
+    assert Reader(second).response().body == b"Hello, World!"  # now idle keep-alive
+    third = proc.connect()
+    try:
+        third.sendall(request_bytes("GET", "/hello"))
+        assert Reader(third).response().body == b"Hello, World!"
+        assert Reader(first).at_eof(2.0)  # the oldest idle one was closed
+        second.sendall(request_bytes("GET", "/hello"))  # the younger one still serves
+        assert Reader(second).response().body == b"Hello, World!"
     finally:
         for sock in (first, second, third):
             sock.close()

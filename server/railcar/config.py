@@ -87,7 +87,8 @@ class ServerConfig:
 
 
 LIMIT_NAMES = ("max_request_line", "max_header_size", "max_headers", "max_body_size",
-               "keepalive_timeout", "header_timeout", "worker_connections", "trusted_proxies")
+               "keepalive_timeout", "header_timeout", "worker_connections", "trusted_proxies",
+               "client_body_timeout", "client_body_min_rate")
 WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master runs as root
 
 # Limits the worker enforces per request (http.server.Limits) beyond the protocol's.

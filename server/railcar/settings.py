@@ -354,8 +354,19 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--keepalive-timeout", key="keepalive_timeout"),
     Setting("header_timeout", _seconds, 30.0, "Seconds a client has to send the request headers.",
             flag="--header-timeout", key="header_timeout"),
-    Setting("worker_connections", _positive_int, 1000, "Most open connections per worker.",
+    Setting("worker_connections", _positive_int, 1000,
+            "Most open connections per worker; at the limit a new client makes the worker "
+            "close its longest-idle connection (keep-alive, or not a byte sent yet).",
             flag="--worker-connections", key="worker_connections"),
+    Setting("client_body_timeout", _seconds, 60.0,
+            "Seconds the worker waits for more of a request body (like nginx's); a client "
+            "that stalls longer is answered 408 if the response has not started.",
+            flag="--client-body-timeout", key="client_body_timeout", metavar="SECONDS"),
+    Setting("client_body_min_rate", _non_negative_int, 500,
+            "Bytes per second a request body must average, counted over the time spent "
+            "waiting for it after a first --client-body-timeout of grace; slower gets 408 "
+            "(0: no minimum).",
+            flag="--client-body-min-rate", key="client_body_min_rate", metavar="BYTES"),
     Setting("trusted_proxies", _proxy_list, ["127.0.0.0/8", "::1/128", "unix"],
             "Peers whose X-Forwarded-For/-Proto are believed: addresses, CIDR networks, or "
             "'unix' for unix socket peers (repeatable).",

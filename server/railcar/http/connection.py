@@ -33,6 +33,7 @@ _LINGER_BYTES = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _OVERLOADED = "503 Service Unavailable"
 _TIMED_OUT = "504 Gateway Timeout"
+_BODY_TIMED_OUT = "408 Request Timeout"
 
 # Upper bounds (seconds) of the request latency histogram buckets; one more bucket is +Inf.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -42,6 +43,10 @@ class _IdleRetire(Exception):
     """Thrown into a connection greenlet blocked between requests when the server retires."""
 
 
+class _Evicted(Exception):
+    """Thrown into an idle connection greenlet to close it, making room for a new one."""
+
+
 
 class Connection:
     """One client connection, served by its own greenlet (`run`) request after request."""
@@ -49,7 +54,7 @@ class Connection:
     __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
-                 "busy_since")
+                 "busy_since", "body_waited", "body_received", "idle_since", "evicting")
 
     def __init__(self, server, sock, remote_addr, remote_port, base):
         limits = server.limits
@@ -70,6 +75,10 @@ class Connection:
         self.linger = False  # close with unread input: discard it first (see _linger)
         self.proxied = server.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
         self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
+        self.body_waited = 0.0  # seconds spent waiting for this request's body
+        self.body_received = 0  # bytes received while reading this request's body
+        self.idle_since = 0  # server.idle_ticks when the idle wait began (orders evictions)
+        self.evicting = False  # chosen to be closed to make room for a new connection
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
@@ -121,8 +130,8 @@ class Connection:
                 self._refuse(item)
                 return
             if not self._handle(item):
-                if not item.complete or self.parser.in_message:
-                    self.linger = True
+                if not item.complete or self.parser.in_message or item.error is not None:
+                    self.linger = True  # the client may still be sending
                 return
             self.served += 1
             if not self.served & _YIELD_EVERY_MASK:
@@ -160,12 +169,17 @@ class Connection:
             timeout = self.limits.keepalive_timeout
         else:
             timeout = self.limits.header_timeout
+        server = self.server
+        server.idle_ticks += 1
+        self.idle_since = server.idle_ticks
         self.idle = True
         try:
             return self._fill_quietly(timeout)
         except _IdleRetire:
             self.idle = False
             return self._fill_quietly(_RETIRE_IDLE)
+        except _Evicted:
+            return False
         finally:
             self.idle = False
 
@@ -182,6 +196,18 @@ class Connection:
         if self.idle and self.greenlet:
             self.greenlet.throw(_IdleRetire)
 
+    def evict(self):
+        """Called when the worker is at worker_connections and a new client waits: close this
+        connection if it is still idle (between requests, or not a byte sent yet)."""
+        self.evicting = True
+        get_hub().loop.run_callback(self._throw_if_evicted)
+
+    def _throw_if_evicted(self):
+        if self.idle and self.greenlet:
+            self.greenlet.throw(_Evicted)
+        else:  # it started a request meanwhile: it may be chosen again when idle
+            self.evicting = False
+
     def _fill(self, timeout):
         """Receive once (waiting up to `timeout` s) and feed the parser; return the byte
         count, 0 at EOF. Raises TimeoutError or OSError."""
@@ -191,7 +217,7 @@ class Connection:
         buf = self.server.recv_buffer
         n = self.sock.recv_into(buf)
         if n:
-            self.parser.feed(memoryview(buf)[:n])
+            self.parser.feed(buf, n)
         return n
 
     def _fill_quietly(self, timeout):
@@ -203,13 +229,51 @@ class Connection:
     def pull(self):
         """Receive more of a request body (wsgi.input's source)."""
         try:
-            n = self._fill(self.limits.header_timeout)
+            n = self._fill_body()
         except TimeoutError:
+            self._body_timed_out()
             raise ClientDisconnected("timed out reading the request body") from None
         except OSError as exc:
             raise ClientDisconnected(str(exc)) from None
         if not n:
             raise ClientDisconnected("client closed the connection during the request body")
+
+    def _fill_body(self):
+        """Receive more of the request body, like `_fill`, within the body's time limits.
+
+        `client_body_timeout` bounds each wait for the client, as nginx's does; and over the
+        whole body the client must keep up `client_body_min_rate` bytes per second on
+        average, after a first `client_body_timeout` of grace (Apache's mod_reqtimeout
+        MinRate). Only time spent waiting for the client counts, not the app's own work
+        between reads. Raises TimeoutError when either runs out.
+        """
+        limits = self.limits
+        timeout = limits.client_body_timeout
+        if limits.client_body_min_rate:
+            allowed = timeout + self.body_received / limits.client_body_min_rate
+            timeout = min(timeout, allowed - self.body_waited)
+            if timeout <= 0:
+                raise TimeoutError("request body below client_body_min_rate")
+        started = monotonic()
+        try:
+            n = self._fill(timeout)
+        finally:
+            self.body_waited += monotonic() - started
+        self.body_received += n
+        return n
+
+    def _body_timed_out(self):
+        """The client stalled sending the body: 408 if the response has not started (the
+        request was not served), then the connection ends; what the app writes is dropped."""
+        response = self.response
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.code = 408
+            self._send_quietly(error_response(_BODY_TIMED_OUT,
+                                              "the request body arrived too slowly"))
+        response.broken = True
+        response.keep_alive = False
+        self.linger = False
 
     def send_continue(self):
         """Send `100 Continue` (wsgi.input calls this on its first read of a waiting body)."""
@@ -238,6 +302,8 @@ class Connection:
         response = Response(self.sock, server, request, http11)
         self.response = response
         self.expecting = False
+        self.body_waited = 0.0
+        self.body_received = 0
         if request.complete and not request.body and request.error is None:
             environ["wsgi.input"] = EMPTY_INPUT
         else:
@@ -336,7 +402,7 @@ class Connection:
             if request.body_size > limit:
                 return False
             try:
-                if not self._fill(self.limits.header_timeout):
+                if not self._fill_body():
                     return False
             except OSError:
                 return False

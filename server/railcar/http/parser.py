@@ -22,27 +22,13 @@ from collections import deque
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
+from .chunked import ChunkedBody
+from .errors import (BAD_REQUEST, BAD_VERSION, BODY_TOO_LARGE, HEADERS_TOO_LARGE,
+                     URI_TOO_LONG, HTTPError)
+
 __all__ = ["HTTPError", "Request", "RequestParser"]
 
-
-class HTTPError(Exception):
-    """A request the server refuses. `status` is the full status string ("400 Bad Request").
-
-    The connection that raised it is answered with `status` (if no response has started yet)
-    and then closed: after a framing error nothing that follows on the wire can be trusted.
-    """
-
-    def __init__(self, status, detail=""):
-        super().__init__(f"{status}: {detail}" if detail else status)
-        self.status = status
-        self.detail = detail
-
-
-BAD_REQUEST = "400 Bad Request"
-URI_TOO_LONG = "414 URI Too Long"
-HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
-BODY_TOO_LARGE = "413 Content Too Large"
-BAD_VERSION = "505 HTTP Version Not Supported"
+_HEAD_END = b"\r\n\r\n"
 
 
 class Request:
@@ -96,6 +82,9 @@ class RequestParser:
         self._header_size = 0
         self._head_bytes = 0  # bytes fed while inside a header section (over-estimate)
         self._request = None  # the request whose body is being parsed
+        self._body_left = 0  # bytes of a Content-Length body llhttp has still to see
+        self._chunks = None  # the ChunkedBody being decoded
+        self._tail = b""  # the last bytes of an unfinished header section (at most 3)
         self._error = None  # the HTTPError a callback raised, to report instead of llhttp's
 
     @property
@@ -103,12 +92,35 @@ class RequestParser:
         """True while part of a request has been received but is not yet queued."""
         return self._headers is not None
 
-    def feed(self, data):
-        """Parse `data` (bytes or memoryview). Errors are queued or attached, never raised."""
+    def feed(self, data, end=None):
+        """Parse `data[:end]` (bytes, bytearray or memoryview; `end` defaults to all of it).
+        Errors are queued or attached, never raised.
+
+        llhttp sees the header sections and the Content-Length bodies; each feed to it stops
+        at the end of a header section, so that a chunked body that follows goes to our own
+        decoder (chunked.py) instead.
+        """
         if self.closed:
             return
+        if type(data) is memoryview:
+            data = data.tobytes()
+        if end is None:
+            end = len(data)
+        view = memoryview(data)
+        pos = 0
         try:
-            self._parser.feed_data(data)
+            while pos < end and not self.closed:
+                if self._chunks is not None:
+                    pos = self._chunks.feed(data, view, pos, end)
+                    if self._chunks.done:
+                        self._end_chunked()
+                elif self._body_left:
+                    stop = min(end, pos + self._body_left)
+                    self._body_left -= stop - pos
+                    self._parser.feed_data(view[pos:stop])
+                    pos = stop
+                else:
+                    pos = self._feed_head(data, view, pos, end)
         except HttpParserUpgrade:
             # Upgrade and CONNECT are served as plain requests, then the connection closes:
             # llhttp has already completed the message and skipped any body.
@@ -117,11 +129,62 @@ class RequestParser:
                 self.ready[-1].keep_alive = False
         except HttpParserError as exc:
             self._fail(self._error or _classify(exc))
-        else:
-            if self._headers is not None:
-                self._head_bytes += len(data)
-                if self._head_bytes > self._head_limit:
-                    self._fail(HTTPError(HEADERS_TOO_LARGE, "header section too large"))
+        except HTTPError as error:  # from the chunked decoder
+            self._fail(error)
+
+    def _feed_head(self, data, view, pos, end):
+        """Feed llhttp up to the end of the next header section (CRLF CRLF: llhttp accepts no
+        other line ending), or all of `data` if it does not end there; return the position
+        reached. Bytes before a request line can only be the empty lines llhttp skips."""
+        tail = self._tail
+        stop = -1
+        if tail:  # the CRLF CRLF may have begun in the previous feed
+            found = (tail + data[pos:pos + 3]).find(_HEAD_END)
+            if found >= 0:
+                stop = pos + found + 4 - len(tail)
+        if stop < 0:
+            found = data.find(_HEAD_END, pos, end)
+            if found >= 0:
+                stop = found + 4
+        if stop >= 0:
+            self._tail = b""
+            self._parser.feed_data(view[pos:stop])
+            if self._request is not None:
+                self._start_body(self._request)
+            return stop
+        self._tail = (tail + data[max(pos, end - 3):end])[-3:]
+        self._parser.feed_data(view[pos:end])
+        if self._headers is not None:
+            self._head_bytes += end - pos
+            if self._head_bytes > self._head_limit:
+                self._fail(HTTPError(HEADERS_TOO_LARGE, "header section too large"))
+        return end
+
+    def _start_body(self, request):
+        """After a header section announcing a body: how it is framed. llhttp has already
+        refused Transfer-Encoding other than a final `chunked`, and it together with
+        Content-Length."""
+        for name, value in request.headers:
+            name = name.lower()
+            if name == b"transfer-encoding":
+                self._chunks = ChunkedBody(request, self.max_header_size - self._header_size,
+                                           self.max_headers - len(request.headers),
+                                           self.max_body_size)
+                return
+            if name == b"content-length":
+                self._body_left = int(value)  # digits only: llhttp checked it
+
+    def _end_chunked(self):
+        """The chunked body is complete: llhttp, left expecting chunks, is replaced."""
+        request = self._request
+        request.complete = True
+        self._request = None
+        self._chunks = None
+        self._header_size = 0
+        self._parser = httptools.HttpRequestParser(self)
+        if request.upgrade:
+            request.keep_alive = False
+            self.closed = True
 
     def _fail(self, error):
         """Attach `error` to the request whose body is in flight, else queue it; stop parsing."""
@@ -157,8 +220,6 @@ class RequestParser:
         if self._header_size > self.max_header_size:
             self._raise(HEADERS_TOO_LARGE, "header section too large")
         headers = self._headers
-        if headers is None:  # a chunked trailer field: counted, then dropped
-            return
         if len(headers) >= self.max_headers:
             self._raise(HEADERS_TOO_LARGE, "too many header fields")
         headers.append((name, value))
@@ -169,10 +230,15 @@ class RequestParser:
         if version != "1.1" and version != "1.0":
             self._raise(BAD_VERSION, "HTTP/" + version)
         headers = self._headers
+        url = self._url
+        method = parser.get_method().decode("ascii")
+        if url == b"*" and method != "OPTIONS":
+            # RFC 9112 3.2.4: the asterisk-form is only for a server-wide OPTIONS.
+            self._raise(BAD_REQUEST, "request target '*' is only for OPTIONS")
         if version == "1.0" and any(n.lower() == b"transfer-encoding" for n, _ in headers):
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
             self._raise(BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
-        request = Request(parser.get_method().decode("ascii"), self._url, version, headers,
+        request = Request(method, url, version, headers,
                           parser.should_keep_alive(), parser.should_upgrade())
         self._headers = None
         self._request = request

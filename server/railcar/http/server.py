@@ -29,6 +29,7 @@ __all__ = ["HTTPServer", "Limits"]
 
 _ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to idler workers
 _ACCEPT_BURST = 64  # most connections accepted at once after a deferral that timed out
+_EVICT_POLL = 0.2  # at worker_connections with none idle: how often to look again
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -48,6 +49,8 @@ class Limits:
     trusted_proxies: tuple = ("127.0.0.0/8", "::1/128", "unix")
     max_concurrent_requests: int = 0  # more in flight get 503 + Retry-After; 0: no limit
     max_request_time: float = 0.0  # longer requests get 504 and `on_timeout`; 0: no limit
+    client_body_timeout: float = 60.0  # longest wait for more of a request body (408)
+    client_body_min_rate: int = 500  # bytes/s a body must average after that grace; 0: off
 
 
 class HTTPServer:
@@ -83,6 +86,8 @@ class HTTPServer:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.retiring = False
+        self.evicted = 0  # idle connections closed to make room at worker_connections
+        self.idle_ticks = 0  # counts idle waits begun: orders idle connections by age
         self.recv_buffer = bytearray(RECV_SIZE)  # shared: filled and parsed without a switch
         self._conns = set()
         self._acceptors = []
@@ -106,6 +111,7 @@ class HTTPServer:
         """Requests served in total, requests in flight, open connections, and the counters."""
         return {"requests": self.requests, "in_flight": self.in_flight,
                 "connections": len(self._conns), "overloaded": self.overloaded,
+                "evicted": self.evicted,
                 "timed_out": self.timed_out,
                 "status_counts": {f"{i}xx": n for i, n in enumerate(self.status_counts) if i},
                 "latency": {"buckets": list(LATENCY_BUCKETS), "counts": self.latency_counts,
@@ -180,8 +186,8 @@ class HTTPServer:
         watcher = hub.loop.io(raw.fileno(), 1)
         try:
             while not self.retiring:
-                if not self._room.is_set():
-                    self._room.wait()
+                if not self._room.is_set() and not self._can_evict():
+                    self._room.wait(_EVICT_POLL)
                     continue
                 for _ in range(self._accept_budget()):
                     try:
@@ -195,10 +201,29 @@ class HTTPServer:
                         break
                     self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
                                            addr, base)
+                    if len(self._conns) > self.limits.worker_connections:
+                        self._evict_oldest_idle()
                     if not self._room.is_set():
                         break
         finally:
             watcher.close()
+
+    def _can_evict(self):
+        """At worker_connections: is there an idle connection to close for a new one?"""
+        return any(conn.idle and not conn.evicting for conn in self._conns)
+
+    def _evict_oldest_idle(self):
+        """Close the connection idle the longest: a keep-alive connection between requests,
+        or one that has not sent a byte yet. A flood of idle sockets thus cannot keep real
+        clients out; a connection in the middle of a request is never chosen."""
+        oldest = None
+        for conn in self._conns:
+            if conn.idle and not conn.evicting and (oldest is None
+                                                    or conn.idle_since < oldest.idle_since):
+                oldest = conn
+        if oldest is not None:
+            self.evicted += 1
+            oldest.evict()
 
     def _accept_budget(self):
         """How many queued connections to accept now: one after letting an idler worker

@@ -94,7 +94,7 @@ def build_environ(base, request, remote_addr, remote_port, max_body_size=0):
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
-    _set_target(environ, request.url)
+    authority = _set_target(environ, request.url, request.method)
     for name, value in request.headers:
         key = _KEYS.get(name) or _environ_key(name)
         if key is None:
@@ -109,21 +109,28 @@ def build_environ(base, request, remote_addr, remote_port, max_body_size=0):
         raise HTTPError(BAD_REQUEST, "missing Host header")
     if max_body_size and int(environ.get("CONTENT_LENGTH", 0)) > max_body_size:
         raise HTTPError(BODY_TOO_LARGE, "request body too large")
-    if not environ["SERVER_NAME"]:
+    if authority is not None:
+        # RFC 9112 3.2.2: an absolute-form target decides the host; Host is ignored.
+        environ["HTTP_HOST"] = authority[0]
+        _server_from_host(environ, authority[1])
+    elif not environ["SERVER_NAME"]:
         _server_from_host(environ)
     return environ
 
 
-def _set_target(environ, url):
-    """Set PATH_INFO (percent-decoded, latin-1), QUERY_STRING and RAW_URI from the target."""
+def _set_target(environ, url, method):
+    """Set PATH_INFO (percent-decoded, latin-1), QUERY_STRING and RAW_URI from the target.
+    Returns (authority, default port) of an absolute-form target, else None. The target's
+    scheme does not change wsgi.url_scheme: that is the connection's (or a trusted proxy's)."""
     raw = url.decode("latin-1")
     environ["RAW_URI"] = raw
+    authority = None
     if url[:1] == b"/":
         path, _, query = url.partition(b"?")
         if b"#" in path or b"#" in query:
             path = path.partition(b"#")[0]
             query = query.partition(b"#")[0]
-    elif url == b"*":  # OPTIONS *
+    elif url == b"*":  # OPTIONS * (the parser refused it with any other method)
         path = query = b""
     else:  # absolute-form or CONNECT's authority-form
         try:
@@ -131,18 +138,35 @@ def _set_target(environ, url):
         except httptools.HttpParserInvalidURLError:
             raise HTTPError(BAD_REQUEST, "invalid request target") from None
         path, query = parsed.path or b"", parsed.query or b""
+        if method != "CONNECT":
+            authority = _authority(url, parsed)
     if b"%" in path:
         path = unquote_to_bytes(path)
     environ["PATH_INFO"] = path.decode("latin-1")
     environ["QUERY_STRING"] = query.decode("latin-1")
+    return authority
 
 
-def _server_from_host(environ):
-    """SERVER_NAME/PORT for listeners without an address of their own (unix sockets)."""
+def _authority(url, parsed):
+    """host[:port] of an absolute-form target, as written; 400 unless it is an http(s) URI
+    with a host and no userinfo (RFC 9110 4.2.4: userinfo in an http URI is an error)."""
+    scheme = (parsed.schema or b"").lower()
+    if scheme not in (b"http", b"https") or not parsed.host or parsed.userinfo \
+            or url[len(scheme):len(scheme) + 3] != b"://":
+        raise HTTPError(BAD_REQUEST, "invalid absolute-form request target")
+    rest = url[len(scheme) + 3:]
+    for stop in (b"/", b"?", b"#"):
+        rest = rest.partition(stop)[0]
+    return rest.decode("latin-1"), "443" if scheme == b"https" else "80"
+
+
+def _server_from_host(environ, default_port="80"):
+    """SERVER_NAME/PORT from HTTP_HOST: for listeners without an address of their own (unix
+    sockets), and for absolute-form targets."""
     host = environ.get("HTTP_HOST", "")
     name, sep, port = host.rpartition(":")
     if not sep or "]" in port:  # no port, or a bare IPv6 literal
-        name, port = host, "80"
+        name, port = host, default_port
     environ["SERVER_NAME"] = name or "localhost"
     environ["SERVER_PORT"] = port
 
