@@ -10,6 +10,7 @@ One greenlet accepts per listener; one greenlet serves each connection, request 
 """
 
 import errno
+import resource
 import socket
 import sys
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ class HTTPServer:
 
     def start(self):
         """Start one accept greenlet per listener and return at once."""
+        _make_fd_room(self.limits.worker_connections)
         for listener in self.listeners:
             self._acceptors.append(gevent.spawn(self._accept_loop, listener))
         if self.deadline is not None:
@@ -276,3 +278,16 @@ class HTTPServer:
 
     def _kill_connections(self):
         gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
+
+
+def _make_fd_room(connections):
+    """Raise this process's soft limit on open files (often 1024) toward the hard limit, so
+    that `connections` sockets fit, as nginx's worker_rlimit_nofile does. Best effort."""
+    wanted = connections + 128  # listeners, logs, the channel, the app's own files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass

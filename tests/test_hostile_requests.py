@@ -1,0 +1,367 @@
+"""Hostile clients against a real `railcar start`: oversized chunk metadata, odd request
+targets, slow bodies, floods of idle sockets. After each, the worker that took it is the same
+process (no crash, no replacement) and a new connection is served."""
+
+from __future__ import annotations
+
+import json
+import resource
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import RailcarServer, wait_for, write_app
+
+APP = '''
+import hashlib, json, os
+
+def application(environ, start_response):
+    body = b""
+    if environ["PATH_INFO"] == "/read":
+        body = environ["wsgi.input"].read()
+    info = {"pid": os.getpid(), "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest()}
+    for key in ("HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "REQUEST_METHOD", "PATH_INFO"):
+        info[key] = environ.get(key)
+    data = json.dumps(info).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(data)))])
+    return [data]
+'''
+
+CHUNKED_HEAD = (b"POST /read HTTP/1.1\r\nHost: hostile.test\r\nTransfer-Encoding: chunked\r\n"
+                b"\r\n")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One worker, so that every request of the module reaches the same process."""
+    workdir = tmp_path_factory.mktemp("hostile")
+    app = write_app(workdir / "app", APP)
+    (workdir / "srv").mkdir()
+    srv = RailcarServer(workdir / "srv")
+    srv.start(str(app), "--workers", "1", "--client-body-timeout", "1")
+    yield srv
+    srv.stop()
+    srv.kill_everything()
+
+
+def worker_pid(server) -> int:
+    [worker] = server.workers()
+    return worker["pid"]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def connect(server, timeout=10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+
+
+def read_response(sock, timeout=10.0) -> tuple[int, dict, bytes]:
+    """One whole response (Content-Length framed, or until close)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"closed before a response: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", -1))
+    while length < 0 or len(body) < length:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def send_while_reading(sock, pieces, timeout=20.0) -> bytes:
+    """Send `pieces` (an iterable of bytes) while reading whatever the server answers; stop
+    when the server has answered a whole head, closed, or reset. Returns what was read."""
+    sock.setblocking(False)
+    received = b""
+    pending = b""
+    pieces = iter(pieces)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and b"\r\n\r\n" not in received:
+            if not pending:
+                pending = next(pieces, b"")
+            readable, writable, _ = select.select([sock], [sock] if pending else [], [], 0.5)
+            if readable:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            if writable and pending:
+                pending = pending[sock.send(pending):]
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.setblocking(True)
+    sock.settimeout(5)
+    try:  # the rest of the error response, if any
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (OSError, TimeoutError):
+        pass
+    return received
+
+
+def status_of(raw: bytes) -> int:
+    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
+    return int(raw.split(b" ", 2)[1])
+
+
+def get_json(server, path="/", host="hostile.test") -> dict:
+    with connect(server) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        status, _, body = read_response(sock)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def assert_unharmed(server, pid):
+    """The same worker serves a new connection, and logged no internal error."""
+    assert get_json(server)["pid"] == pid
+    assert worker_pid(server) == pid
+    assert "internal error" not in server.log()
+
+
+def chunked_pieces(first_line: bytes, filler: bytes, total: int, rest: bytes = b""):
+    """A chunked body whose metadata grows by `filler` to `total` bytes, as a generator."""
+    yield CHUNKED_HEAD + first_line
+    sent = 0
+    while sent < total:
+        yield filler
+        sent += len(filler)
+    yield rest
+
+
+# -- trailer fields and chunk extensions ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["extension", "extension_value", "trailer", "many_trailers"])
+def test_8_mib_of_chunk_metadata_is_refused_in_bounded_memory(server, shape):
+    pid = worker_pid(server)
+    # Warm up the paths a chunked upload takes, so that RSS growth is the attempt's own.
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_HEAD + b"5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
+        assert read_response(sock)[0] == 200
+    before = rss_kib(pid)
+    filler = b"x" * 65536
+    first, rest = {
+        "extension": (b"5;", b"\r\nhello\r\n0\r\n\r\n"),
+        "extension_value": (b"5 ; name = ", b"\r\nhello\r\n0\r\n\r\n"),
+        "trailer": (b"5\r\nhello\r\n0\r\nX-Trailer: ", b"\r\n\r\n"),
+        "many_trailers": (b"5\r\nhello\r\n0\r\n", b"\r\n"),
+    }[shape]
+    if shape == "many_trailers":
+        filler = b"X-T: 1\r\n" * 8192
+    with connect(server) as sock:
+        raw = send_while_reading(sock, chunked_pieces(first, filler, 8 << 20, rest))
+    assert status_of(raw) in (400, 431), raw[:200]
+    assert b"Connection: close" in raw
+    growth = rss_kib(pid) - before
+    assert growth < 1024, f"worker RSS grew by {growth} KiB"
+    assert_unharmed(server, pid)
+
+
+def test_chunk_extensions_with_optional_whitespace_are_accepted(server):
+    pid = worker_pid(server)
+    body = (b"5 ; name = value\r\nhello\r\n"
+            b"6\t;\tq = \"a \\\"quoted\\\" string\" ; flag\r\n world\r\n"
+            b"0 ; last = yes\r\nX-Checksum: 1\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_HEAD + body)
+        status, _, data = read_response(sock)
+    assert status == 200, data
+    assert json.loads(data)["length"] == len(b"hello world")
+    assert_unharmed(server, pid)
+
+
+def test_a_large_chunked_upload_still_works(server):
+    import hashlib
+    payload = bytes(range(256)) * 16384  # 4 MiB
+    pieces = [CHUNKED_HEAD]
+    for start in range(0, len(payload), 100_000):
+        piece = payload[start:start + 100_000]
+        pieces.append(b"%x;part=%d\r\n" % (len(piece), start) + piece + b"\r\n")
+    pieces.append(b"0\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(b"".join(pieces))
+        status, _, data = read_response(sock)
+    assert status == 200
+    assert json.loads(data)["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+# -- request targets -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD", "DELETE"])
+def test_asterisk_target_is_only_for_options(server, method):
+    pid = worker_pid(server)
+    with connect(server) as sock:
+        sock.sendall(f"{method} * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode())
+        status, headers, _ = read_response(sock)
+    assert status == 400
+    assert headers.get("connection") == "close"
+    with connect(server) as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, data = read_response(sock)
+    assert status == 200 and json.loads(data)["REQUEST_METHOD"] == "OPTIONS"
+    assert_unharmed(server, pid)
+
+
+@pytest.mark.parametrize("target, host, name, port", [
+    ("http://target.example:8081/p?q=1", "target.example:8081", "target.example", "8081"),
+    ("http://target.example/p", "target.example", "target.example", "80"),
+    ("https://secure.example/p", "secure.example", "secure.example", "443"),
+    ("http://[::1]:8082/p", "[::1]:8082", "[::1]", "8082"),
+])
+def test_absolute_form_target_decides_the_host(server, target, host, name, port):
+    pid = worker_pid(server)
+    with connect(server) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: conflicting.example\r\n\r\n".encode())
+        status, _, data = read_response(sock)
+    assert status == 200, data
+    environ = json.loads(data)
+    assert (environ["HTTP_HOST"], environ["SERVER_NAME"], environ["SERVER_PORT"]) \
+        == (host, name, port)
+    assert environ["PATH_INFO"] == "/p"
+    assert_unharmed(server, pid)
+
+
+# -- slow bodies (the module's server runs with --client-body-timeout 1) --------------------------
+
+def test_a_stalled_body_gets_408(server):
+    pid = worker_pid(server)
+    started = time.monotonic()
+    with connect(server) as sock:
+        sock.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        status, headers, _ = read_response(sock)
+    assert status == 408 and headers.get("connection") == "close"
+    assert time.monotonic() - started < 5
+    assert_unharmed(server, pid)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_trickling_a_byte_at_a_time_is_cut_off(server, chunked):
+    """Each byte arrives well within client_body_timeout, but far below the minimum rate."""
+    pid = worker_pid(server)
+    if chunked:
+        head, unit = CHUNKED_HEAD, b"1\r\nx\r\n"
+    else:
+        head, unit = b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n", b"x"
+    started = time.monotonic()
+    answer = b""
+    with connect(server) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.4)
+        for _ in range(60):  # at most 24 s
+            try:
+                sock.sendall(unit)
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            break
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert elapsed < 6, elapsed
+    assert_unharmed(server, pid)
+
+
+def test_a_steady_slow_upload_is_not_cut_off(server):
+    """3 s at ~4 KB/s: above the default minimum rate, each piece within the timeout."""
+    pid = worker_pid(server)
+    pieces = 15
+    with connect(server) as sock:
+        sock.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                     % (pieces * 800))
+        for _ in range(pieces):
+            sock.sendall(b"y" * 800)
+            time.sleep(0.2)
+        status, _, data = read_response(sock)
+    assert status == 200 and json.loads(data)["length"] == pieces * 800
+    assert_unharmed(server, pid)
+
+
+# -- connection capacity -------------------------------------------------------------------------
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def test_a_flood_of_idle_sockets_does_not_starve_new_clients(railcar, tmp_path):
+    """2,000 idle sockets (half never send a byte, half idle keep-alive) against 2 workers of
+    1,000 connections each: new clients are still answered within a second."""
+    raise_fd_limit(4096)
+    app = write_app(tmp_path / "app", APP)
+    server = railcar().start(str(app), "--workers", "2", workers_ready=2)
+    pids = {w["pid"] for w in server.workers()}
+    idle: list[socket.socket] = []
+    try:
+        for i in range(2000):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            if i % 2:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            idle.append(sock)
+        for sock in idle[1::2]:  # every keep-alive request was answered: now all are idle
+            assert read_response(sock)[0] == 200
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                status, _, data = read_response(sock, timeout=5)
+            latencies.append(time.monotonic() - started)
+            assert status == 200 and json.loads(data)["pid"] in pids
+        assert max(latencies) < 1.0, latencies
+        assert {w["pid"] for w in server.workers()} == pids
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_connections_mid_request_are_not_evicted(railcar, tmp_path):
+    """Only idle connections make room: a client that has begun a request keeps its
+    connection even when the worker is full."""
+    app = write_app(tmp_path / "app", APP)
+    server = railcar().start(str(app), "--workers", "1", "--worker-connections", "3")
+    busy = connect(server)
+    busy.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+    time.sleep(0.2)
+    others = [connect(server) for _ in range(4)]  # each new one evicts an idle one
+    try:
+        time.sleep(0.3)
+        for sock in others[-2:]:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        busy.sendall(b"cd")
+        status, _, data = read_response(busy)
+        assert status == 200 and json.loads(data)["length"] == 4
+    finally:
+        busy.close()
+        for sock in others:
+            sock.close()
