@@ -4,6 +4,7 @@ Case files (tests/http/cases/*.http) hold one raw request each, after header lin
 
     # expect: 400            the status the server answers, or "close" (no response at all)
     # env PATH_INFO: /a b    for "200" cases: environ values the app must see ("_body": body)
+    # note: found by ...     a comment (bench/fuzz.py writes one on the cases it saves)
 
 In the request text, line breaks are ignored (write them as \\r\\n, or \\n for a bare LF);
 the escapes \\r \\n \\t \\0 \\xNN and \\\\ are decoded, and {N*TEXT} repeats TEXT N times
@@ -51,6 +52,8 @@ def load_case(path):
     for line in path.read_text(encoding="latin-1").splitlines():
         if line.startswith("# expect:"):
             expect = line.split(":", 1)[1].strip()
+        elif line.startswith("# note:"):
+            continue
         elif line.startswith("# env "):
             key, _, value = line[len("# env "):].partition(": ")
             env[key] = unescape(value).decode("latin-1")
