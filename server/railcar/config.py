@@ -17,13 +17,14 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import envfile
-from .settings import (APP_KEYS, SERVER_KEYS, SETTINGS, ConfigError, coerce, default_admin_socket,
-                       default_run_dir, defaults)
+from .settings import (APP_KEYS, APP_NAME, SERVER_KEYS, SETTINGS, ConfigError, coerce,
+                       default_admin_socket, default_run_dir, defaults)
 
 DEFAULT_PORT = 8000
 
@@ -207,7 +208,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
     root = os.path.abspath(os.path.join(base_dir, os.path.expanduser(root)))
     if not os.path.isdir(root):
         raise ConfigError(f"{where}: root: {root} is not a directory")
-    name = values.get("name") or os.path.basename(root.rstrip("/")) or "app"
+    name = values.get("name") or default_name(root)
     binds = list(values["bind"])
     if values.get("port"):
         binds.append(f"{values['address']}:{values['port']}")
@@ -242,6 +243,13 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         health=health_check(values),
         canary={name: values[name] for name in CANARY_NAMES},
     )
+
+
+def default_name(root: str) -> str:
+    """An app's name from its directory: characters a name cannot hold become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(root.rstrip("/")))
+    name = name.lstrip("._-")[:64]
+    return name if APP_NAME.fullmatch(name) else "app"
 
 
 def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
@@ -302,7 +310,8 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
             if not isinstance(table, dict):
                 raise ConfigError(f"{where}: expected a table")
             if isinstance(table.get("name"), str):
-                where += f" ({table['name']})"
+                name = table["name"]
+                where += f" ({name})" if APP_NAME.fullmatch(name) else f" ({name!r})"
             values = defaults("app") | _table(table, APP_KEYS, where)
             apps.append(_make_app(values, where, base_dir, default_bind=os.path.join(
                 f"unix:{run_dir}", "{name}.sock"), account_required=True))

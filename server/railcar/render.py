@@ -16,18 +16,27 @@ Options: `listen` (nginx/apache, default "80" and "*:80"), `railcar` (path of th
 executable for systemd, default: the one next to this interpreter), `service` (unit name,
 default "railcar"). Pure: reads templates, touches nothing else. Raises RenderError when the
 config cannot be expressed safely (a path with spaces or quotes, no log files to rotate...).
+
+Every value that reaches a template is checked or quoted for its format, here and not in the
+templates: app names are names (settings.APP_NAME); what nginx and Apache take unquoted
+matches _SAFE; the systemd command line is quoted word by word (`systemd_command`), `%` and
+`$` escaped; shell words of logrotate's script go through shlex.quote. As a last guard the
+template environment refuses any interpolated string holding a control character, so no
+value, present or future, can start a line of its own.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 
 import jinja2
 
 from .config import AppConfig, ServerConfig
+from .settings import APP_NAME
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 KINDS = {"nginx": "nginx-site.conf.j2", "apache": "apache-vhost.conf.j2",
@@ -36,6 +45,10 @@ DEFAULT_LISTEN = {"nginx": "80", "apache": "*:80"}
 DEFAULT_PROXY_TIMEOUT = 300     # seconds nginx/Apache wait on a request without a time limit
 # What may appear unquoted in a web server config: no spaces, quotes, ; { } $ or #.
 _SAFE = re.compile(r"^[A-Za-z0-9_./:@%+=,\-\[\]*~]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A word systemd takes as it is in ExecStart= (anything else is double-quoted).
+_SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_./:@+=,\-]+")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\-]+")
 
 
 class RenderError(Exception):
@@ -60,14 +73,32 @@ class AppView:
     proxy_timeout: int
 
 
-def _safe(value: str, app: str, what: str) -> str:
+def _safe(value: str, app: str | None, what: str) -> str:
     if not _SAFE.match(value):
-        raise RenderError(f"app {app!r}: {what} {value!r} has characters a web server config "
-                          "cannot take unquoted (spaces, quotes, ; {{ }} $ #)")
+        where = f"app {app!r}: " if app else ""
+        raise RenderError(f"{where}{what} {value!r} has characters a web server config "
+                          "cannot take unquoted (spaces, quotes, ; { } $ #, control characters)")
+    return value
+
+
+def _name(name: str, where: str) -> str:
+    if not isinstance(name, str) or not APP_NAME.fullmatch(name):
+        raise RenderError(f"{where}: name {name!r} is not an app name (1 to 64 letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit)")
+    return name
+
+
+def _listen(value: str) -> str:
+    """nginx `listen` / Apache <VirtualHost> address: safe words separated by spaces."""
+    words = value.split(" ")
+    if not all(word and _SAFE.match(word) for word in words):
+        raise RenderError(f"option --listen: {value!r} has characters a web server config "
+                          "cannot take (quotes, ; {{ }} $ #, control characters)")
     return value
 
 
 def _app_view(app: AppConfig) -> AppView:
+    _name(app.name, f"app {app.name!r}")
     bind = app.binds[0]
     if bind.startswith("unix:"):
         path = _safe(bind[len("unix:"):], app.name, "socket path")
@@ -104,15 +135,47 @@ def _app_view(app: AppConfig) -> AppView:
     )
 
 
-def _railcar_executable() -> str:
+def _railcar_executable() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "railcar")
     if os.access(script, os.X_OK):
-        return script
-    return f"{sys.executable} -m railcar.cli"
+        return [script]
+    return [sys.executable, "-m", "railcar.cli"]
+
+
+def systemd_word(word: str, program: bool = False) -> str:
+    """One word of a systemd command line (ExecStart=), quoted so systemd reads it back
+    as is: `%` (specifiers) doubled, `$` (variables, expanded in arguments, not in the
+    program's path) doubled in arguments, double quotes and backslashes escaped inside double
+    quotes. Control characters cannot be expressed: RenderError."""
+    if _CONTROL.search(word):
+        raise RenderError(f"{word!r} holds a control character: it cannot go on a systemd "
+                          "command line")
+    word = word.replace("%", "%%")
+    if not program:
+        word = word.replace("$", "$$")
+    if _SYSTEMD_PLAIN.fullmatch(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd_command(argv: list[str]) -> str:
+    """A command line for ExecStart= from an argv list. The program must be an absolute
+    path (systemd refuses anything else, and a leading - @ : + ! would change its meaning)
+    without quotes or backslashes (systemd refuses those in a program's name)."""
+    if not argv or not os.path.isabs(argv[0]) or any(c in argv[0] for c in "\"'\\"):
+        raise RenderError(f"the program of the systemd unit must be an absolute path without "
+                          f"quotes or backslashes, not {argv[0] if argv else ''!r}")
+    return " ".join([systemd_word(argv[0], program=True)]
+                    + [systemd_word(word) for word in argv[1:]])
 
 
 def _context(kind: str, config: ServerConfig, options: dict) -> dict:
     apps = [_app_view(app) for app in config.apps]
+    idents: set[str] = set()
+    for index, view in enumerate(apps):   # "a.b" and "a-b" would share an upstream name
+        if view.ident in idents:
+            view.ident = f"{view.ident}_{index + 1}"
+        idents.add(view.ident)
     source = config.config_file or "the command line"
     context = {"apps": apps, "source": source, "config": config,
                "listen": options.get("listen") or DEFAULT_LISTEN.get(kind, "")}
@@ -123,10 +186,12 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
         if config.daemon:
             raise RenderError(f"{config.config_file}: [server] daemon = true does not fit a "
                               "systemd service (systemd keeps the master in the foreground)")
-        railcar = options.get("railcar") or _railcar_executable()
-        config_file = _safe(config.config_file, "-", "config file")
+        railcar = [options["railcar"]] if options.get("railcar") else _railcar_executable()
+        if not os.path.isabs(railcar[0]) or any(c in railcar[0] for c in "\"'\\"):
+            raise RenderError(f"option --railcar: {railcar[0]!r} is not an absolute path "
+                              "without quotes or backslashes (what systemd can run)")
         context.update(systemd_context(
-            f"{railcar} start --config {config_file}",
+            systemd_command([*railcar, "start", "--config", config.config_file]),
             max(app.boot_timeout for app in config.apps), config.graceful_timeout,
             rendered_by="`railcar config systemd`", run_dir=config.run_dir))
     elif kind == "logrotate":
@@ -136,37 +201,62 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
         if not logs:
             raise RenderError("no log files to rotate: set log_file in [server] "
                               "(and access_log per app)")
-        context.update(log_files=[_safe(path, "-", "log file") for path in logs],
-                       pid_file=config.pid_file, service=options.get("service") or "railcar")
+        service = options.get("service") or "railcar"
+        if not _UNIT_NAME.fullmatch(service):
+            raise RenderError(f"option --service: {service!r} is not a systemd unit name")
+        context.update(log_files=[_safe(path, None, "log file") for path in logs],
+                       pid_file=config.pid_file and shlex.quote(config.pid_file),
+                       service=service)
+    if kind in ("nginx", "apache"):
+        context["listen"] = _listen(context["listen"])
     return context
 
 
 def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: float,
                     rendered_by: str, run_dir: str | None = None) -> dict:
     """What the systemd unit template needs: a foreground `railcar start` command line (the
-    master tells systemd it is ready, Type=notify), timeouts from boot and graceful times."""
+    master tells systemd it is ready, Type=notify), timeouts from boot and graceful times.
+    `exec_start`: already quoted for systemd (see systemd_command)."""
+    runtime_directory = None
+    if run_dir and os.path.dirname(run_dir) == "/run":
+        runtime_directory = os.path.basename(run_dir)
+        if not _UNIT_NAME.fullmatch(runtime_directory):
+            raise RenderError(f"run_dir {run_dir!r}: systemd's RuntimeDirectory= cannot take "
+                              "that name (letters, digits, '.', '_', '-' only)")
     return dict(
         exec_start=exec_start, rendered_by=rendered_by,
         start_timeout=int(boot_timeout + 30), stop_timeout=int(graceful_timeout + 30),
-        runtime_directory=(os.path.basename(run_dir)
-                           if run_dir and os.path.dirname(run_dir) == "/run" else None))
+        runtime_directory=runtime_directory)
 
 
-def render_systemd_unit(exec_start: str, names: list[str], boot_timeout: float,
+def render_systemd_unit(exec_start: str | list[str], names: list[str], boot_timeout: float,
                         graceful_timeout: float, source: str, rendered_by: str) -> str:
     """The systemd unit for a master started by `exec_start` (used where no --config file
-    exists, e.g. `fab setup`): the same template as `railcar config systemd`."""
+    exists, e.g. `fab setup`): the same template as `railcar config systemd`.
+    `exec_start`: an argv list, or a POSIX shell command line (shlex.join of one), quoted
+    again here word by word for systemd."""
+    argv = shlex.split(exec_start) if isinstance(exec_start, str) else list(exec_start)
+    for name in names:
+        _name(name, source)
     template = _environment().get_template(KINDS["systemd"])
     return template.render(apps=[{"name": name} for name in names], source=source,
-                           **systemd_context(exec_start, boot_timeout, graceful_timeout,
-                                             rendered_by))
+                           **systemd_context(systemd_command(argv), boot_timeout,
+                                             graceful_timeout, rendered_by))
+
+
+def _one_line(value):
+    """Jinja's finalize: every interpolated value, the last guard against line injection."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise RenderError(f"{value!r} holds a control character (a newline would start a "
+                          "line of its own in the rendered file)")
+    return value
 
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                               undefined=jinja2.StrictUndefined, trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True,
-                              autoescape=False)
+                              autoescape=False, finalize=_one_line)
 
 
 def render(kind: str, server_config: ServerConfig, **options) -> str:

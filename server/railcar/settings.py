@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -78,10 +79,27 @@ def _tcp_bind(value: Any) -> str:
     return text
 
 
+# Control characters (C0, DEL) never belong in a setting: a newline in a name or path would
+# become a line of its own in a rendered nginx, Apache or systemd file.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (newline, tab, NUL...)")
     return value
+
+
+def _app_name(value: Any) -> str:
+    """The app's name: it names its socket, nginx upstream, Apache backend and log lines."""
+    text = _text(value)
+    if not APP_NAME.fullmatch(text):
+        raise ValueError("expected 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    return text
 
 
 def _flag(value: Any) -> bool:
@@ -136,7 +154,8 @@ def _name_list(value: Any) -> list[str]:
     """Host names for the web server's `server_name`: a string or a list of strings."""
     items = [value] if isinstance(value, str) else list(value)
     for item in items:
-        if not isinstance(item, str) or not item or any(c.isspace() or c in ";{}\"'" for c in item):
+        if not isinstance(item, str) or not item or _CONTROL.search(item) \
+                or any(c.isspace() or c in ";{}\"'" for c in item):
             raise ValueError(f"{item!r} is not a host name")
     return items
 
@@ -251,7 +270,9 @@ def _default_admin_socket() -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     # --- per app --------------------------------------------------------------------------
-    Setting("name", _text, None, "App name shown by status (default: the app dir's name).",
+    Setting("name", _app_name, None, "App name: letters, digits, '.', '_', '-' (it names the "
+            "app's socket, upstream and unit lines; default: the app dir's name, other "
+            "characters replaced by '-').",
             flag="--name", key="name"),
     Setting("root", _text, None, "App directory (may be a `current` symlink).", key="root"),
     Setting("module", _text, None, "WSGI callable as MODULE:CALLABLE.",
