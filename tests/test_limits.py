@@ -63,9 +63,39 @@ def test_worker_over_memory_limit_is_replaced_without_failures(railcar, tmp_path
     assert answers and answers[0].status_code == 200 and answers[0].text == str(old)
     assert len(load.outcomes) > 50 and not load.failures(), load.failures()[:3]
     assert server.get("/").text == str(next(iter(new)))
-    assert "memory_limit: RSS" in server.log()
+    assert "memory_limit: USS" in server.log()
     [app] = server.status()["apps"]
     assert app["replacements"] == {"memory_limit": 1}
+    server.stop()
+
+
+def test_memory_limit_counts_what_a_worker_owns_not_what_it_shares(railcar, tmp_path):
+    """Workers forked from the preloader share the 120 MiB it loaded at import: their RSS is
+    over memory_limit, what each owns (USS) is not, so none is replaced while idle; one that
+    grows its own memory past the limit is."""
+    port = free_port()
+    app = write_app(tmp_path / "app", "ballast = b'x' * (120 << 20)\n" + APP)
+    server = railcar().start(str(app), "--workers", "2", "--memory-limit", "100",
+                             "--metrics-bind", f"127.0.0.1:{port}", workers_ready=2)
+    pids = ready_pids(server)
+    time.sleep(5)                                   # five supervision rounds, no request
+    [app_status] = server.status()["apps"]
+    assert app_status["replacements"] == {} and ready_pids(server) == pids
+    assert "replacing worker" not in server.log()
+    for row in app_status["workers"]:
+        assert row["rss"] > 120 << 20 and row["uss"] < 100 << 20, row
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert metrics.count("railcar_worker_uss_bytes{") == 2
+    assert metrics.count("railcar_worker_rss_bytes{") == 2
+    assert " USS " in server.cli("status").stdout
+
+    grown = int(server.get("/grow?110").text)       # now it owns 110 MiB more
+    wait_for(lambda: gone(grown), 30, what="the grown worker to be replaced")
+    assert ready_pids(server) - {grown} >= pids - {grown}
+    assert "memory_limit: USS" in server.log()
+    [app_status] = server.status()["apps"]
+    assert app_status["replacements"] == {"memory_limit": 1}
+    assert int(server.get("/").text) != grown
     server.stop()
 
 

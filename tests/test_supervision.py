@@ -24,6 +24,16 @@ def test_limit_exceeded_names_the_limit():
     assert limit_exceeded(sample, POLICY, 0, now=2.0) == "max_request_time: GET /"
 
 
+def test_memory_limit_measures_uss_and_rss_only_without_it():
+    sample = Sample(first_seen=0.0)
+    sample.record({"requests": 1}, {"rss": 130 * MIB, "uss": 9 * MIB}, now=1.0)
+    assert limit_exceeded(sample, POLICY, 0, now=1.0) is None
+    sample.record({"requests": 1}, {"rss": 130 * MIB, "uss": 60 * MIB}, now=2.0)
+    assert limit_exceeded(sample, POLICY, 0, now=2.0) == "memory_limit: USS 60 MiB is over 50 MiB"
+    sample.record({"requests": 1}, {"rss": 60 * MIB, "uss": None}, now=3.0)
+    assert limit_exceeded(sample, POLICY, 0, now=3.0) == "memory_limit: RSS 60 MiB is over 50 MiB"
+
+
 def test_a_silent_worker_is_stuck_only_with_max_request_time():
     sample = Sample(first_seen=0.0)
     sample.record({"requests": 1}, {}, now=1.0)

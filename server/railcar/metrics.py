@@ -56,6 +56,9 @@ class RailcarCollector:
                                        labels=["app", "outcome"])
         rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["app", "pid"])
+        uss = GaugeMetricFamily("railcar_worker_uss_bytes",
+                                "Memory each worker alone holds (USS): what memory_limit "
+                                "measures.", labels=["app", "pid"])
         cpu = GaugeMetricFamily("railcar_worker_cpu_percent",
                                 "CPU use of each worker over the last second.",
                                 labels=["app", "pid"])
@@ -93,10 +96,13 @@ class RailcarCollector:
             for worker, sample in samples.items():
                 if sample.rss is not None:
                     rss.add_metric([app, str(worker.pid)], sample.rss)
+                if sample.uss is not None:
+                    uss.add_metric([app, str(worker.pid)], sample.uss)
                 if sample.cpu is not None:
                     cpu.add_metric([app, str(worker.pid)], sample.cpu)
         return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
-                replaced, canary_active, canary_requests, canary_errors, canaries, rss, cpu]
+                replaced, canary_active, canary_requests, canary_errors, canaries, rss, uss,
+                cpu]
 
 
 class MetricsServer:

@@ -366,7 +366,7 @@ class AppPool:
                 sample = self.samples[worker] = supervision.Sample(
                     first_seen=now, active_at=now,
                     request_budget=supervision.request_budget(self.app.supervision))
-            sample.record(answer.value, worker.resources(), now)
+            sample.record(answer.value, worker.resources(supervision.uss_due(sample, now)), now)
             if answer.value:
                 self.counters.add(worker.pid, answer.value)
         if self.stopping:

@@ -316,15 +316,28 @@ class WorkerProcess:
             except OSError:
                 pass
 
-    def resources(self) -> dict:
-        """RSS in bytes and CPU % since the previous sample (0.0 on the first one)."""
+    def resources(self, uss: bool = True) -> dict:
+        """RSS in bytes, CPU % since the previous sample (0.0 on the first one), and with
+        `uss` the USS in bytes.
+
+        USS (unique set size) is the memory the process alone holds: a worker forked by a
+        preloader shares the app's pages with it and its siblings, which count in its RSS
+        but not in its USS. None where it cannot be read (psutil.AccessDenied). Reading it
+        walks the process's page tables (/proc/PID/smaps_rollup: milliseconds for a large
+        app), which is why callers ask for it less often than for RSS."""
         try:
             if self.ps is None:
                 self.ps = psutil.Process(self.pid)
             with self.ps.oneshot():
-                return {"rss": self.ps.memory_info().rss, "cpu": self.ps.cpu_percent(None)}
+                sample = {"rss": self.ps.memory_info().rss, "cpu": self.ps.cpu_percent(None)}
+                if uss:
+                    try:
+                        sample["uss"] = self.ps.memory_full_info().uss
+                    except psutil.AccessDenied:
+                        sample["uss"] = None
+                return sample
         except (psutil.Error, TypeError):
-            return {"rss": None, "cpu": None}
+            return {"rss": None, "uss": None, "cpu": None}
 
     def describe(self) -> dict:
         return {"pid": self.pid, "release": self.release.path, "python": self.release.python,

@@ -341,7 +341,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Add a random 0..N to max_requests for each worker, so they are not all replaced "
             "at once.", flag="--max-requests-jitter", key="max_requests_jitter"),
     Setting("memory_limit", _non_negative_int, 0,
-            "Replace a worker whose RSS grows past this many MiB (0: no limit).",
+            "Replace a worker whose own memory (USS: the pages no other process shares, "
+            "so not what it shares with its preloader) grows past this many MiB "
+            "(0: no limit).",
             flag="--memory-limit", key="memory_limit", metavar="MIB"),
     Setting("max_request_time", _seconds_or_off, 0.0,
             "Seconds a request may run; past it the client gets 504, the request's stack is "

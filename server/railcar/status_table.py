@@ -43,7 +43,8 @@ def _canary_line(canary: dict, now: float) -> str:
             f"{canary['reason']}")
 
 
-COLUMNS = ("PID", "STATE", "RELEASE", "REQUESTS", "IN FLIGHT", "CPU%", "RSS", "UPTIME")
+COLUMNS = ("PID", "STATE", "RELEASE", "REQUESTS", "IN FLIGHT", "CPU%", "RSS", "USS",
+           "UPTIME")
 
 
 def render(status: dict) -> str:
@@ -85,6 +86,7 @@ def render(status: dict) -> str:
             os.path.basename(w["release"] or "") or "-",
             _dash(w.get("requests")), _dash(w.get("in_flight")),
             "-" if w.get("cpu") is None else f"{w['cpu']:.1f}", _size(w.get("rss")),
+            _size(w.get("uss")),
             _duration(now - w["started_at"])) for w in app["workers"]]
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         for row in rows:

@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass, field
 
 MIB = 1024 * 1024
+# How old a worker's USS may get before it is read again (reading it costs milliseconds).
+USS_INTERVAL = 5.0
 # A worker that has not answered `stats` for this long (and for max_request_time) is stuck.
 UNRESPONSIVE_MIN = 10.0
 
@@ -27,17 +29,27 @@ class Sample:
     answered_at: float = 0.0             # when the worker last answered
     active_at: float = 0.0               # when it last had a request in flight or served one
     rss: int | None = None
+    uss: int | None = None               # memory the worker alone holds (see resources())
+    uss_at: float | None = None          # when `uss` was read
     cpu: float | None = None
 
     def record(self, stats: dict | None, resources: dict, now: float) -> None:
         previous = self.stats
         self.rss, self.cpu = resources.get("rss"), resources.get("cpu")
+        if "uss" in resources:
+            self.uss, self.uss_at = resources["uss"], now
         if stats is None:
             return
         self.stats, self.answered_at = stats, now
         if stats.get("in_flight") or previous is None \
                 or stats.get("requests") != previous.get("requests"):
             self.active_at = now
+
+
+def uss_due(sample: Sample | None, now: float) -> bool:
+    """Whether the worker's USS is to be read in this round: first, then every
+    USS_INTERVAL seconds."""
+    return sample is None or sample.uss_at is None or now - sample.uss_at >= USS_INTERVAL
 
 
 def request_budget(policy: dict) -> int | None:
@@ -57,8 +69,11 @@ def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
     if budget is not None and stats.get("requests", 0) >= budget:
         return f"max_requests: served {stats['requests']} requests (limit {budget})"
     limit = policy.get("memory_limit")
-    if limit and sample.rss and sample.rss > limit * MIB:
-        return f"memory_limit: RSS {sample.rss / MIB:.0f} MiB is over {limit} MiB"
+    # What the worker owns (USS), not its RSS: pages shared with the preloader and the
+    # other workers are freed with none of them. RSS only where USS cannot be read.
+    owned, measure = (sample.uss, "USS") if sample.uss is not None else (sample.rss, "RSS")
+    if limit and owned and owned > limit * MIB:
+        return f"memory_limit: {measure} {owned / MIB:.0f} MiB is over {limit} MiB"
     if max_request_time:
         silent = now - (sample.answered_at or sample.first_seen)
         if silent > max(max_request_time, UNRESPONSIVE_MIN):

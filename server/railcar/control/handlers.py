@@ -25,7 +25,7 @@ def _worker_status(pool, worker) -> dict:
                connections=stats.get("connections"))
     sample = pool.samples.get(worker)
     if sample is not None and sample.rss is not None:   # sampled by the master's last tick
-        row.update(rss=sample.rss, cpu=sample.cpu)
+        row.update(rss=sample.rss, uss=sample.uss, cpu=sample.cpu)
     else:
         row.update(worker.resources())
     row["replacing"] = worker in pool.replacing

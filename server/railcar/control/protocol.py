@@ -15,7 +15,7 @@ Commands (args in parentheses):
                               "last_replacement", "wanted_workers", "min_workers",
                               "max_workers", "canary", "canaries",
                               "workers": [{"pid", "release", "state",
-                              "requests", "in_flight", "started_at", "rss", "cpu",
+                              "requests", "in_flight", "started_at", "rss", "uss", "cpu",
                               "replacing", "canary"}], "spawn_method",
                               "preloaders": [{"pid", "release", "state", "current"}]}]}
     requests (app)        -> {"requests": [{"app", "worker", "method", "path", "client",
