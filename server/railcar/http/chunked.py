@@ -7,9 +7,9 @@ chunked decoder rejects the optional whitespace RFC 9112 allows in chunk extensi
 
 Here the metadata of a chunked body, chunk extensions and trailer fields, shares the budget of
 the header section: its bytes count against `max_header_size` and its trailer fields against
-`max_headers`, both together with the header section's (431 when exceeded). A line is never
-buffered past what that budget allows, so memory per connection stays bounded whatever the
-client sends. Trailer fields are checked (token name, no control characters in the value) and
+`max_headers`, both together with the header section's (431 when exceeded); one chunk line
+carries at most 4 KiB of extensions (431). A line is never buffered past what these allow,
+so memory per connection stays bounded whatever the client sends. Trailer fields are checked (token name, no control characters in the value) and
 dropped: WSGI has no way to hand them to the application.
 """
 
@@ -28,6 +28,9 @@ _FIELD_NAME = re.compile(_TOKEN)
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs other than HTAB
 _MAX_SIZE_DIGITS = 16  # past 16 significant hex digits a chunk size overflows 64 bits
 _SIZE_PART = 64  # room for the size digits (leading zeros included) before extensions count
+# Most bytes of extensions on one chunk line: they have no standard use, and a small cap lets
+# an oversized line be refused from the first receive, before the application is called.
+_MAX_EXTENSIONS = 4096
 
 _LINE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
@@ -84,7 +87,10 @@ class ChunkedBody:
         newline = data.find(b"\n", pos, end)
         stop = end if newline < 0 else newline + 1
         line = self.line
-        room = self.budget + (_SIZE_PART if self.state == _LINE else 0) + 2
+        if self.state == _LINE:
+            room = min(self.budget, _MAX_EXTENSIONS) + _SIZE_PART + 2
+        else:
+            room = self.budget + 2
         if len(line) + stop - pos > room:
             if self.state == _LINE and not _has_extension(line, data[pos:stop]):
                 raise HTTPError(BAD_REQUEST, "chunk size line too long")
@@ -106,7 +112,7 @@ class ChunkedBody:
         if len(digits.lstrip(b"0")) > _MAX_SIZE_DIGITS:
             raise HTTPError(BAD_REQUEST, "chunk size too large")
         self.budget -= len(extensions)
-        if self.budget < 0:
+        if self.budget < 0 or len(extensions) > _MAX_EXTENSIONS:
             raise HTTPError(HEADERS_TOO_LARGE, "chunk extensions too large")
         size = int(digits, 16)
         request = self.request

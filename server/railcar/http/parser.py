@@ -109,6 +109,13 @@ class RequestParser:
         view = memoryview(data)
         pos = 0
         try:
+            if self._chunks is None and not self._body_left and not self._tail \
+                    and data.find(_HEAD_END, 0, end) == end - 4:
+                # The common case, first: the (rest of a) header section and nothing after.
+                self._parser.feed_data(view[:end])
+                if self._request is not None:
+                    self._start_body(self._request)
+                return
             while pos < end and not self.closed:
                 if self._chunks is not None:
                     pos = self._chunks.feed(data, view, pos, end)
