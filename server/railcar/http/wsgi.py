@@ -278,7 +278,12 @@ _SERVER = "Server: railcar\r\n"
 _STATUS = re.compile(r"[1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-_DECIMAL = re.compile(r"[0-9]{1,18}")  # a Content-Length, bounded so int() stays cheap
+# Header names already found to be tokens -> lower-cased; bounded like wsgi._KEYS.
+_NAMES = {}
+_NAMES_MAX = 1024
+# Status lines already found valid -> their code.
+_STATUSES = {}
+_STATUSES_MAX = 256
 _SEND_CHUNK = 1 << 20
 _NO_BODY_CODES = frozenset((204, 304))
 # Response header names (lower-cased) that change framing or that we add ourselves.
@@ -337,18 +342,25 @@ def _app_fields(headers):
     add_date = add_server = True
     close = False
     for name, value in headers:
-        if type(name) is not str or type(value) is not str:
+        lname = _NAMES.get(name)
+        if lname is None:
+            if type(name) is not str:
+                raise TypeError(f"header {name!r}: {value!r} is not a pair of str")
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not a token (RFC 9110: letters, "
+                                 "digits and !#$%&'*+-.^_`|~ only)")
+            lname = name.lower()
+            if len(_NAMES) < _NAMES_MAX:
+                _NAMES[name] = lname
+        if type(value) is not str:
             raise TypeError(f"header {name!r}: {value!r} is not a pair of str")
-        lname = name.lower()
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not a token (RFC 9110: letters, digits "
-                             "and !#$%&'*+-.^_`|~ only)")
-        if not _FIELD_VALUE.fullmatch(value):
+        # Visible ASCII (the usual case) is checked by two C string methods; the rest by regex.
+        if not (value.isascii() and value.isprintable()) and not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"header {name!r}: value {value!r} holds a control character "
                              "or one beyond latin-1 (only tab, space and visible characters)")
         if lname in _SPECIAL:
             if lname == "content-length":
-                if not _DECIMAL.fullmatch(value):
+                if not (value.isascii() and value.isdigit() and len(value) <= 18):
                     raise ValueError(f"invalid Content-Length {value!r}: expected decimal digits")
                 if length is not None and int(value) != length:
                     raise ValueError(f"two different Content-Length values: {length} and "
@@ -419,11 +431,16 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or not _STATUS.fullmatch(status):
-            raise ValueError(f"invalid status {status!r}: expected three digits (100-599), a "
-                             "space and a reason phrase without control characters")
+        code = _STATUSES.get(status)
+        if code is None:
+            if type(status) is not str or not _STATUS.fullmatch(status):
+                raise ValueError(f"invalid status {status!r}: expected three digits (100-599), "
+                                 "a space and a reason phrase without control characters")
+            code = int(status[:3])
+            if len(_STATUSES) < _STATUSES_MAX:
+                _STATUSES[status] = code
         fields = _app_fields(headers)
-        self.code = int(status[:3])
+        self.code = code
         self.status = status
         self.fields, self.length, self.add_date, self.add_server, self.app_close = fields
         return self.write
