@@ -38,7 +38,7 @@ def application(environ, start_response):
     return [body]
 '''
 
-DURATION = 4.0
+DURATION = 6.0
 
 
 def make_release(root: Path, name: str, fail_every: int = 0) -> Path:
@@ -97,15 +97,15 @@ def test_canary_aborts_a_flaky_release_and_passes_a_healthy_one(railcar, tmp_pat
     restart = restart_in_background(server)
 
     # While watched: the canary serves beside both old workers, and says so everywhere.
-    watching = wait_for(lambda: _watching(server), 20, what="the canary to be watched")
+    watching, metrics, table = wait_for(lambda: _watching(server, metrics_port), 20,
+                                        what="the canary to be watched")
     app = watching["apps"][0]
     canary_rows = [w for w in app["workers"] if w["canary"]]
     assert len(canary_rows) == 1 and canary_rows[0]["release"] == str(flaky)
     assert old_pids <= {w["pid"] for w in app["workers"] if w["state"] == "ready"}
     assert app["canary"]["beside"] == 2 and app["canary"]["duration"] == DURATION
-    table = server.cli("status").stdout
+    assert 'railcar_canary_active{app="current"} 1.0' in metrics
     assert "canary: watching worker" in table and "ready (canary)" in table
-    assert "railcar_canary_active{app=\"current\"} 1.0" in scrape(metrics_port)
 
     out, err = restart.communicate(timeout=60)
     abort_at = time.monotonic()
@@ -165,10 +165,13 @@ def test_canary_aborts_a_flaky_release_and_passes_a_healthy_one(railcar, tmp_pat
     server.stop()
 
 
-def _watching(server):
+def _watching(server, metrics_port: int):
+    """(status, metrics, status table) taken while a canary is watched, or None."""
     data = server.status()
     canary = data["apps"][0]["canary"]
-    return data if canary and canary["state"] == "watching" else None
+    if not canary or canary["state"] != "watching" or canary["seconds_left"] < 3:
+        return None
+    return data, scrape(metrics_port), server.cli("status").stdout
 
 
 def test_too_few_requests_are_not_judged_and_no_canary_without_old_workers(railcar, tmp_path):
