@@ -5,19 +5,15 @@ master accepts on the app's listening sockets itself and answers every request w
 - environment "development": an HTML page with the boot error and its traceback;
 - environment "production": a plain 503 (the error is in the server log, never shown).
 It stops as soon as a worker is ready again (the pool calls `stop`). Idempotent start/stop.
+Connections are bounded in number and time like every listener of the master's own
+(railcar.responder).
 """
 
 from __future__ import annotations
 
 import html
-import socket
 
-import gevent
-
-from .http.wsgi import date_header
-
-READ_TIMEOUT = 5.0
-MAX_HEAD = 65536
+from .responder import Request, Responder, response
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{app}: the app failed to boot</title>
@@ -36,48 +32,20 @@ class BootErrorResponder:
     def __init__(self, pool, development: bool):
         self.pool = pool
         self.development = development
-        self.acceptors: list[gevent.Greenlet] = []
+        self.responder = Responder(f"{pool.app.name}: the answer while the app is down",
+                                   self.answer, pool.log)
 
     @property
     def running(self) -> bool:
-        return bool(self.acceptors)
+        return self.responder.running
 
     def start(self) -> None:
-        if not self.acceptors:
-            self.acceptors = [gevent.spawn(self._accept, listener)
-                              for listener in self.pool.listeners]
+        self.responder.start(self.pool.listeners)
 
     def stop(self) -> None:
-        acceptors, self.acceptors = self.acceptors, []
-        gevent.killall(acceptors, block=False)
+        self.responder.stop()
 
-    def _accept(self, listener) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                continue        # a worker took that connection
-            except OSError:
-                gevent.sleep(0.5)
-                continue
-            gevent.spawn(self._answer, sock)
-
-    def _answer(self, sock: socket.socket) -> None:
-        try:
-            sock.settimeout(READ_TIMEOUT)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
-                chunk = sock.recv(8192)
-                if not chunk:
-                    return
-                head += chunk
-            sock.sendall(self.response(head.startswith(b"HEAD ")))
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-    def response(self, head_only: bool = False) -> bytes:
+    def answer(self, request: Request) -> bytes:
         error = self.pool.last_error or "the app is not ready"
         if self.development:
             body = PAGE.format(app=html.escape(self.pool.app.name),
@@ -86,7 +54,6 @@ class BootErrorResponder:
         else:
             body = b"503 Service Unavailable\nthe application is not available\n"
             content_type = "text/plain"
-        head = (f"HTTP/1.1 503 Service Unavailable\r\n{date_header()}Server: railcar\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Retry-After: 5\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
-        return head.encode("latin-1") + (b"" if head_only else body)
+        return response("503 Service Unavailable", body, content_type,
+                        head_only=request.method == "HEAD",
+                        headers=(("Retry-After", "5"), ("Cache-Control", "no-store")))

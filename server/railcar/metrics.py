@@ -8,13 +8,14 @@ Counters are the pools' sums over past and present workers, so they only grow.
 
 from __future__ import annotations
 
-import gevent.pywsgi
-from prometheus_client import CollectorRegistry, make_wsgi_app
+import gevent.socket as socket
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from . import canary as canary_states
 from . import states
+from .responder import Request, Responder, response
 
 WORKER_STATES = (states.BOOTING, states.READY, states.RETIRING)
 
@@ -106,33 +107,40 @@ class RailcarCollector:
 
 
 class MetricsServer:
-    """`GET /metrics` on `bind` (HOST:PORT), served by gevent in the master."""
+    """`GET /metrics` on `bind` (HOST:PORT), answered by the master itself, bounded in
+    connections and time like every listener of its own (railcar.responder)."""
 
     def __init__(self, bind: str, master, log):
         host, _, port = bind.rpartition(":")
         self.address = (host.strip("[]") or "0.0.0.0", int(port))
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(RailcarCollector(master))
-        metrics_app = make_wsgi_app(registry)
-
-        def app(environ, start_response):
-            if environ["PATH_INFO"] not in ("/metrics", "/"):
-                start_response("404 Not Found", [("Content-Type", "text/plain")])
-                return [b"see /metrics\n"]
-            return metrics_app(environ, start_response)
-
-        self.server = gevent.pywsgi.WSGIServer(self.address, app, log=None,
-                                               error_log=log)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RailcarCollector(master))
+        self.responder = Responder("metrics", self.answer, log)
+        self.listener = None
         self.log = log
+
+    def answer(self, request: Request) -> bytes:
+        head_only = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            return response("405 Method Not Allowed", b"GET /metrics\n",
+                            headers=(("Allow", "GET, HEAD"),))
+        if request.target.partition("?")[0] not in ("/metrics", "/"):
+            return response("404 Not Found", b"see /metrics\n", head_only=head_only)
+        return response("200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST,
+                        head_only=head_only)
 
     def start(self) -> None:
         """Raises RuntimeError (which the launcher reports) if the address cannot be bound."""
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
         try:
-            self.server.start()
+            self.listener = socket.create_server(self.address, family=family)
         except OSError as exc:
             raise RuntimeError(f"cannot serve metrics on {self.address[0]}:{self.address[1]}: "
                                f"{exc.strerror or exc}") from None
+        self.responder.start([self.listener])
         self.log.info("metrics on http://%s:%d/metrics", *self.address)
 
     def stop(self) -> None:
-        self.server.stop(timeout=1)
+        self.responder.stop(close_connections=True)
+        if self.listener is not None:
+            self.listener.close()

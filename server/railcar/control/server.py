@@ -1,7 +1,8 @@
 """Serve the admin socket in the master: accept, read one request, run its handler, reply.
 
 Runs in the master (gevent); each client gets its own greenlet, so a blocking `restart`
-does not hold up `status`.
+does not hold up `status`. A request line is at most REQUEST_MAX_LINE bytes and must arrive
+within REQUEST_DEADLINE seconds of connecting.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import os
 import socket
 import traceback
 
+import gevent
 from gevent.server import StreamServer
 
 from .. import rundir
 from ..channel import Channel, ChannelClosed
 from . import handlers, protocol
+
+REQUEST_DEADLINE = 10.0
+REQUEST_MAX_LINE = 64 * 1024
 
 
 class ControlServer:
@@ -77,9 +82,12 @@ class ControlServer:
             pass
 
     def handle(self, sock, address) -> None:
-        channel = Channel(sock)
+        channel = Channel(sock, max_line=REQUEST_MAX_LINE)
         try:
-            request = channel.receive()
+            # A client that connects and sends nothing (or a byte now and then) does not keep
+            # a greenlet of the master forever; commands themselves may take long (restart).
+            with gevent.Timeout(REQUEST_DEADLINE, ChannelClosed("no request in time")):
+                request = channel.receive()
             command = request.get("command")
             handler = getattr(handlers, "do_" + str(command), None)
             if command not in protocol.COMMANDS or handler is None:
