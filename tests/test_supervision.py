@@ -1,6 +1,7 @@
 """railcar.supervision: limit decisions and counter sums, without processes."""
 
-from railcar.supervision import MIB, AppCounters, Sample, limit_exceeded, request_budget
+from railcar.supervision import (MIB, AppCounters, Sample, limit_exceeded, memory_over_at_boot,
+                                 request_budget)
 
 POLICY = {"max_requests": 100, "max_requests_jitter": 10, "memory_limit": 50}
 
@@ -32,6 +33,16 @@ def test_memory_limit_measures_uss_and_rss_only_without_it():
     assert limit_exceeded(sample, POLICY, 0, now=2.0) == "memory_limit: USS 60 MiB is over 50 MiB"
     sample.record({"requests": 1}, {"rss": 60 * MIB, "uss": None}, now=3.0)
     assert limit_exceeded(sample, POLICY, 0, now=3.0) == "memory_limit: RSS 60 MiB is over 50 MiB"
+
+
+def test_a_worker_over_memory_limit_from_boot_on_is_not_replaced():
+    sample = Sample(first_seen=0.0)
+    sample.record({"requests": 0}, {"rss": 130 * MIB, "uss": 125 * MIB}, now=1.0)
+    assert limit_exceeded(sample, POLICY, 0, now=1.0) is None
+    assert memory_over_at_boot(sample, POLICY) == "memory_limit: USS 125 MiB is over 50 MiB"
+    sample.record({"requests": 1}, {"rss": 130 * MIB}, now=2.0)
+    assert limit_exceeded(sample, POLICY, 0, now=2.0).startswith("memory_limit: USS 125")
+    assert memory_over_at_boot(sample, POLICY) is None
 
 
 def test_a_silent_worker_is_stuck_only_with_max_request_time():

@@ -71,6 +71,7 @@ class AppPool:
         self.samples: dict[WorkerProcess, supervision.Sample] = {}
         self.counters = supervision.AppCounters()
         self.replacing: set[WorkerProcess] = set()
+        self.warned_boot_memory = False
         self.replacements: collections.Counter[str] = collections.Counter()
         self.last_replacement: dict | None = None
         self.restarts: collections.Counter[str] = collections.Counter()   # "ok" / "failed"
@@ -378,7 +379,19 @@ class AppPool:
                     self.app.limits.get("max_request_time", 0), now)
                 if reason:
                     self.replace_worker(worker, reason)
+                elif not self.warned_boot_memory:
+                    self._warn_boot_memory(worker)
         self._resize(now)
+
+    def _warn_boot_memory(self, worker: WorkerProcess) -> None:
+        """Once per app: a worker is over memory_limit before it served a request."""
+        over = supervision.memory_over_at_boot(self.samples[worker], self.app.supervision)
+        if over:
+            self.warned_boot_memory = True
+            self.log.warning("%s: worker %s is over memory_limit before serving any request "
+                             "(%s); the app needs more than that to boot, so it is not "
+                             "replaced until it has served one", self.app.name, worker.pid,
+                             over.partition(": ")[2])
 
     def replace_worker(self, worker: WorkerProcess, reason: str) -> None:
         """Swap `worker` for a new one of the current release, without dropping a request:

@@ -68,17 +68,35 @@ def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
     budget = sample.request_budget
     if budget is not None and stats.get("requests", 0) >= budget:
         return f"max_requests: served {stats['requests']} requests (limit {budget})"
-    limit = policy.get("memory_limit")
-    # What the worker owns (USS), not its RSS: pages shared with the preloader and the
-    # other workers are freed with none of them. RSS only where USS cannot be read.
-    owned, measure = (sample.uss, "USS") if sample.uss is not None else (sample.rss, "RSS")
-    if limit and owned and owned > limit * MIB:
-        return f"memory_limit: {measure} {owned / MIB:.0f} MiB is over {limit} MiB"
+    # Only once it has served a request: a worker over the limit from its boot on would be
+    # replaced by another just like it, again and again (see memory_over_at_boot).
+    over = memory_over(sample, policy)
+    if over and stats.get("requests"):
+        return over
     if max_request_time:
         silent = now - (sample.answered_at or sample.first_seen)
         if silent > max(max_request_time, UNRESPONSIVE_MIN):
             return f"max_request_time: the worker has not answered for {silent:.0f} s"
     return None
+
+
+def memory_over(sample: Sample, policy: dict) -> str | None:
+    """"memory_limit: ..." if the worker owns more than memory_limit, else None.
+
+    What it owns is its USS, not its RSS: pages shared with the preloader and the other
+    workers are freed with none of them. RSS only where USS cannot be read."""
+    limit = policy.get("memory_limit")
+    owned, measure = (sample.uss, "USS") if sample.uss is not None else (sample.rss, "RSS")
+    if limit and owned and owned > limit * MIB:
+        return f"memory_limit: {measure} {owned / MIB:.0f} MiB is over {limit} MiB"
+    return None
+
+
+def memory_over_at_boot(sample: Sample, policy: dict) -> str | None:
+    """The memory_limit reason for a worker that has served nothing yet: the app needs more
+    than the limit to boot, so replacing the worker cannot help."""
+    stats = sample.stats or {}
+    return memory_over(sample, policy) if stats and not stats.get("requests") else None
 
 
 def reason_kind(reason: str) -> str:
