@@ -9,12 +9,14 @@ app's side as well as from the access log and the clients.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from conftest import wait_for
+from conftest import free_port, gone, railcar_command, wait_for
 from loadgen import Load
 
 APP = '''
@@ -222,3 +224,33 @@ def test_health_settings_in_railcar_toml(railcar, app_root):
     assert server.get("/").text == "release toml"
     assert "(Host: health.example): 200 OK" in server.log()
     server.stop()
+
+
+def test_daemon_start_reports_a_failing_health_check(app_root, tmp_path):
+    """`start --daemon` waits for the health check and reports its failure (exit 1); the
+    master stays up, answering 503, and serves once the release is healthy."""
+    swap_current(app_root, make_release(app_root, "bad", health="500"))
+    admin = str(tmp_path / "admin.sock")
+    pid_file = tmp_path / "railcar.pid"
+    port = free_port()
+    result = subprocess.run(
+        railcar_command() + ["start", str(app_root / "current"), "--daemon", "--workers", "1",
+                             "--port", str(port), "--health-path", "/health",
+                             "--admin-socket", admin, "--pid-file", str(pid_file),
+                             "--log-file", str(tmp_path / "log")],
+        capture_output=True, text=True, timeout=90)
+    pid = int(pid_file.read_text())
+    try:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "FAILED to boot" in result.stdout
+        assert "failed its health check" in result.stdout
+        assert "500 Internal Server Error" in result.stdout
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 503
+        swap_current(app_root, make_release(app_root, "good"))
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=10).text
+                 == "release good", 30, interval=0.5, what="the healthy release to serve")
+    finally:
+        stop = subprocess.run(railcar_command() + ["stop", "--admin-socket", admin],
+                              capture_output=True, text=True, timeout=90)
+    assert stop.returncode == 0, stop.stderr
+    assert gone(pid)

@@ -53,6 +53,12 @@ class AppConfig:
     health: dict[str, Any] | None = None    # see health_check(); None: no health check
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
 
+    @property
+    def ready_timeout(self) -> float:
+        """Longest a new worker may take to be ready: the import, then its health check
+        (and the second the master grants past it: process.HEALTH_MARGIN)."""
+        return self.boot_timeout + (self.health["timeout"] + 1 if self.health else 0)
+
     def environment(self) -> dict[str, str]:
         """What the app's processes get on top of the master's environment: `env`, then the
         env file's variables (read now, so a restart sees the file as it is now)."""

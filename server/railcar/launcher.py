@@ -71,7 +71,7 @@ def _report_first_boot(master, notify_socket: str | None = None) -> None:
     """Once each app has all its workers ready, or has failed to boot: report (daemon mode)."""
     import gevent
 
-    limit = time.monotonic() + max(app.boot_timeout for app in master.config.apps) + 10
+    limit = time.monotonic() + max(app.ready_timeout for app in master.config.apps) + 10
     while time.monotonic() < limit:
         pending = [p for p in master.pools
                    if len(p.serving()) < p.app.workers and not p.last_error
