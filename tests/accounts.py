@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 IS_ROOT = os.getuid() == 0
@@ -27,12 +28,54 @@ def needs_root():
                               reason="creates system accounts (useradd) and runs as root")
 
 
+def exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def kill_processes_of(uid: int) -> None:
+    """End (by pid) the processes left running as a test account, e.g. a server it ran."""
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] and proc.info["uids"].real == uid:
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
 class Accounts:
-    """Creates users and groups; `remove_all` deletes every one it made."""
+    """Creates users and groups; `remove_all` deletes every one it made, or expected the code
+    under test to make (`expect`), with their processes, homes, groups and sudo rules."""
 
     def __init__(self):
         self.users: list[str] = []
         self.groups: list[str] = []
+        self.expected: list[str] = []
+        self.sudo_rules: list[Path] = []
+
+    def expect(self, prefix: str = "rc") -> str:
+        """A unique name the code under test will create as a user and group; removed at the
+        end all the same."""
+        name = prefix + secrets.token_hex(3)
+        self.expected.append(name)
+        return name
+
+    def login(self, prefix: str = "rc", sudo: bool = False) -> str:
+        """A login account (home, /bin/sh) for SSH; `sudo`: its only power, a NOPASSWD rule
+        in /etc/sudoers.d (removed at the end)."""
+        name = self.expect(prefix)
+        # password "*": none, but not locked ("!"), which sshd without PAM would refuse
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*",
+                        name], check=True, timeout=30)
+        if sudo:
+            rule = Path("/etc/sudoers.d") / name
+            rule.write_text(f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+            rule.chmod(0o440)
+            self.sudo_rules.append(rule)
+        return name
 
     def group(self) -> str:
         name = "rcg" + secrets.token_hex(3)
@@ -50,6 +93,17 @@ class Accounts:
         return pwd.getpwnam(name)
 
     def remove_all(self) -> None:
+        for rule in self.sudo_rules:
+            rule.unlink(missing_ok=True)
+        for name in self.expected:
+            if exists(name):
+                kill_processes_of(pwd.getpwnam(name).pw_uid)
+                subprocess.run(["userdel", "--remove", name], capture_output=True, timeout=30)
+            try:
+                grp.getgrnam(name)
+                subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+            except KeyError:
+                pass
         for name in self.users:
             subprocess.run(["userdel", name], timeout=30)
         for name in self.groups:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from accounts import Accounts
 from conftest import free_port
 from loadgen import Load
 from railcar.deploy.loopback import SshHosts
@@ -66,6 +67,9 @@ class Site:
         self.app = workdir / "app"
         self.project = workdir / "project"
         self.wheelhouse = wheelhouse
+        self.accounts = Accounts()
+        self.user = self.accounts.expect()     # the app account, created by `fab setup`
+        self.extra = ""                         # more `railcar:` settings (indented lines)
 
     def create(self, requirements: str) -> None:
         """An empty git repo for the app (with its requirements) and the project's fabfile."""
@@ -88,6 +92,7 @@ class Site:
 ssh_config_path: {self.ssh.ssh_config}
 railcar:
   app: site
+  user: {self.user}
   source: {self.app}
   wheelhouse: {self.wheelhouse}
   pip_args: [--no-index]
@@ -95,7 +100,7 @@ railcar:
   shared_dirs: [log]
   health_path: /
   health_timeout: 15
-  per_host:
+{self.extra}  per_host:
 {per_host}""")
 
     def commit(self, version: str, extra: str = "") -> str:
@@ -106,8 +111,9 @@ railcar:
         return subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
 
-    def fab(self, *args: str, ok: bool = True, timeout: float = 240, trace: bool = False) -> str:
-        env = {**os.environ, "RAILCAR_DEPLOY_TRACE": "1"} if trace else None
+    def fab(self, *args: str, ok: bool = True, timeout: float = 240, trace: bool = False,
+            env: dict[str, str] | None = None) -> str:
+        env = {**os.environ, **(env or {}), **({"RAILCAR_DEPLOY_TRACE": "1"} if trace else {})}
         result = subprocess.run([FAB, *args], cwd=self.project, capture_output=True, text=True,
                                 timeout=timeout, env=env)
         output = result.stdout + result.stderr
@@ -136,6 +142,15 @@ railcar:
             state = release / ".railcar-state"
             out[release.name] = state.read_text().strip() if state.exists() else "incomplete"
         return out
+
+    def close(self) -> None:
+        """Stop the servers and sshds, remove the accounts and the temp dirs."""
+        try:
+            self.stop_servers()
+            self.ssh.stop_all()
+        finally:
+            self.accounts.remove_all()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def stop_servers(self) -> None:
         for name in self.hosts:
@@ -174,18 +189,17 @@ def site(tmp_path_factory, deploy_wheelhouse):
         site.add_host("host2")
         yield site
     finally:
-        site.stop_servers()
-        site.ssh.stop_all()
-        shutil.rmtree(site.workdir, ignore_errors=True)
+        site.close()
 
 
-def deploy_under_load(site: Site, *args: str, ok: bool = True,
-                      trace: bool = False) -> tuple[str, Load, float]:
+def deploy_under_load(site: Site, *args: str, ok: bool = True, trace: bool = False,
+                      host: str = "host1", env: dict[str, str] | None = None) \
+        -> tuple[str, Load, float]:
     load = Load("127.0.0.1", site.ports["host1"], clients=4, max_seconds=120).start()
     try:
         time.sleep(0.5)
         started = time.monotonic()
-        output = site.fab("-H", "host1", "deploy", *args, ok=ok, trace=trace)
+        output = site.fab("-H", host, "deploy", *args, ok=ok, trace=trace, env=env)
         took = time.monotonic() - started
         time.sleep(0.5)
     finally:

@@ -113,9 +113,7 @@ def web(tmp_path_factory, deploy_wheelhouse):  # noqa: F811
         yield site, nginx
     finally:
         nginx.stop()
-        site.stop_servers()
-        site.ssh.stop_all()
-        shutil.rmtree(site.workdir, ignore_errors=True)
+        site.close()
 
 
 def serves(nginx: Nginx, host: str, text: str) -> bool:

@@ -213,10 +213,14 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
 
 
 def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: float,
-                    rendered_by: str, run_dir: str | None = None) -> dict:
+                    rendered_by: str, run_dir: str | None = None, user: str | None = None,
+                    group: str | None = None,
+                    read_write_paths: list[str] | None = None) -> dict:
     """What the systemd unit template needs: a foreground `railcar start` command line (the
     master tells systemd it is ready, Type=notify), timeouts from boot and graceful times.
-    `exec_start`: already quoted for systemd (see systemd_command)."""
+    `exec_start`: already quoted for systemd (see systemd_command). `user`/`group`: the
+    account the master runs as (User=/Group=); `read_write_paths`: with them the unit is
+    sandboxed (ProtectSystem=strict, ...) and may write only there."""
     runtime_directory = None
     if run_dir and os.path.dirname(run_dir) == "/run":
         runtime_directory = os.path.basename(run_dir)
@@ -224,13 +228,15 @@ def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: floa
             raise RenderError(f"run_dir {run_dir!r}: systemd's RuntimeDirectory= cannot take "
                               "that name (letters, digits, '.', '_', '-' only)")
     return dict(
-        exec_start=exec_start, rendered_by=rendered_by,
+        exec_start=exec_start, rendered_by=rendered_by, user=user, group=group or user,
+        read_write_paths=[_safe(path, "-", "writable path") for path in read_write_paths or []],
         start_timeout=int(boot_timeout + 30), stop_timeout=int(graceful_timeout + 30),
         runtime_directory=runtime_directory)
 
 
 def render_systemd_unit(exec_start: str | list[str], names: list[str], boot_timeout: float,
-                        graceful_timeout: float, source: str, rendered_by: str) -> str:
+                        graceful_timeout: float, source: str, rendered_by: str,
+                        **account) -> str:
     """The systemd unit for a master started by `exec_start` (used where no --config file
     exists, e.g. `fab setup`): the same template as `railcar config systemd`.
     `exec_start`: an argv list, or a POSIX shell command line (shlex.join of one), quoted
@@ -241,7 +247,7 @@ def render_systemd_unit(exec_start: str | list[str], names: list[str], boot_time
     template = _environment().get_template(KINDS["systemd"])
     return template.render(apps=[{"name": name} for name in names], source=source,
                            **systemd_context(systemd_command(argv), boot_timeout,
-                                             graceful_timeout, rendered_by))
+                                             graceful_timeout, rendered_by, **account))
 
 
 def _one_line(value):

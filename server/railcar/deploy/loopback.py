@@ -1,10 +1,18 @@
 """Loopback SSH hosts: real OpenSSH `sshd` on 127.0.0.1, one per host, as this user.
 
 For the deploy tests and the demo (demo/run.sh), not for production. Each host gets a
-generated host key, the shared generated client key in its authorized_keys, its own port
-and its own deploy root. Root may log in by key only, and only in this generated config. An
-ssh_config file maps each host name to its port, user and key, so Fabric (`ssh_config_path`)
-and plain `ssh -F` reach it by name. Every sshd is ended by its pid (`stop_all`).
+generated host key, its own port and its own deploy root. The accounts that may log in are
+those given a key file with `allow(user)` (this user's from the start): each gets the shared
+generated client key, so `fab -H deploy@host1` logs in as the local account `deploy`. Root
+may log in by key only, and only in this generated config. An ssh_config file maps each host
+name to its port, user, key and the generated known_hosts file, which holds every host's key
+(written when the host starts: host keys are checked, never skipped), so Fabric
+(`ssh_config_path`) and plain `ssh -F` reach it by name. Every sshd is ended by its pid
+(`stop_all`, which also removes the shared dir).
+
+The key files, known_hosts and the deploy roots live in `shared_dir`, a temp dir others may
+traverse (0755), since sshd reads a user's keys as that user, and app accounts must reach
+their deploy root.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +35,7 @@ SSHD_CONFIG = """\
 ListenAddress 127.0.0.1
 Port {port}
 HostKey {host_key}
-AuthorizedKeysFile {authorized_keys}
+AuthorizedKeysFile {keys_dir}/%u
 PidFile {pid_file}
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -33,7 +43,6 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 UsePAM no
 StrictModes no
-AllowUsers {user}
 MaxStartups 50:30:100
 MaxSessions 50
 LogLevel ERROR
@@ -47,8 +56,8 @@ Host {name}
     User {user}
     IdentityFile {key}
     IdentitiesOnly yes
-    StrictHostKeyChecking no
-    UserKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    UserKnownHostsFile {known_hosts}
     LogLevel ERROR
 """
 
@@ -70,11 +79,19 @@ class SshHost:
     name: str
     port: int
     workdir: Path
+    root: Path                          # its deploy root (in the shared dir)
     proc: subprocess.Popen | None = None
+    host_key: Path | None = None
 
     @property
     def deploy_to(self) -> Path:
-        return self.workdir / "srv"
+        return self.root
+
+    @property
+    def known_hosts_line(self) -> str:
+        """This host's known_hosts entry (as OpenSSH names a host on a port other than 22)."""
+        kind, key = (self.host_key.with_suffix(".pub")).read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
 
     def wait_ready(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -107,10 +124,21 @@ class SshHosts:
         workdir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.client_key = keygen(workdir / "client_key")
-        self.authorized_keys = workdir / "authorized_keys"
-        self.authorized_keys.write_text((workdir / "client_key.pub").read_text())
+        self.shared_dir = Path(tempfile.mkdtemp(prefix="railcar-ssh-"))
+        self.shared_dir.chmod(0o755)
+        self.keys_dir = self.shared_dir / "keys"
+        self.keys_dir.mkdir(mode=0o755)
+        self.known_hosts = self.shared_dir / "known_hosts"
+        self.known_hosts.touch()
         self.ssh_config = workdir / "ssh_config"
         self.hosts: dict[str, SshHost] = {}
+        self.allow(self.user)
+
+    def allow(self, user: str) -> None:
+        """Let the local account `user` log in with the generated client key."""
+        path = self.keys_dir / user
+        path.write_text((self.workdir / "client_key.pub").read_text())
+        path.chmod(0o644)
 
     def start(self, name: str) -> SshHost:
         if not os.path.exists(SSHD):
@@ -119,18 +147,22 @@ class SshHosts:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         hostdir = self.workdir / name
         hostdir.mkdir()
-        host = SshHost(name, free_port(), hostdir)
+        host = SshHost(name, free_port(), hostdir, self.shared_dir / "srv" / name)
+        host.root.parent.mkdir(mode=0o755, exist_ok=True)
+        host.host_key = keygen(hostdir / "host_key")
         config = hostdir / "sshd_config"
         config.write_text(SSHD_CONFIG.format(
-            port=host.port, host_key=keygen(hostdir / "host_key"),
-            authorized_keys=self.authorized_keys, pid_file=hostdir / "sshd.pid", user=self.user))
+            port=host.port, host_key=host.host_key, keys_dir=self.keys_dir,
+            pid_file=hostdir / "sshd.pid"))
         host.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.hosts[name] = host
+        with self.known_hosts.open("a") as handle:
+            handle.write(host.known_hosts_line)
         with self.ssh_config.open("a") as handle:
             handle.write(CLIENT_CONFIG.format(name=name, port=host.port, user=self.user,
-                                              key=self.client_key))
+                                              key=self.client_key, known_hosts=self.known_hosts))
         host.wait_ready()
         return host
 
@@ -139,5 +171,7 @@ class SshHosts:
                               capture_output=True, text=True, timeout=timeout)
 
     def stop_all(self) -> None:
+        """Stop every sshd and remove the shared dir (key files, known_hosts, deploy roots)."""
         for host in self.hosts.values():
             host.stop()
+        shutil.rmtree(self.shared_dir, ignore_errors=True)

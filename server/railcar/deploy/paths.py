@@ -6,7 +6,13 @@
     DEPLOY_TO/venvs/HASH/                          app virtualenvs keyed by requirements
     DEPLOY_TO/railcar/                             the server's own virtualenv
     DEPLOY_TO/wheels/                              uploaded railcar wheel (+ wheelhouse)
+    DEPLOY_TO/railcar/no-release/                  what `current` serves before a release
     DEPLOY_TO/run/  DEPLOY_TO/log/  DEPLOY_TO/tmp/ sockets and pid, logs, uploads
+    DEPLOY_TO/shared/railcar.env                   the app's env and secrets (0600, app's)
+
+Owners (set by `fab setup`): the deploy account owns DEPLOY_TO and everything in it but
+shared/, run/ and log/, which are the app account's (group: the app account's group, of
+which the deploy account is a member), so the app can write only there.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 STATE_FILE = ".railcar-state"       # in a release: "good" or "failed"; absent = incomplete
 VENV_LINK = ".venv"                 # in a release: -> venvs/HASH (railcar runs its python)
 VENV_DONE = ".railcar-complete"     # in a venv: written last, so a half-built venv is redone
+NO_RELEASE = "no-release"           # the name `current` has before the first release
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,22 @@ class Paths:
         return [self.root, self.releases, self.shared, self.venvs, self.wheels, self.run,
                 self.log, self.tmp]
 
+    @property
+    def placeholder(self) -> str:
+        """The app `current` points to before the first release: it answers 503."""
+        return self._join("railcar", NO_RELEASE)
+
+    @property
+    def env_file(self) -> str:
+        return self._join("shared", "railcar.env")
+
+    @property
+    def env_sum(self) -> str:
+        return self._join(".railcar-env.sum")
+
     def release(self, name: str) -> str:
+        if name == NO_RELEASE:
+            return self.placeholder
         return self._join("releases", name)
 
     def venv(self, key: str) -> str:

@@ -6,6 +6,7 @@
       upload   the release tarball and any wheel the host lacks
       unpack   into releases/<UTC timestamp>-<short sha>/ with a REVISION file
       link     shared dirs and files into the release
+      env      (only when env/secrets changed and the SSH user may) write the env file
       venv     build or reuse the virtualenv keyed by the requirements' hash
       hooks    run the configured commands in the release (migrations...)
     publish  (host by host)
@@ -35,9 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import envfile, service, venvs
 from . import lock as locks
 from . import releases as rel
-from . import service, venvs
 from .build import Archive
 from .paths import Paths
 from .remote import Remote
@@ -73,6 +74,8 @@ class Host:
     unpacked: bool = False
     locked: bool = False
     facts: service.Facts | None = None  # what the check stage found
+    env: dict[str, str] = field(default_factory=dict)  # the app's env (env + secrets)
+    env_changed: bool = False           # the env file must be written (the check found)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -126,6 +129,18 @@ def stage_check(host: Host, wheels: list[str]) -> str:
         raise DeployError(f"[{host.name}] shared files missing in {paths.shared}: "
                           f"{', '.join(absent)} (railcar.shared_files)")
     host.previous = known.current
+    login, user = remote.login, host.config.user
+    if not envfile.matches(known.env_sum, envfile.render(host.env)):
+        if login not in ("root", user):
+            names = ", ".join(sorted(host.env)) or "none"
+            raise DeployError(
+                f"[{host.name}] the app's environment (env and secrets: {names}) differs from "
+                f"the env file `fab setup` installed, and {login} may not write {user}'s "
+                f"{paths.env_file}: run `fab setup` (with the same secrets exported) first")
+        host.env_changed = True
+    if not known.running and login not in ("root", user):
+        raise DeployError(f"[{host.name}] the server is not running, and {login} may not start "
+                          f"it as {user}: run `fab setup` (it starts the server), then deploy")
     return f"current: {host.previous or '(none)'}"
 
 
@@ -180,6 +195,15 @@ def stage_link(host: Host) -> str:
     return f"{len(config.shared_dirs)} dir(s), {len(config.shared_files)} file(s)"
 
 
+def stage_env(host: Host) -> str:
+    """Write the env file (0600, the app account's) and its sum; content over SFTP only."""
+    remote, paths = host.remote, host.paths
+    content = envfile.render(host.env)
+    remote.elevated(host.config.user).write(paths.env_file, content, mode=0o600, private=True)
+    remote.write(paths.env_sum, envfile.sum_file(content), mode=0o600, private=True)
+    return f"wrote {paths.env_file}: {', '.join(sorted(host.env)) or 'empty'}"
+
+
 def stage_venv(host: Host, archive: Archive, wheel: str) -> str:
     key, reused = venvs.ensure(host.remote, host.paths, host.config, host.release_dir,
                                archive.path, os.path.basename(wheel), service.wheel_id(wheel))
@@ -188,14 +212,32 @@ def stage_venv(host: Host, archive: Archive, wheel: str) -> str:
 
 def hook_env(host: Host) -> dict[str, str]:
     venv_bin = posixpath.join(host.release_dir, ".venv", "bin")
-    return {**host.config.env, "VIRTUAL_ENV": posixpath.join(host.release_dir, ".venv"),
+    return {**host.env, "VIRTUAL_ENV": posixpath.join(host.release_dir, ".venv"),
             "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
             "RAILCAR_RELEASE": host.release_dir, "RAILCAR_SHARED": host.paths.shared}
 
 
+# $1 the hooks' env file (KEY=VALUE lines), $2 the release; then the hook's argv. The values
+# come from a file (uploaded over SFTP into the deploy account's 0700 tmp/), never from argv.
+HOOK = r'''
+envfile=$1 dir=$2
+shift 2
+while IFS= read -r line; do export "$line"; done < "$envfile"
+cd "$dir" && exec "$@"
+'''
+
+
 def stage_hooks(host: Host) -> str:
-    for argv in host.config.hooks:
-        host.remote.run(argv, cwd=host.release_dir, env=hook_env(host))
+    if not host.config.hooks:
+        return "0 hook(s)"
+    remote = host.remote
+    env_path = posixpath.join(host.paths.tmp, f"hook-env-{host.release}")
+    remote.write(env_path, envfile.render_raw(hook_env(host)), mode=0o600, private=True)
+    try:
+        for argv in host.config.hooks:
+            remote.script(HOOK, env_path, host.release_dir, *argv, label="hook")
+    finally:
+        remote.run(["rm", "-f", env_path], check=False)
     return f"{len(host.config.hooks)} hook(s)"
 
 
@@ -314,6 +356,8 @@ def prepare(host: Host, archive: Archive, wheels: list[str]) -> None:
                lambda: stage_upload(host, archive, wheels))
     host.stage("unpack", f"unpack into releases/{host.release}", lambda: stage_unpack(host, archive))
     host.stage("link", "link shared dirs and files", lambda: stage_link(host))
+    if host.env_changed:
+        host.stage("env", "write the env file (env, secrets changed)", lambda: stage_env(host))
     host.stage("venv", "build or reuse the virtualenv",
                lambda: stage_venv(host, archive, wheels[0]))
     host.stage("hooks", "run hooks in the release", lambda: stage_hooks(host))

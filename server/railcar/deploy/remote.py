@@ -9,18 +9,45 @@ Every call is an SSH round trip (a new session and shell on the host, 0.1-1 s on
 machine), so a stage does its work in one `script`: a constant `sh -c` text whose values
 come in as quoted positional arguments ("$1"...), never pasted into the text.
 RAILCAR_DEPLOY_TRACE=1 prints every call with its duration.
+
+Secrets: a Remote knows the values of the app's environment (`secrets`) and masks them in
+every output and error it hands back, so a hook or a traceback that prints one shows `*****`.
+Content (an env file) is uploaded over SFTP, never passed as an argument.
+
+Privileges: `elevated(user)` gives a Remote that runs as root (directly when the SSH user is
+root, else through Fabric's sudo: a NOPASSWD rule, or the password of FABRIC_SUDO_PASSWORD /
+`fab --prompt-for-sudo-password`), or as another account through root (`runuser -u`). Its
+`put` uploads as the SSH user into a private temp dir and installs the file as that account.
+Only `fab setup` uses it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import posixpath
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 
+from . import hostkeys
+
 TRACE = os.environ.get("RAILCAR_DEPLOY_TRACE") == "1"   # print every remote call and its time
+
+
+MASK = "*****"
+
+
+def masker(secrets) -> "callable":
+    """A function replacing every secret value (longest first) in a text with *****."""
+    values = sorted({v for v in secrets if v}, key=len, reverse=True)
+
+    def mask(text: str) -> str:
+        for value in values:
+            text = text.replace(value, MASK)
+        return text
+    return mask
 
 
 class RemoteError(Exception):
@@ -46,9 +73,27 @@ class Result:
 class Remote:
     """One host: a Fabric Connection wrapped so that every command is quoted the same way."""
 
-    def __init__(self, connection, name: str | None = None):
+    def __init__(self, connection, name: str | None = None, secrets=(),
+                 _sudo: bool = False, _user: str | None = None):
         self.connection = connection
         self.name = name or getattr(connection, "original_host", None) or connection.host
+        self.secrets = tuple(secrets)
+        self.mask = masker(self.secrets)
+        self._sudo = _sudo      # through Fabric's sudo (the SSH user is not root)
+        self._user = _user      # run as this account (runuser), None: as the SSH user/root
+
+    @property
+    def login(self) -> str:
+        """The SSH user."""
+        return self.connection.user
+
+    def elevated(self, user: str = "root") -> "Remote":
+        """This host as root, or as `user` through root (see the module doc)."""
+        root = self.login == "root"
+        if user == self.login:
+            return Remote(self.connection, self.name, self.secrets)
+        return Remote(self.connection, self.name, self.secrets, _sudo=not root,
+                      _user=None if user == "root" else user)
 
     @staticmethod
     def command(argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -66,14 +111,38 @@ class Remote:
             check: bool = True, timeout: float | None = None, shown: str | None = None) -> Result:
         """Run argv on the host; raise RemoteError on a non-zero exit if `check`."""
         text = self.command(argv, cwd, env)
+        wrapped = text
+        if self._user:
+            wrapped = shlex.join(["runuser", "-u", self._user, "--", "sh", "-c", text])
+        elif self._sudo and (cwd or env):
+            wrapped = shlex.join(["sh", "-c", text])
         started = time.monotonic()
-        result = self.connection.run(text, hide=True, warn=True, in_stream=False,
-                                     timeout=timeout)
+        result = self._call(wrapped)
         self._trace("run", shown or text, started)
-        out = Result(result.stdout, result.stderr, result.exited)
+        out = Result(self.mask(result.stdout), self.mask(result.stderr), result.exited)
         if check and not out.ok:
-            raise RemoteError(self.name, text, out.exit_code, out.stdout + out.stderr)
+            raise RemoteError(self.name, self.mask(text), out.exit_code, out.stdout + out.stderr)
         return out
+
+    def _call(self, text: str):
+        """One command on the host; a host key or sudo failure becomes a clear error."""
+        try:
+            if self._sudo:
+                return self.connection.sudo(text, hide=True, warn=True, in_stream=False)
+            return self.connection.run(text, hide=True, warn=True, in_stream=False)
+        except Exception as exc:
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        key_error = hostkeys.explain(exc, self.name, self.connection)
+        if key_error is not None:
+            return key_error
+        if type(exc).__name__ == "AuthFailure":
+            return RemoteError(self.name, "sudo", None,
+                               f"sudo as {self.login} needs a password: set FABRIC_SUDO_PASSWORD"
+                               " or run `fab --prompt-for-sudo-password ...` (or give "
+                               f"{self.login} a NOPASSWD sudo rule)")
+        return exc
 
     def script(self, text: str, *args: str, label: str, check: bool = True,
                timeout: float | None = None) -> Result:
@@ -102,24 +171,61 @@ class Remote:
             print(f"[{self.name}]   {time.monotonic() - started:6.3f}s {kind} {what[:150]}",
                   file=sys.stderr, flush=True)
 
-    def put(self, local, remote: str) -> None:
+    def put(self, local, remote: str, mode: str = "644") -> None:
+        """Upload to `remote`. On an elevated Remote: as the SSH user into a private temp dir,
+        then installed as the account this Remote runs as (mode `mode`)."""
         started = time.monotonic()
-        self.connection.put(local, remote)
+        try:
+            if not (self._sudo or self._user):
+                self.connection.put(local, remote)
+            else:
+                self._put_installed(local, remote, mode)
+        except (RemoteError, hostkeys.HostKeyError):
+            raise
+        except Exception as exc:
+            raise self._explain(exc) from None
         self._trace("put", remote, started)
 
-    def write(self, path: str, content: str, mode: int | None = None) -> bool:
+    def _put_installed(self, local, target: str, mode: str) -> None:
+        plain = Remote(self.connection, self.name, self.secrets)
+        staging = plain.run(["mktemp", "-d"]).stdout.strip()
+        staged = posixpath.join(staging, "upload")
+        try:
+            self.connection.put(local, staged)
+            Remote(self.connection, self.name, self.secrets, _sudo=self._sudo).script(
+                INSTALL, staged, target, self._user or "root", mode, label="install-file")
+        finally:
+            plain.run(["rm", "-rf", staging], check=False)
+
+    def write(self, path: str, content: str, mode: int | None = None,
+              private: bool = False) -> bool:
         """Atomically replace `path` with `content` (temp file + rename) if it differs.
-        Returns whether it changed; idempotent. One upload and one round trip."""
+        Returns whether it changed; idempotent. One upload and one round trip (`private`: the
+        temp file is made 0600 before the content goes in, one more). The content goes over
+        SFTP, never on a command line."""
         temp = f"{path}.tmp"
-        self.put(io.BytesIO(content.encode()), temp)
+        if private and not (self._sudo or self._user):
+            self.script('rm -f "$1" && (umask 077 && : > "$1")', temp, label="private-file")
+        self.put(io.BytesIO(content.encode()), temp,
+                 mode=format(mode, "o") if mode is not None else "644")
         out = self.script(REPLACE, temp, path, format(mode, "o") if mode is not None else "",
                           label="replace-file")
         return out.stdout.strip() == "changed"
 
 
-# $1 temp file, $2 target, $3 mode or "": rename over the target unless identical.
+# $1 staged file, $2 target, $3 owner, $4 mode: a copy owned by $3 (its primary group) renamed
+# over the target.
+INSTALL = r'''
+install -o "$3" -g "$(id -gn "$3")" -m "$4" "$1" "$2.part" && mv -f "$2.part" "$2"
+'''
+
+# $1 temp file, $2 target, $3 mode or "": rename over the target unless identical (then only
+# the target's owner and mode are made the temp file's).
 REPLACE = r'''
-if cmp -s "$1" "$2"; then rm -f "$1"; echo same; exit 0; fi
+if cmp -s "$1" "$2"; then
+  chown --reference="$1" "$2" 2>/dev/null; [ -z "$3" ] || chmod "$3" "$2"
+  rm -f "$1"; echo same; exit 0
+fi
 if [ -n "$3" ]; then chmod "$3" "$1"; fi
 mv -f "$1" "$2" && echo changed
 '''

@@ -1,10 +1,19 @@
 """The railcar server on a host: its virtualenv, its service, start, restart and status.
 
 The server runs from DEPLOY_TO/railcar (a virtualenv holding this exact railcar version,
-installed from the uploaded wheel) and serves DEPLOY_TO/current. When systemd runs on the
-host it is a Type=notify unit (templates/railcar.service.j2, the template of `railcar config
-systemd`, with the master in the foreground); otherwise a daemon started with
-`railcar start --daemon`, its pid file, admin socket and log under DEPLOY_TO.
+installed from the uploaded wheel) and serves DEPLOY_TO/current, as the app account (never
+root). When systemd runs on the host it is a Type=notify unit (templates/railcar.service.j2,
+the template of `railcar config systemd`, with the master in the foreground, User= the app
+account, sandboxed); otherwise a daemon started with `railcar start --daemon`, its pid file,
+admin socket and log under DEPLOY_TO.
+
+Only `fab setup` (root) installs the unit and starts the server as the app account (the
+unit, or `runuser -u APP -- railcar start --daemon`). `fab deploy`, `restart` and `status`
+reach the running master through its admin socket, group-accessible to the deploy account
+(`--admin-group`); the app's environment comes from the env file (`--env-file`), so no
+command line carries a value. A server that is down is started again by a deploy only when
+its SSH user may (root, or the app account itself); otherwise the deploy stops before the
+swap and says to run `fab setup` (or `systemctl start` the unit).
 """
 
 from __future__ import annotations
@@ -38,14 +47,17 @@ def describe(wheel_id: str) -> str:
     return f"{name} (sha256 {digest[:12]})" if digest else name
 
 
-# $1 server venv, $2 its railcar marker, $3 current; then "w:PATH" for each wheel to hash
+# $1 server venv, $2 its railcar marker, $3 current, $4 admin socket, $5 the env file's sum;
+# then "w:PATH" for each wheel to hash
 # and "f:PATH" for each file that must exist. One round trip: what check and upload need.
 FACTS = r'''
-venv=$1 marker=$2 current=$3
-shift 3
+venv=$1 marker=$2 current=$3 admin=$4 envsum=$5
+shift 5
 if [ -x "$venv/bin/python" ]; then echo "python yes"; else echo "python no"; fi
 printf 'installed %s\n' "$(head -n 1 "$marker" 2>/dev/null)"
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
+printf 'envsum %s\n' "$(cat "$envsum" 2>/dev/null)"
+if [ -x "$venv/bin/railcar" ] && "$venv/bin/railcar" status --json --admin-socket "$admin" >/dev/null 2>&1; then echo "running yes"; fi
 for item in "$@"; do
   f=${item#?:}
   case $item in
@@ -66,14 +78,16 @@ class Facts:
     current: str | None             # release `current` points to
     wheel_hashes: dict[str, str]    # remote path -> sha256, for the wheels asked about
     missing: list[str]              # of the files asked about, those that do not exist
+    running: bool = False           # the server answers on its admin socket
+    env_sum: str = ""               # DEPLOY_TO/.railcar-env.sum (envfile), if readable
 
 
 def facts(remote: Remote, paths: Paths, wheels: list[str], files: list[str] = ()) -> Facts:
     """Read-only: the server venv, `current`, the wheels' hashes, which `files` are missing."""
     items = [f"w:{posixpath.join(paths.wheels, os.path.basename(w))}" for w in wheels]
     items += [f"f:{path}" for path in files]
-    out = remote.script(FACTS, paths.server_venv, paths.server_marker, paths.current, *items,
-                        label="host-facts").stdout
+    out = remote.script(FACTS, paths.server_venv, paths.server_marker, paths.current,
+                        paths.admin_socket, paths.env_sum, *items, label="host-facts").stdout
     found = Facts(False, "", None, {}, [])
     for line in out.splitlines():
         word, _, rest = line.partition(" ")
@@ -83,6 +97,10 @@ def facts(remote: Remote, paths: Paths, wheels: list[str], files: list[str] = ()
             found.installed = rest.strip()
         elif word == "current":
             found.current = posixpath.basename(rest.strip().rstrip("/")) or None
+        elif word == "envsum":
+            found.env_sum = rest.strip()
+        elif word == "running":
+            found.running = True
         elif word == "sha256":
             digest, _, path = rest.partition("  ")
             found.wheel_hashes[path.strip()] = digest
@@ -143,14 +161,14 @@ def ensure_server_venv(remote: Remote, paths: Paths, config: DeployConfig, wheel
 
 
 def start_argv(paths: Paths, config: DeployConfig) -> list[str]:
+    """The server's command line: no value of the app's environment (that is --env-file)."""
     argv = [paths.railcar, "start", paths.current, "--name", config.app,
             "--bind", f"unix:{paths.app_socket}", "--workers", str(config.workers),
-            "--admin-socket", paths.admin_socket, "--pid-file", paths.pid_file,
-            "--log-file", paths.server_log, "--daemon"]
+            "--admin-socket", paths.admin_socket, "--admin-group", config.user,
+            "--socket-group", config.user, "--env-file", paths.env_file,
+            "--pid-file", paths.pid_file, "--log-file", paths.server_log, "--daemon"]
     for bind in config.bind:
         argv += ["--bind", bind]
-    for name, value in sorted(config.env.items()):
-        argv += ["--env", f"{name}={value}"]
     return argv
 
 
@@ -176,27 +194,54 @@ def render_unit(paths: Paths, config: DeployConfig) -> str:
     return render_systemd_unit(
         shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
         BY_NAME["graceful_timeout"].default, source=f"{config.app} on this host",
-        rendered_by="`fab setup` (railcar.deploy)")
+        rendered_by="`fab setup` (railcar.deploy)", user=config.user, group=config.user,
+        read_write_paths=[paths.shared, paths.run, paths.log])
 
 
-def ensure_unit(remote: Remote, paths: Paths, config: DeployConfig) -> bool:
-    """Install and enable the systemd unit; returns whether it changed. Idempotent."""
-    path = f"/etc/systemd/system/{unit_name(config)}"
-    changed = remote.write(path, render_unit(paths, config))
-    if changed:
-        remote.run(["systemctl", "daemon-reload"])
-        remote.run(["systemctl", "enable", unit_name(config)])
+UNIT_DIR = "/etc/systemd/system"
+
+# $1 unit name, $2 "changed" if the unit file changed: reload systemd, enable the unit, and
+# restart it if it runs (a changed unit takes effect now; the app is briefly down).
+UNIT_ENABLE = r'''
+unit=$1 changed=$2
+if [ "$changed" = changed ]; then systemctl daemon-reload || exit 1; fi
+systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl enable --quiet "$unit" || exit 1
+if [ "$changed" = changed ]; then systemctl try-restart "$unit" || exit 1; fi
+'''
+
+
+def ensure_unit(root: Remote, paths: Paths, config: DeployConfig) -> bool:
+    """Install and enable the systemd unit (`root`: an elevated Remote); returns whether it
+    changed; a changed unit of a running service is restarted. Idempotent."""
+    path = posixpath.join(UNIT_DIR, unit_name(config))
+    changed = root.write(path, render_unit(paths, config), mode=0o644)
+    root.script(UNIT_ENABLE, unit_name(config), "changed" if changed else "same",
+                label="enable-unit")
     return changed
 
 
 # The server's life in one round trip each: $1 action (start, restart, stop), $2 railcar,
-# $3 admin socket, $4 app, $5 systemd mode, $6 unit; then the `railcar start` command line.
+# $3 admin socket, $4 app, $5 systemd mode, $6 unit, $7 app account; then the `railcar start`
+# command line. Without systemd the daemon is started as the app account: directly by that
+# account, through runuser by root, and not at all by another account (it says why).
 SERVICE = r'''
-action=$1 railcar=$2 admin=$3 app=$4 mode=$5 unit=$6
-shift 6
+action=$1 railcar=$2 admin=$3 app=$4 mode=$5 unit=$6 user=$7
+shift 7
 running() { "$railcar" status --json --admin-socket "$admin" >/dev/null 2>&1; }
 systemd() { [ "$mode" = yes ] || { [ "$mode" = auto ] && [ -d /run/systemd/system ]; }; }
-start() { if systemd; then systemctl start "$unit" && echo "started $unit"; else "$@"; fi; }
+start() {
+  if systemd; then
+    systemctl start "$unit" && echo "started $unit" && return 0
+    echo "the server is not running and $(id -un) cannot start $unit: run \`fab setup\` (or systemctl start $unit as root)" >&2
+    return 1
+  fi
+  if [ "$(id -un)" = "$user" ]; then "$@"
+  elif [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"
+  else
+    echo "the server is not running and $(id -un) cannot start it as $user: run \`fab setup\` (it starts the server as $user)" >&2
+    return 1
+  fi
+}
 case $action in
   restart) if running; then exec "$railcar" restart "$app" --admin-socket "$admin"; fi; start "$@" ;;
   start) if running; then echo "running, unchanged"; else start "$@"; fi ;;
@@ -208,7 +253,8 @@ esac
 def _service(remote: Remote, paths: Paths, config: DeployConfig, action: str,
              check: bool = True) -> str:
     return remote.script(SERVICE, action, paths.railcar, paths.admin_socket, config.app,
-                         systemd_mode(config), unit_name(config), *start_argv(paths, config),
+                         systemd_mode(config), unit_name(config), config.user,
+                         *start_argv(paths, config),
                          label=f"{action}-server", check=check).stdout
 
 
@@ -217,19 +263,26 @@ def nginx_site(config: DeployConfig) -> str:
 
 
 # The app's nginx site in one round trip: $1 railcar, $2 site file, $3 test command, $4 reload
-# command, $5 current; then the `railcar config nginx` arguments (the server's own command
-# line, so the site has the host's paths). Rendered next to the site under a dot name (no
-# include glob matches it), renamed over the site only when it differs; a failing test puts
-# the old site back (or removes the new one) and fails with nginx's message.
+# command, $5 current, $6 mode (install, or check: only say whether it is up to date), $7 a
+# dir for the check's rendering; then the `railcar config nginx` arguments (the server's own
+# command line, so the site has the host's paths). Installed: rendered next to the site under
+# a dot name (no include glob matches it), renamed over the site only when it differs; a
+# failing test puts the old site back (or removes the new one) and fails with nginx's message.
 NGINX_SITE = r'''
-railcar=$1 site=$2 check=$3 reload=$4 current=$5
-shift 5
+railcar=$1 site=$2 check=$3 reload=$4 current=$5 mode=$6 tmp=$7
+shift 7
 dir=$(dirname "$site") name=$(basename "$site")
 new="$dir/.$name.new" old="$dir/.$name.old"
+[ "$mode" = check ] && new="$tmp/$name.new"
 [ -d "$dir" ] || { echo "$dir does not exist: is nginx installed (railcar.nginx.sites_dir)?" >&2; exit 1; }
 [ -d "$current" ] || { echo "no release yet: the first deploy installs it"; exit 0; }
 "$railcar" config nginx -o "$new" "$@" || { rm -f "$new"; exit 1; }
 if cmp -s "$new" "$site"; then rm -f "$new"; echo "unchanged $site"; exit 0; fi
+if [ "$mode" = check ]; then
+  rm -f "$new"
+  echo "WARNING: $site is out of date, and $(id -un) may not install it: run \`fab setup\` to install it"
+  exit 0
+fi
 had=no
 if [ -e "$site" ]; then cp -p "$site" "$old" || exit 1; had=yes; fi
 chmod 644 "$new" && mv -f "$new" "$site" || exit 1
@@ -245,16 +298,30 @@ echo "installed $site, nginx reloaded"
 '''
 
 
-def ensure_nginx_site(remote: Remote, paths: Paths, config: DeployConfig) -> str:
-    """Render the app's nginx site on the host (`railcar config nginx` of the server venv,
-    with the server's command line), install it if it changed, test, reload. Idempotent;
-    raises RemoteError with nginx's message when the test fails (the old site stays)."""
-    nginx = config.nginx
-    argv = start_argv(paths, config)[2:] + ["--listen", nginx["listen"]]
-    for name in nginx["server_names"]:
+def nginx_argv(paths: Paths, config: DeployConfig) -> list[str]:
+    """`railcar config nginx` arguments: the server's options (not the env file, which only
+    the app account reads), the listen address and server names."""
+    argv = start_argv(paths, config)[2:]
+    at = argv.index("--env-file")
+    del argv[at:at + 2]
+    argv += ["--listen", config.nginx["listen"]]
+    for name in config.nginx["server_names"]:
         argv += ["--server-name", name]
+    return argv
+
+
+def ensure_nginx_site(remote: Remote, paths: Paths, config: DeployConfig,
+                      install: bool = True) -> str:
+    """Render the app's nginx site on the host (`railcar config nginx` of the server venv,
+    with the server's command line). `install` (setup, as root): install it if it changed,
+    test, reload; raises RemoteError with nginx's message when the test fails (the old site
+    stays). Otherwise (a deploy account, which may not write under /etc): only report
+    whether the installed site is up to date. Idempotent."""
+    nginx = config.nginx
     out = remote.script(NGINX_SITE, paths.railcar, nginx_site(config), nginx["test_command"],
-                        nginx["reload_command"], paths.current, *argv, label="nginx-site")
+                        nginx["reload_command"], paths.current,
+                        "install" if install else "check", paths.tmp,
+                        *nginx_argv(paths, config), label="nginx-site")
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "done"
 
 

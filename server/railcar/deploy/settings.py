@@ -31,7 +31,13 @@ DEFAULTS: dict[str, Any] = {
     "wheelhouse": None,           # local dir of extra wheels uploaded for pip --find-links
     "workers": 2,
     "bind": [],                   # extra binds; unix:DEPLOY_TO/run/app.sock is always there
-    "env": {},                    # environment of the app and of the hooks
+    "env": {},                    # environment of the app and of the hooks (in the env file)
+    "secrets": [],                # names of variables of the deploying machine's environment
+                                  # added to the env file at deploy time (never on a command line)
+    "user": None,                 # the app account (default: the app's name); never root
+    "deploy_user": None,          # owner of deploy_to, the SSH user of deploy (default: setup's)
+    "known_hosts": None,          # a project known_hosts file, besides ~/.ssh/known_hosts
+    "trust_new_hosts": False,     # trust-on-first-use: record an unknown host's key (accept-new)
     "hooks": [],                  # run in the release before the swap: "cmd" or [argv]
     "health_path": "/",
     "health_timeout": 30,         # seconds for the health check to get a 2xx/3xx
@@ -50,6 +56,7 @@ NGINX_DEFAULTS: dict[str, Any] = {
     "listen": "80",                           # nginx `listen` value
     "test_command": ["nginx", "-t"],          # "cmd" or [argv]: checks the whole config
     "reload_command": ["systemctl", "reload", "nginx"],
+    "user": "www-data",                       # nginx's workers' account: joins the app's group
 }
 
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -113,6 +120,44 @@ def _mapping(value):
     return {str(k): str(v) for k, v in value.items()}
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def _account(value):
+    if not isinstance(value, str) or not ACCOUNT.match(value):
+        raise ValueError("expected an account name (lower-case letters, digits, '_', '.', '-'; "
+                         "at most 32)")
+    return value
+
+
+def _app_account(value):
+    value = _account(value)
+    if value == "root":
+        raise ValueError("the app never runs as root: name an unprivileged account")
+    return value
+
+
+def _env(value):
+    """env: names are shell variable names; values one line (the env file holds one per line).
+    A bad value is named by its variable only, never shown."""
+    env = _mapping(value)
+    for name, item in env.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a variable name (letters, digits, '_')")
+        if "\n" in item or "\r" in item or "\0" in item:
+            raise ValueError(f"the value of {name} spans lines: the env file holds one per line")
+    return env
+
+
+def _secrets(value):
+    names = _str_list(value)
+    for name in names:
+        if not ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a variable name (letters, digits, '_')")
+    return names
+
+
 def _hooks(value):
     if not isinstance(value, (list, tuple)):
         raise ValueError("expected a list of commands (strings or lists of arguments)")
@@ -157,7 +202,7 @@ def _bool(value):
 
 NGINX_CHECKS: dict[str, Callable[[Any], Any]] = {
     "enabled": _bool, "sites_dir": _abs_path, "server_names": _str_list, "listen": _text,
-    "test_command": _command, "reload_command": _command,
+    "test_command": _command, "reload_command": _command, "user": _optional(_account),
 }
 assert set(NGINX_CHECKS) == set(NGINX_DEFAULTS)
 
@@ -198,9 +243,11 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "shared_dirs": _relative_list, "shared_files": _relative_list,
     "requirements": _text, "python": _text, "pip_args": _str_list,
     "wheel": _optional(_text), "wheelhouse": _optional(_text), "workers": _int(1),
-    "bind": _str_list, "env": _mapping, "hooks": _hooks, "health_path": _text,
+    "bind": _str_list, "env": _env, "hooks": _hooks, "health_path": _text,
     "health_timeout": _int(1), "lock_timeout": _int(1), "systemd": _systemd,
-    "nginx": _nginx,
+    "nginx": _nginx, "secrets": _secrets, "user": _optional(_app_account),
+    "deploy_user": _optional(_account), "known_hosts": _optional(_text),
+    "trust_new_hosts": _bool,
 }
 assert set(CHECKS) == set(DEFAULTS)
 
@@ -232,6 +279,11 @@ class DeployConfig:
     systemd: Any
     nginx: dict[str, Any] = field(default_factory=lambda: _nginx({}))
     hosts: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    user: str = ""                  # the app account (validated: never root)
+    deploy_user: str | None = None  # None: the SSH user of `fab setup`
+    known_hosts: str | None = None  # absolute path of the project known_hosts file
+    trust_new_hosts: bool = False
 
 
 def where_set(config, key: str) -> str:
@@ -284,6 +336,15 @@ def validate(raw: dict[str, Any], where: Callable[[str], str], host: str | None)
     if out["app"] is None:
         raise ConfigError(f"{where('app')}: railcar.app: required (the app's name)")
     out["deploy_to"] = out["deploy_to"] or f"/srv/{out['app']}"
+    if out["user"] is None:
+        try:
+            out["user"] = _app_account(out["app"].lower())
+        except ValueError as exc:
+            raise ConfigError(f"{where('user')}: railcar.user: the default (the app's name "
+                              f"{out['app']!r}) is no account name: {exc}; set railcar.user") \
+                from None
+    if out["known_hosts"] is not None:
+        out["known_hosts"] = _relative_to(where("known_hosts"), out["known_hosts"])
     out["source"] = os.path.abspath(os.path.expanduser(out["source"]))
     if not os.path.isdir(out["source"]):
         raise ConfigError(f"{where('source')}: railcar.source: {out['source']} is not a directory")
@@ -291,12 +352,48 @@ def validate(raw: dict[str, Any], where: Callable[[str], str], host: str | None)
     return DeployConfig(host=host, **out)
 
 
+def _relative_to(origin: str, path: str) -> str:
+    """A path from a config file, relative to that file's directory (else to the cwd)."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and os.path.isfile(origin.split(" (")[0]):
+        path = os.path.join(os.path.dirname(origin.split(" (")[0]), path)
+    return os.path.abspath(path)
+
+
+def env_from_machine(config: DeployConfig, environ=None) -> dict[str, str]:
+    """The app's environment: `env`, then each `secrets` name from this machine's
+    environment. Raises ConfigError naming a missing or multi-line secret (never its value)."""
+    environ = os.environ if environ is None else environ
+    out = dict(config.env)
+    missing = [name for name in config.secrets if name not in environ]
+    if missing:
+        raise ConfigError(f"railcar.secrets: {', '.join(missing)} not set in this machine's "
+                          "environment (export it before running fab)")
+    for name in config.secrets:
+        value = environ[name]
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ConfigError(f"railcar.secrets: the value of {name} spans lines: the env file "
+                              "holds one per line")
+        out[name] = value
+    return out
+
+
+def _per_host_entry(per_host: dict, host: str):
+    """per_host's entry for `host` as given (-H user@name:port), else for its bare name."""
+    if host in per_host:
+        return host
+    bare = host.rsplit("@", 1)[-1].split(":")[0]
+    return bare if bare in per_host else None
+
+
 def load(config, host: str | None = None) -> DeployConfig:
     """The settings of `host` (None: no host given) from a Fabric/invoke config object."""
     raw = _raw(config)
     per_host = raw.get("per_host") or {}
-    if host is not None and isinstance(per_host, dict) and isinstance(per_host.get(host), dict):
-        override = per_host[host]
+    entry = _per_host_entry(per_host, host) if host is not None and isinstance(per_host, dict) \
+        else None
+    if entry is not None and isinstance(per_host.get(entry), dict):
+        override = per_host[entry]
         raw = {**raw, **override}
 
         def where(key: str) -> str:

@@ -17,16 +17,17 @@ from fabric import Connection, task
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from . import build, pipeline, service
+from . import build, envfile, hostkeys, pipeline, service
 from . import lock as locks
 from . import releases as rel
 from .lock import LockError
 from .paths import Paths
 from .pipeline import DeployError, Host, Reporter
 from .remote import Remote, RemoteError
-from .settings import DEFAULTS, ConfigError, DeployConfig, load
+from .settings import DEFAULTS, ConfigError, DeployConfig, env_from_machine, load
 
-FAILURES = (ConfigError, DeployError, RemoteError, LockError, build.BuildError)
+FAILURES = (ConfigError, DeployError, RemoteError, LockError, build.BuildError,
+            hostkeys.HostKeyError)
 _deployed_groups: set[tuple[str, ...]] = set()
 _wheel_dirs: list = []      # temp dirs of built wheels, alive for the whole run
 
@@ -76,11 +77,27 @@ def _group(c) -> list[Connection] | None:
             for name in group]
 
 
-def _hosts(connections: list[Connection], reporter: Reporter) -> list[Host]:
+def masked(env: dict[str, str], config: DeployConfig) -> list[str]:
+    """The values masked in output: every secret, and env values long enough to mask
+    without garbling the rest (a value such as "1" would hide every digit 1)."""
+    return [value for name, value in env.items()
+            if len(value) >= (3 if name in config.secrets else 6)]
+
+
+def _hosts(connections: list[Connection], reporter: Reporter, with_env: bool = False) \
+        -> list[Host]:
+    """One Host per connection, its host key checked on connecting (hostkeys.guard); with
+    `with_env`, the app's environment is read (secrets from this machine's environment)."""
     hosts = []
     for connection in connections:
         name = connection.original_host
-        hosts.append(Host(Remote(connection, name), load(connection.config, name), reporter))
+        config = load(connection.config, name)
+        env = env_from_machine(config) if with_env else dict(config.env)
+        hostkeys.guard(connection, name, config.known_hosts,
+                       hostkeys.trust_on_first_use(config.trust_new_hosts), reporter.line)
+        host = Host(Remote(connection, name, masked(env, config)), config, reporter)
+        host.env = env
+        hosts.append(host)
     return hosts
 
 
@@ -104,61 +121,153 @@ def _fail(exc: BaseException) -> Exit:
 
 @task
 def setup(c):
-    """Create the layout, the server virtualenv and the service on each host, and the nginx
-    site when railcar.nginx.enabled (idempotent)."""
+    """As root (directly, or through sudo): create the app account, the layout with its
+    owners, the server virtualenv, the env file, the service (systemd unit or daemon, run as
+    the app account) and the nginx site when railcar.nginx.enabled; start the server
+    (idempotent). Afterwards the deploy account needs no root."""
     reporter = Reporter()
     try:
-        for host in _hosts(_connections(c), reporter):
+        for host in _hosts(_connections(c), reporter, with_env=True):
             setup_host(host)
     except FAILURES as exc:
         raise _fail(exc) from None
 
 
-# Directories given as arguments that are missing are created and printed.
-LAYOUT = r'''
-for d in "$@"; do [ -d "$d" ] || { mkdir -p "$d" && printf '%s\n' "$d"; } || exit 1; done
+# $1 app account, $2 deploy account, $3 its home (deploy_to), $4 nginx's account or "".
+# The app account and its group (same name) are created if missing; the deploy account (and
+# nginx's) join that group: the admin socket, the app socket and shared/ run/ log/ are its.
+ACCOUNTS = r'''
+app=$1 deployer=$2 home=$3 web=$4
+in_group() { id -nG "$1" 2>/dev/null | tr ' ' '\n' | grep -qx "$2"; }
+getent group "$app" >/dev/null || { groupadd --system "$app" && echo "created group $app"; } || exit 1
+if ! id -u "$app" >/dev/null 2>&1; then
+  useradd --system --gid "$app" --home-dir "$home" --no-create-home \
+    --shell "$(command -v nologin || echo /usr/sbin/nologin)" "$app" || exit 1
+  echo "created account $app"
+fi
+[ "$(id -u "$app")" != 0 ] || { echo "railcar.user $app is root: the app never runs as root" >&2; exit 1; }
+in_group "$app" "$app" || { usermod -a -G "$app" "$app" || exit 1; }
+id -u "$deployer" >/dev/null 2>&1 || { echo "the deploy account $deployer does not exist: create it (with your SSH key), or set railcar.deploy_user" >&2; exit 1; }
+if [ "$deployer" != root ] && ! in_group "$deployer" "$app"; then
+  usermod -a -G "$app" "$deployer" && echo "added $deployer to group $app" || exit 1
+fi
+if [ -n "$web" ] && id -u "$web" >/dev/null 2>&1 && ! in_group "$web" "$app"; then
+  usermod -a -G "$app" "$web" && echo "added $web to group $app" || exit 1
+fi
+true
 '''
+
+# Items "OWNER:GROUP:MODE:PATH": each directory created if missing (and printed), then given
+# its owner and mode; a deploy-owned tree that had another owner (an older layout) is chowned
+# as a whole.
+LAYOUT = r'''
+for item in "$@"; do
+  owner=${item%%:*} rest=${item#*:}
+  group=${rest%%:*} rest=${rest#*:}
+  mode=${rest%%:*} d=${rest#*:}
+  [ -L "$d" ] && { echo "$d is a symlink: refusing to use it" >&2; exit 1; }
+  [ -d "$d" ] || { mkdir -p "$d" && printf 'created %s\n' "$d"; } || exit 1
+  if [ "$(stat -c %U "$d")" != "$owner" ]; then chown -R "$owner:$group" "$d" || exit 1; fi
+  chown "$owner:$group" "$d" && chmod "$mode" "$d" || exit 1
+done
+'''
+
+# $1 the placeholder app dir, $2 its wsgi.py text, $3 current: the app that answers 503 until
+# the first release, and `current` pointing at it when there is no current yet.
+PLACEHOLDER = r'''
+mkdir -p "$1" && printf '%s' "$2" > "$1/wsgi.py" || exit 1
+if [ ! -e "$3" ] && [ ! -L "$3" ]; then ln -s "$1" "$3" && echo "current -> $1"; fi
+true
+'''
+
+PLACEHOLDER_APP = """\
+# Served by railcar until the first release of this app is deployed (railcar.deploy).
+def application(environ, start_response):
+    body = b"no release deployed yet\\n"
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain"),
+                                               ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def layout_items(paths: Paths, config: DeployConfig, deployer: str, group: str) -> list[str]:
+    """The directories of the layout as OWNER:GROUP:MODE:PATH (see paths.Paths); `group`:
+    the deploy account's primary group."""
+    app = config.user
+    mine = f"{deployer}:{group}"
+    items = [f"{deployer}:{app}:750:{paths.root}"]
+    items += [f"{mine}:755:{d}" for d in (paths.releases, paths.venvs, paths.wheels)]
+    items += [f"{mine}:700:{paths.tmp}"]
+    items += [f"{app}:{app}:2770:{paths.shared}"]
+    items += [f"{app}:{app}:2770:{paths.shared}/{d}" for d in config.shared_dirs]
+    items += [f"{app}:{app}:750:{d}" for d in (paths.run, paths.log)]
+    return items
 
 
 def setup_host(host: Host) -> None:
     remote, paths, config = host.remote, host.paths, host.config
+    deployer = config.deploy_user or remote.login
+    root = remote.elevated("root")
+    as_deployer = remote.elevated(deployer)
     all_wheels = wheels(config)
+    content = envfile.render(host.env)
     known = None
+
+    def accounts():
+        web = config.nginx["user"] if config.nginx["enabled"] and config.nginx["user"] else ""
+        out = root.script(ACCOUNTS, config.user, deployer, paths.root, web,
+                          label="accounts").stdout.strip()
+        return "; ".join(out.splitlines()) or f"app {config.user}, deploy {deployer}: unchanged"
 
     def layout():
         nonlocal known
-        dirs = paths.layout() + [f"{paths.shared}/{d}" for d in config.shared_dirs]
-        created = remote.script(LAYOUT, *dirs, label="layout").stdout.split()
-        known = service.facts(remote, paths, all_wheels)
+        group = root.run(["id", "-gn", deployer]).stdout.strip()
+        out = root.script(LAYOUT, *layout_items(paths, config, deployer, group), label="layout")
+        created = [line for line in out.stdout.splitlines() if line.startswith("created")]
+        known = service.facts(as_deployer, paths, all_wheels)
         return f"created {len(created)} dir(s)" if created else "unchanged"
 
     def upload():
-        sent = service.upload_wheels(remote, paths, all_wheels, known)
+        sent = service.upload_wheels(as_deployer, paths, all_wheels, known)
         return f"uploaded {len(sent)} wheel(s)" if sent else "unchanged"
 
     def server_venv():
-        changed = service.ensure_server_venv(remote, paths, config, all_wheels[0], known)
+        changed = service.ensure_server_venv(as_deployer, paths, config, all_wheels[0], known)
         return f"installed {os.path.basename(all_wheels[0])}" if changed else "unchanged"
+
+    def environment():
+        app = remote.elevated(config.user)
+        changed = app.write(paths.env_file, content, mode=0o600, private=True)
+        as_deployer.write(paths.env_sum, envfile.sum_file(content), mode=0o600, private=True)
+        names = ", ".join(sorted(host.env)) or "empty"
+        return f"{'wrote' if changed else 'unchanged'} {paths.env_file} (0600 {config.user}): " \
+               f"{names}"
+
+    def placeholder():
+        out = as_deployer.script(PLACEHOLDER, paths.placeholder, PLACEHOLDER_APP, paths.current,
+                                 label="placeholder").stdout.strip()
+        return out or "current exists"
 
     def unit():
         if not service.uses_systemd(remote, config):
-            return "no systemd: runs as `railcar start --daemon`"
-        return ("installed " if service.ensure_unit(remote, paths, config) else "unchanged ") \
+            return f"no systemd: runs as `railcar start --daemon` as {config.user}"
+        return ("installed " if service.ensure_unit(root, paths, config) else "unchanged ") \
             + service.unit_name(config)
 
     def start():
-        if known.current is None:
-            return "no release yet: the first deploy starts it"
-        return service.start(remote, paths, config).splitlines()[0]
+        return service.start(root, paths, config).splitlines()[0]
 
+    host.stage("accounts", f"app account {config.user}, deploy account {deployer}", accounts)
     host.stage("layout", f"directories under {paths.root}", layout)
     host.stage("wheels", "upload railcar's wheel", upload)
     host.stage("server", f"server virtualenv {paths.server_venv}", server_venv)
+    host.stage("env", "the app's env file (env, secrets)", environment)
+    host.stage("current", "a release, or the placeholder answering 503", placeholder)
     host.stage("service", "systemd unit or daemon", unit)
-    host.stage("start", "start the server if it has a release", start)
+    host.stage("start", f"start the server as {config.user} unless it runs", start)
     if config.nginx["enabled"]:
         host.stage("nginx", f"site {service.nginx_site(config)}, test, reload",
-                   lambda: service.ensure_nginx_site(remote, paths, config))
+                   lambda: service.ensure_nginx_site(root, paths, config))
 
 
 @task(help={"ref": "git ref to deploy (default: railcar.ref)"})
@@ -169,7 +278,7 @@ def deploy(c, ref=None):
         return
     reporter = Reporter()
     try:
-        hosts = _hosts(connections, reporter)
+        hosts = _hosts(connections, reporter, with_env=True)
         first = hosts[0].config
         workdir = build.local_workdir()
         with workdir as tmp:
