@@ -1,7 +1,10 @@
 """The local demo (run it with demo/run.sh, which installs what it needs first).
 
-    1. start a loopback SSH host: OpenSSH sshd on 127.0.0.1 with generated keys
-    2. `fab setup` and `fab deploy` examples/flaskapp onto it (this repo's fabfile/)
+    1. start a loopback SSH host: OpenSSH sshd on 127.0.0.1 with generated keys, its host key
+       recorded in the generated known_hosts (checked on every connection)
+    2. `fab setup` and `fab deploy` examples/flaskapp onto it (this repo's fabfile/); run as
+       root, setup creates an app account for it (removed at the end), and the server and
+       the app run as that account; run as another user, that user is all three roles
     3. change the app, and `fab deploy` it again while a load generator hammers the site
     4. check that the new version is live and that no request failed
     5. stop the railcar server and sshd (by pid) and remove the temp dir
@@ -11,8 +14,10 @@ Traffic goes to 127.0.0.1 only. Exits 1 if a step fails or a request failed.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -114,22 +119,38 @@ def stop_server(deploy_to: Path) -> None:
                 pass
 
 
+def app_account() -> str:
+    """The account the app runs as: as root, a new one `fab setup` creates (never root);
+    otherwise this user, who then is the deploy and the app account alike."""
+    return f"rcdemo{secrets.token_hex(3)}" if os.geteuid() == 0 else getpass.getuser()
+
+
+def remove_account(name: str) -> None:
+    if os.geteuid() == 0 and name != getpass.getuser():
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+
+
 def run(workdir: Path) -> bool:
     step("starting a loopback SSH host (OpenSSH sshd on 127.0.0.1)")
     hosts = SshHosts(workdir / "ssh")
+    user = app_account()
     try:
         host = hosts.start(HOST)
-        print(f"{HOST}: 127.0.0.1:{host.port}, deploy root {host.deploy_to}")
-        return deploy_twice(workdir, hosts, host)
+        print(f"{HOST}: 127.0.0.1:{host.port}, deploy root {host.deploy_to}, host key in "
+              f"{hosts.known_hosts}")
+        return deploy_twice(workdir, hosts, host, user)
     finally:
         step("cleaning up")
         if HOST in hosts.hosts:
             stop_server(hosts.hosts[HOST].deploy_to)
         hosts.stop_all()
-        print("stopped the railcar server and sshd")
+        remove_account(user)
+        print("stopped the railcar server and sshd" +
+              (f", removed the account {user}" if user != getpass.getuser() else ""))
 
 
-def deploy_twice(workdir: Path, hosts: SshHosts, host) -> bool:
+def deploy_twice(workdir: Path, hosts: SshHosts, host, user: str) -> bool:
     app = workdir / "app"
     shutil.copytree(REPO / "examples" / "flaskapp", app)
     git(app, "init", "-q")
@@ -141,9 +162,10 @@ def deploy_twice(workdir: Path, hosts: SshHosts, host) -> bool:
     config = workdir / "demo.yaml"
     config.write_text(json.dumps({"railcar": {
         "source": str(app), "ref": "HEAD", "deploy_to": str(host.deploy_to),
-        "bind": [f"127.0.0.1:{port}"], "wheel": wheel, "systemd": False}}, indent=2))
+        "bind": [f"127.0.0.1:{port}"], "wheel": wheel, "systemd": False,
+        "user": user}}, indent=2))
 
-    step("fab setup: layout, server virtualenv, service")
+    step(f"fab setup: app account {user}, layout, server virtualenv, env file, service")
     fab(config, hosts.ssh_config, "setup")
     step(f"fab deploy: version 1 ({commit_version(app, '1')})")
     first = fab(config, hosts.ssh_config, "deploy")

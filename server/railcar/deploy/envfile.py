@@ -17,12 +17,17 @@ import hashlib
 import secrets as random
 
 
+def quote(value: str) -> str:
+    """A value in double quotes, `"` and `\\` escaped with `\\` (what the server reads back
+    exactly, whatever the value holds but a newline)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
 
 def render(env: dict[str, str]) -> str:
     """The env file: a header, then KEY="VALUE" per variable (values are single lines)."""
     lines = ["# The app's environment, written by railcar.deploy (env and secrets of "
              "fabric.yaml).", "# Mode 0600, owned by the app account; edits are replaced."]
-    lines += [f'{name}="{value}"' for name, value in sorted(env.items())]
+    lines += [f"{name}={quote(value)}" for name, value in sorted(env.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -47,4 +52,3 @@ def matches(sum_text: str | None, content: str) -> bool:
     except ValueError:
         return False
     return digest(salt, content) == recorded
-

@@ -17,7 +17,8 @@
     finish   (every host)
       cleanup  keep keep_releases good releases, drop failed/incomplete ones and unused venvs
       nginx    (railcar.nginx.enabled) render the site on the host, install it if changed,
-               nginx -t, reload; a failed test keeps the old site
+               nginx -t, reload; a failed test keeps the old site (as root; a deploy
+               account only warns when it is out of date: `fab setup` installs it)
       unlock   release the lock
 
 A failure before `swap` leaves `current` untouched on every host and marks the release
@@ -376,8 +377,11 @@ def finish(host: Host) -> None:
                lambda: stage_cleanup(host))
     try:
         if host.config.nginx["enabled"]:
-            host.stage("nginx", f"site {service.nginx_site(host.config)}, test, reload",
-                       lambda: service.ensure_nginx_site(host.remote, host.paths, host.config))
+            install = host.remote.login == "root"   # only root writes under /etc
+            host.stage("nginx", f"site {service.nginx_site(host.config)}, "
+                       + ("test, reload" if install else "up to date?"),
+                       lambda: service.ensure_nginx_site(host.remote, host.paths, host.config,
+                                                         install=install))
     finally:
         host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))
 

@@ -207,7 +207,12 @@ def layout_items(paths: Paths, config: DeployConfig, deployer: str, group: str) 
 def setup_host(host: Host) -> None:
     remote, paths, config = host.remote, host.paths, host.config
     deployer = config.deploy_user or remote.login
-    root = remote.elevated("root")
+    # One account for all three roles but root (deploy = app = SSH user), no unit and no
+    # nginx site: nothing needs root, so setup runs without (and checks the accounts only).
+    systemd = service.uses_systemd(remote, config)
+    alone = remote.login == deployer == config.user and remote.login != "root" \
+        and not config.nginx["enabled"] and not systemd
+    root = remote if alone else remote.elevated("root")
     as_deployer = remote.elevated(deployer)
     all_wheels = wheels(config)
     content = envfile.render(host.env)
@@ -249,7 +254,7 @@ def setup_host(host: Host) -> None:
         return out or "current exists"
 
     def unit():
-        if not service.uses_systemd(remote, config):
+        if not systemd:
             return f"no systemd: runs as `railcar start --daemon` as {config.user}"
         return ("installed " if service.ensure_unit(root, paths, config) else "unchanged ") \
             + service.unit_name(config)
