@@ -25,6 +25,9 @@ from loadgen import Load
 from railcar.deploy.loopback import SshHosts
 
 FAB = str(Path(sys.executable).parent / "fab")
+# The hosts' interpreter for the virtualenvs: one every account may run (this run's own
+# may live under /root, which the app account cannot reach).
+HOST_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else "python3"
 APP = '''
 import os
 {extra}
@@ -93,6 +96,7 @@ ssh_config_path: {self.ssh.ssh_config}
 railcar:
   app: site
   user: {self.user}
+  python: {HOST_PYTHON}
   source: {self.app}
   wheelhouse: {self.wheelhouse}
   pip_args: [--no-index]

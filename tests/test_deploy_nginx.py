@@ -127,13 +127,14 @@ def test_setup_and_deploy_install_the_nginx_site(web):
     site, nginx = web
     started = time.monotonic()
     output = site.fab("-H", "host1", "setup")
-    assert "nginx    ok" in output and "no release yet" in output
-    assert list(nginx.sites.iterdir()) == []
+    installed = nginx.sites / "railcar-site.conf"
+    # before the first release the site leads to the placeholder, which answers 503
+    assert f"installed {installed}, nginx reloaded" in output
+    wait_for(lambda: nginx.get("site.test")[0] == 503, 15, what="the placeholder via nginx")
 
     site.commit("1")
     output = site.fab("-H", "host1", "deploy")
-    installed = nginx.sites / "railcar-site.conf"
-    assert f"installed {installed}, nginx reloaded" in output
+    assert f"unchanged {installed}" in output
     text = installed.read_text()
     # rendered on the host from the server's command line: the host's socket, our names
     assert f"server unix:{site.root()}/run/app.sock" in text

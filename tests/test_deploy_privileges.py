@@ -239,12 +239,19 @@ def test_unit_runs_as_the_app_account_sandboxed_and_verifies(hosts, tmp_path):
 
 
 # --- host keys ------------------------------------------------------------------------------
-def ssh_config_with(site: Site, known_hosts: Path) -> Path:
-    """The loopback ssh_config, with its hosts' keys expected in `known_hosts` instead."""
-    path = site.workdir / f"ssh_config-{known_hosts.name}"
-    path.write_text(site.ssh.ssh_config.read_text().replace(
-        str(site.ssh.known_hosts), str(known_hosts)))
-    return path
+class KnownHosts:
+    """The loopback hosts' known_hosts file (their ssh_config's UserKnownHostsFile), changed
+    for a test and put back afterwards."""
+
+    def __init__(self, site: Site):
+        self.path = site.ssh.known_hosts
+        self.saved = self.path.read_text()
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *exc):
+        self.path.write_text(self.saved)
 
 
 def fingerprint(pub: Path) -> str:
@@ -259,57 +266,59 @@ def test_a_changed_host_key_is_refused_before_upload(hosts, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
                    check=True)
-    wrong = tmp_path / "known_hosts_wrong"
-    wrong.write_text(f"[127.0.0.1]:{host.port} " + " ".join(
-        (tmp_path / "other_key.pub").read_text().split()[:2]) + "\n")
     releases = sorted(os.listdir(hosts.root / "releases"))
     hosts.commit("4")
-    for env in ({}, {"RAILCAR_TRUST_NEW_HOSTS": "1"}):   # trust on first use changes nothing
-        output = site.fab("-S", str(ssh_config_with(site, wrong)), "-H",
-                          f"{hosts.deployer}@host1", "deploy", ok=False,
-                          env={**WITH_SECRET, **env})
-        assert "HOST KEY CHANGED" in output and "host1" in output
-        assert fingerprint(host.host_key.with_suffix(".pub")) in output
-        assert "upload" not in output
+    with KnownHosts(site) as known_hosts:
+        known_hosts.write_text(f"[127.0.0.1]:{host.port} " + " ".join(
+            (tmp_path / "other_key.pub").read_text().split()[:2]) + "\n")
+        for env in ({}, {"RAILCAR_TRUST_NEW_HOSTS": "1"}):  # trust on first use changes nothing
+            output = hosts.fab(hosts.deployer, "deploy", ok=False, env={**WITH_SECRET, **env})
+            assert "HOST KEY CHANGED" in output and "host1" in output
+            assert fingerprint(host.host_key.with_suffix(".pub")) in output
+            assert fingerprint(other.with_suffix(".pub")) in output
+            assert "upload" not in output and "lock     ok" not in output
     assert sorted(os.listdir(hosts.root / "releases")) == releases
     assert list((hosts.root / "tmp").iterdir()) == []
 
 
-def test_an_unknown_host_is_refused_unless_trusted_on_first_use(hosts, tmp_path):
+def test_an_unknown_host_is_refused_unless_trusted_on_first_use(hosts):
     site = hosts.site
     host = site.hosts["host1"]
-    empty = tmp_path / "known_hosts_empty"
-    empty.write_text("")
-    ssh_config = str(ssh_config_with(site, empty))
-    output = site.fab("-S", ssh_config, "-H", f"{hosts.deployer}@host1", "releases", ok=False)
     expected = fingerprint(host.host_key.with_suffix(".pub"))
-    assert "unknown host key" in output and expected in output
-    assert "RAILCAR_TRUST_NEW_HOSTS=1" in output and empty.read_text() == ""
-    output = site.fab("-S", ssh_config, "-H", f"{hosts.deployer}@host1", "releases",
-                      env={"RAILCAR_TRUST_NEW_HOSTS": "1"})
-    assert "trust on first use: recorded" in output and expected in output
-    assert f"[127.0.0.1]:{host.port} ssh-ed25519 " in empty.read_text()
-    # remembered: checked against the recorded key from now on, without the switch
-    output = site.fab("-S", ssh_config, "-H", f"{hosts.deployer}@host1", "releases")
-    assert "recorded" not in output and "good" in output
+    with KnownHosts(site) as known_hosts:
+        known_hosts.write_text("")
+        output = hosts.fab(hosts.deployer, "deploy", ok=False)
+        assert "unknown host key" in output and expected in output and "host1" in output
+        assert "RAILCAR_TRUST_NEW_HOSTS=1" in output and known_hosts.read_text() == ""
+        assert "lock     ok" not in output
+        output = hosts.fab(hosts.deployer, "releases", env={"RAILCAR_TRUST_NEW_HOSTS": "1"})
+        assert "trust on first use: recorded" in output and expected in output
+        assert f"[127.0.0.1]:{host.port} ssh-ed25519 " in known_hosts.read_text()
+        # remembered: checked against the recorded key from now on, without the switch
+        output = hosts.fab(hosts.deployer, "releases")
+        assert "recorded" not in output and "good" in output
 
 
-def test_project_known_hosts_file_and_trust_key(hosts, tmp_path):
+def test_project_known_hosts_file_and_trust_key(hosts):
     """railcar.known_hosts: a project file checked besides the user's; trust_new_hosts: true
     records new keys there."""
     site = hosts.site
     project_file = site.project / "known_hosts"
-    project_file.unlink(missing_ok=True)
-    ssh_config = str(ssh_config_with(site, Path("/dev/null")))
     extra = site.extra
-    site.extra = extra + "  known_hosts: known_hosts\n  trust_new_hosts: true\n"
-    site.write_config()
     try:
-        output = site.fab("-S", ssh_config, "-H", f"{hosts.deployer}@host1", "releases")
-        assert f"in {project_file}" in output and project_file.exists()
-        site.extra = extra + "  known_hosts: known_hosts\n"
-        site.write_config()
-        site.fab("-S", ssh_config, "-H", f"{hosts.deployer}@host1", "releases")
+        with KnownHosts(site) as known_hosts:
+            known_hosts.write_text("")
+            site.extra = extra + "  known_hosts: known_hosts\n"
+            site.write_config()
+            assert "unknown host key" in hosts.fab(hosts.deployer, "releases", ok=False)
+            site.extra = extra + "  known_hosts: known_hosts\n  trust_new_hosts: true\n"
+            site.write_config()
+            output = hosts.fab(hosts.deployer, "releases")
+            assert f"in {project_file}" in output and project_file.exists()
+            assert known_hosts.read_text() == ""
+            site.extra = extra + "  known_hosts: known_hosts\n"
+            site.write_config()
+            assert "good" in hosts.fab(hosts.deployer, "releases")
     finally:
         site.extra = extra
         site.write_config()
