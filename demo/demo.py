@@ -125,6 +125,12 @@ def app_account() -> str:
     return f"rcdemo{secrets.token_hex(3)}" if os.geteuid() == 0 else getpass.getuser()
 
 
+def host_python() -> str:
+    """The interpreter of the host's virtualenvs: the system's, which every account may run
+    (a python3 under /root, as pyenv installs it, is out of the app account's reach)."""
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else "python3"
+
+
 def remove_account(name: str) -> None:
     if os.geteuid() == 0 and name != getpass.getuser():
         subprocess.run(["userdel", name], capture_output=True, timeout=30)
@@ -163,7 +169,7 @@ def deploy_twice(workdir: Path, hosts: SshHosts, host, user: str) -> bool:
     config.write_text(json.dumps({"railcar": {
         "source": str(app), "ref": "HEAD", "deploy_to": str(host.deploy_to),
         "bind": [f"127.0.0.1:{port}"], "wheel": wheel, "systemd": False,
-        "user": user}}, indent=2))
+        "user": user, "python": host_python()}}, indent=2))
 
     step(f"fab setup: app account {user}, layout, server virtualenv, env file, service")
     fab(config, hosts.ssh_config, "setup")

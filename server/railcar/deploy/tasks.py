@@ -238,6 +238,13 @@ def setup_host(host: Host) -> None:
 
     def server_venv():
         changed = service.ensure_server_venv(as_deployer, paths, config, all_wheels[0], known)
+        # the app account runs this interpreter: a python3 under /root (pyenv) it cannot reach
+        # would fail only at start, with a bare "Permission denied"
+        if not remote.elevated(config.user).test([paths.server_python, "-c", ""]):
+            raise DeployError(f"[{host.name}] the app account {config.user} cannot run "
+                              f"{paths.server_python} (made from railcar.python "
+                              f"{config.python!r}): set railcar.python to an interpreter "
+                              "every account can run, e.g. /usr/bin/python3")
         return f"installed {os.path.basename(all_wheels[0])}" if changed else "unchanged"
 
     def environment():
