@@ -92,3 +92,39 @@ class Load:
 
     def started_after(self, moment: float) -> list[Outcome]:
         return [o for o in self.outcomes if o.started >= moment]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python loadgen.py HOST PORT --stop-file F`: run a Load until F exists (or the bounds
+    are reached), then print its outcome as JSON: a load in another network namespace
+    (`ip netns exec NS python loadgen.py ...`) reports back to the test that started it."""
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument("--stop-file", required=True)
+    args = parser.parse_args(argv)
+    load = Load(args.host, args.port, args.path, clients=args.clients,
+                max_seconds=args.max_seconds).start()
+    while load._running() and not os.path.exists(args.stop_file):
+        time.sleep(0.1)
+    load.stop()
+    failures = load.failures()
+    print(json.dumps({
+        "requests": len(load.outcomes),
+        "failures": len(failures),
+        "first_failures": [{"status": o.status, "error": o.error, "body": o.body[:200].decode(
+            "utf-8", "replace")} for o in failures[:5]],
+        "bodies": sorted({o.body.decode("utf-8", "replace") for o in load.outcomes
+                          if o.status == 200})[:20],
+    }))
+
+
+if __name__ == "__main__":
+    main()

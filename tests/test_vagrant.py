@@ -22,21 +22,69 @@ from railcar.deploy.loopback import SshHosts
 VAGRANT_DIR = REPO / "vagrant"
 
 
+def validate(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    for name in ("Vagrantfile", "provision.sh", "build-box.sh"):
+        shutil.copy(VAGRANT_DIR / name, tmp_path / name)
+    return subprocess.run(["vagrant", "validate", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "VAGRANT_HOME": str(tmp_path / ".vagrant.d"),
+                               "VAGRANT_CHECKPOINT_DISABLE": "1", **env})
+
+
 @pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed "
                     "(apt-get install vagrant)")
 def test_vagrantfile_validates(tmp_path):
-    # No VM provider (VirtualBox) runs here or in CI: validate the Vagrantfile itself.
-    for name in ("Vagrantfile", "provision.sh"):
-        shutil.copy(VAGRANT_DIR / name, tmp_path / name)
-    result = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "VAGRANT_HOME": str(tmp_path / ".vagrant.d")})
+    # VirtualBox does not run here or in CI: validate the Vagrantfile itself.
+    result = validate(tmp_path, "--ignore-provider")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout
 
 
-def test_provision_script_is_valid_bash():
-    subprocess.run(["bash", "-n", str(VAGRANT_DIR / "provision.sh")], check=True, timeout=30)
+def vagrant_libvirt_missing() -> bool:
+    if shutil.which("vagrant") is None:
+        return True
+    plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True,
+                             timeout=120).stdout
+    return "vagrant-libvirt" not in plugins
+
+
+@pytest.mark.skipif(vagrant_libvirt_missing(), reason="vagrant or the vagrant-libvirt plugin "
+                    "is not installed (apt-get install vagrant vagrant-libvirt)")
+@pytest.mark.parametrize("accel", ["tcg", "kvm", "auto"])
+def test_vagrantfile_validates_for_libvirt(tmp_path, accel):
+    result = validate(tmp_path, VAGRANT_DEFAULT_PROVIDER="libvirt", RAILCAR_VM_ACCEL=accel)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
+def test_vagrantfile_refuses_an_unknown_accel(tmp_path):
+    result = validate(tmp_path, VAGRANT_DEFAULT_PROVIDER="libvirt", RAILCAR_VM_ACCEL="hvf")
+    assert result.returncode != 0
+    assert "RAILCAR_VM_ACCEL must be kvm, tcg or auto" in result.stdout + result.stderr
+
+
+def test_box_path_names_the_inputs(tmp_path):
+    # The cached box is named after the script's hash: an edit makes a new box.
+    env = {**os.environ, "RAILCAR_BOX_CACHE": str(tmp_path)}
+    env.pop("SUDO_USER", None)
+    script = tmp_path / "build-box.sh"
+    shutil.copy(VAGRANT_DIR / "build-box.sh", script)
+
+    def path() -> str:
+        return subprocess.run([str(script), "--path"], capture_output=True, text=True,
+                              env=env, timeout=30, check=True).stdout.strip()
+
+    first = path()
+    assert first.startswith(f"{tmp_path}/railcar-bookworm-") and first.endswith(".box")
+    assert path() == first
+    script.write_text(script.read_text() + "# changed\n")
+    assert path() != first
+
+
+@pytest.mark.parametrize("script", ["provision.sh", "build-box.sh", "libvirt-host.sh"])
+def test_scripts_are_valid_bash(script):
+    subprocess.run(["bash", "-n", str(VAGRANT_DIR / script)], check=True, timeout=30)
 
 
 def provision_allowed() -> str | None:
