@@ -4,6 +4,7 @@ writes (on its channel or its output) breaks the master."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import time
 
 import requests
 
-from conftest import free_port, wait_for, write_app
+from conftest import free_port, railcar_command, wait_for, write_app
 from loadgen import Load
 from railcar.control import client
 
@@ -49,14 +50,18 @@ def test_overlapping_status_calls_each_get_their_own_reply(railcar, tmp_path):
                              workers_ready=4)
     load = Load("127.0.0.1", server.port, clients=4, max_seconds=60).start()
     try:
+        cli = [subprocess.Popen(railcar_command() + ["status", "--json", "--admin-socket",
+                                                     server.admin_socket],
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
         answers = overlapping_status(server.admin_socket, clients=8, rounds=6)
+        answers += [json.loads(proc.communicate(timeout=30)[0]) for proc in cli]
     finally:
         load.stop()
-    assert len(answers) == 48
+    assert len(answers) == 52
     rows = [w for answer in answers for app in answer["apps"] for w in app["workers"]
             if w["state"] == "ready"]
     missing = [w for w in rows if w["requests"] is None or w["in_flight"] is None]
-    assert len(rows) >= 48 * 4 and not missing, f"{len(missing)} of {len(rows)}: {missing[:3]}"
+    assert len(rows) >= 52 * 4 and not missing, f"{len(missing)} of {len(rows)}: {missing[:3]}"
     assert not load.failures(), load.failures()[:3]
     server.stop()
 
@@ -227,3 +232,26 @@ def test_a_pid_a_preloader_lies_about_is_never_signalled(railcar, tmp_path):
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_channel_drops_bad_lines_and_reads_on():
+    import socket
+
+    from railcar.channel import Channel
+
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours, max_line=64 * 1024)
+    bad = []
+    lines = [b"nonsense", b"[1]", b"[" * 50000, b'{"a":' * 20 + b"1" + b"}" * 20,
+             b"x" * 500000, b'{"event": "ready"}']
+    def send():
+        theirs.sendall(b"\n".join(lines) + b"\n")
+        theirs.close()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert list(channel.messages(on_bad=bad.append)) == [{"event": "ready"}]
+    sender.join(timeout=10)
+    assert [str(e).split(" ")[0] for e in bad] == ["not", "not", "not", "nested", "a"]
+    assert "500000 bytes, over the limit of 65536" in str(bad[-1])
+    channel.close()

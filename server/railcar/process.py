@@ -392,7 +392,7 @@ class ForkedProcess:
                 signal.pidfd_send_signal(self.pidfd, sig)
             else:
                 self.ps.send_signal(sig)
-        except (ProcessLookupError, psutil.NoSuchProcess):
+        except (ProcessLookupError, psutil.Error):
             pass    # gone already (its pid may belong to another process by now)
 
 

@@ -43,6 +43,7 @@ def response(status: str, body: bytes, content_type: str = "text/plain; charset=
 
 
 BAD_REQUEST = response("400 Bad Request", b"bad request\n")
+INTERNAL_ERROR = response("500 Internal Server Error", b"internal error\n")
 HEAD_TOO_LARGE = response("431 Request Header Fields Too Large", b"request head too large\n")
 
 
@@ -109,7 +110,13 @@ class Responder:
     def _serve(self, sock) -> None:
         try:
             with gevent.Timeout(self.deadline, False):
-                reply = self._reply(sock)
+                try:
+                    reply = self._reply(sock)
+                except OSError:
+                    raise
+                except Exception:
+                    self.log.exception("%s: answering a request failed", self.name)
+                    reply = INTERNAL_ERROR
                 if reply:
                     sock.sendall(reply)
         except OSError:
