@@ -169,7 +169,7 @@ def deploy_twice(workdir: Path, hosts: SshHosts, host, user: str) -> bool:
     config.write_text(json.dumps({"railcar": {
         "source": str(app), "ref": "HEAD", "deploy_to": str(host.deploy_to),
         "bind": [f"127.0.0.1:{port}"], "wheel": wheel, "systemd": False,
-        "user": user, "python": host_python()}}, indent=2))
+        "user": user, "deploy_user": getpass.getuser(), "python": host_python()}}, indent=2))
 
     step(f"fab setup: app account {user}, layout, server virtualenv, env file, service")
     fab(config, hosts.ssh_config, "setup")
