@@ -65,3 +65,25 @@ def test_multi_app_config_names_the_app(tmp_path):
         config.load(cli(config=str(path)), None)
     assert "(two)" in str(error.value) and "root" in str(error.value)
     assert str(path) in str(error.value)
+
+
+def test_body_limits_reach_the_worker_limits(tmp_path):
+    (tmp_path / "railcar.toml").write_text(
+        "[app]\nclient_body_timeout = 7.5\nclient_body_min_rate = 0\n")
+    [app] = config.load(cli(), str(tmp_path)).apps
+    assert app.limits["client_body_timeout"] == 7.5
+    assert app.limits["client_body_min_rate"] == 0
+    [app] = config.load(cli(client_body_timeout="3"), str(tmp_path)).apps
+    assert app.limits["client_body_timeout"] == 3.0
+    (tmp_path / "plain").mkdir()
+    [app] = config.load(cli(), str(tmp_path / "plain")).apps
+    assert (app.limits["client_body_timeout"], app.limits["client_body_min_rate"]) == (60.0, 500)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"client_body_timeout": "0"}, "--client-body-timeout"),
+    ({"client_body_min_rate": "-1"}, "--client-body-min-rate"),
+])
+def test_bad_body_limits_name_the_option(tmp_path, values, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(cli(**values), str(tmp_path))
