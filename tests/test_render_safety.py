@@ -246,3 +246,41 @@ def test_logrotate_script_quotes_the_pid_file(base):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"app": "shop\n"}, "railcar.app"),
+    ({"app": "shop", "nginx": {"server_names": ["shop.example.com\n"]}},
+     "railcar.nginx.server_names"),
+    ({"app": "shop", "nginx": {"listen": "80\n"}}, "railcar.nginx.listen"),
+])
+def test_fabric_yaml_values_with_a_trailing_newline_are_refused(settings, key):
+    """`$` in a regex matches before a final newline: every check is a full match."""
+    from railcar.deploy.settings import ConfigError, validate
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate({"source": "/"} | settings, lambda _: "fabric.yaml", None)
+
+
+def test_render_refuses_a_value_that_bypassed_the_settings(base):
+    """Code may build a ServerConfig itself: render() checks again (trailing newline, a name
+    that is no name), and the template guard refuses any control character."""
+    from railcar import config as config_module
+    from railcar.render import RenderError, render
+    from railcar.settings import SETTINGS
+    path = write_config(base / "railcar.toml", [{"name": "shop", "root": "app"}],
+                        {"run_dir": str(base / "run")})
+    values = {s.name: None for s in SETTINGS} | {"config": str(path)}
+    for change, message in ((lambda app: app.binds.__setitem__(0, "unix:/tmp/x.sock\n"),
+                             "socket path"),
+                            (lambda app: setattr(app, "name", "shop\nlisten 81;"), "name"),
+                            (lambda app: app.server_names.append("a.example.com\n"),
+                             "server name")):
+        server = config_module.load(values, None)
+        change(server.apps[0])
+        for kind in ("nginx", "apache"):
+            with pytest.raises(RenderError, match=message):
+                render(kind, server)
+    server = config_module.load(values, None)
+    server.config_file = str(path) + "\nExecStartPre=/bin/true"
+    with pytest.raises(RenderError, match="control character"):
+        render("nginx", server)

@@ -44,7 +44,7 @@ KINDS = {"nginx": "nginx-site.conf.j2", "apache": "apache-vhost.conf.j2",
 DEFAULT_LISTEN = {"nginx": "80", "apache": "*:80"}
 DEFAULT_PROXY_TIMEOUT = 300     # seconds nginx/Apache wait on a request without a time limit
 # What may appear unquoted in a web server config: no spaces, quotes, ; { } $ or #.
-_SAFE = re.compile(r"^[A-Za-z0-9_./:@%+=,\-\[\]*~]+$")
+_SAFE = re.compile(r"[A-Za-z0-9_./:@%+=,\-\[\]*~]+")  # fullmatch: `$` would pass "x\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A word systemd takes as it is in ExecStart= (anything else is double-quoted).
 _SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_./:@+=,\-]+")
@@ -74,7 +74,7 @@ class AppView:
 
 
 def _safe(value: str, app: str | None, what: str) -> str:
-    if not _SAFE.match(value):
+    if not _SAFE.fullmatch(value):
         where = f"app {app!r}: " if app else ""
         raise RenderError(f"{where}{what} {value!r} has characters a web server config "
                           "cannot take unquoted (spaces, quotes, ; { } $ #, control characters)")
@@ -91,9 +91,9 @@ def _name(name: str, where: str) -> str:
 def _listen(value: str) -> str:
     """nginx `listen` / Apache <VirtualHost> address: safe words separated by spaces."""
     words = value.split(" ")
-    if not all(word and _SAFE.match(word) for word in words):
+    if not all(word and _SAFE.fullmatch(word) for word in words):
         raise RenderError(f"option --listen: {value!r} has characters a web server config "
-                          "cannot take (quotes, ; {{ }} $ #, control characters)")
+                          "cannot take (quotes, ; { } $ #, control characters)")
     return value
 
 

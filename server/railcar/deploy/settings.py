@@ -14,6 +14,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..settings import APP_NAME  # the same names as the server takes
+
 DEFAULTS: dict[str, Any] = {
     "app": None,                  # app name: service name, admin socket, status
     "source": ".",                # a local git repo (archive of `ref`) or a plain directory
@@ -59,7 +61,6 @@ NGINX_DEFAULTS: dict[str, Any] = {
     "user": "www-data",                       # nginx's workers' account: joins the app's group
 }
 
-APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ConfigError(Exception):
@@ -67,7 +68,7 @@ class ConfigError(Exception):
 
 
 def _name(value):
-    if not isinstance(value, str) or not APP_NAME.match(value):
+    if not isinstance(value, str) or not APP_NAME.fullmatch(value):
         raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
     return value
 
@@ -224,9 +225,9 @@ def _nginx(value):
         except (TypeError, ValueError) as exc:
             raise SubkeyError(key, f"{exc} (got {raw!r})") from None
     for name in out["server_names"]:
-        if not re.match(r"^[A-Za-z0-9*_.~-]+$", name):
+        if not re.fullmatch(r"[A-Za-z0-9*_.~-]+", name):
             raise SubkeyError("server_names", f"{name!r} is not a host name")
-    if not re.match(r"^[A-Za-z0-9_.:\[\]]+$", out["listen"]):
+    if not re.fullmatch(r"[A-Za-z0-9_.:\[\]]+", out["listen"]):
         raise SubkeyError("listen", f"{out['listen']!r} is not an nginx listen address")
     return out
 
