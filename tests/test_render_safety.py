@@ -80,9 +80,10 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key, value", BAD_VALUES, ids=[f"{k}-{i}" for i, (k, _) in
-                                                        enumerate(BAD_VALUES)])
-@pytest.mark.parametrize("kind", ["nginx", "apache", "systemd"])
+@pytest.mark.parametrize("key, value, kind", [
+    (key, value, ("nginx", "apache", "systemd")[index % 3])
+    for index, (key, value) in enumerate(BAD_VALUES)],
+    ids=[f"{key}-{index}" for index, (key, _) in enumerate(BAD_VALUES)])
 def test_bad_value_is_refused_naming_key_and_file(base, kind, key, value):
     config = write_config(base / "railcar.toml", [{"name": "shop", "root": "app", key: value}],
                           {"run_dir": str(base / "run")})
