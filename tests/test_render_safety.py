@@ -285,3 +285,16 @@ def test_render_refuses_a_value_that_bypassed_the_settings(base):
     server.config_file = str(path) + "\nExecStartPre=/bin/true"
     with pytest.raises(RenderError, match="control character"):
         render("nginx", server)
+
+
+@pytest.mark.parametrize("account", [{"user": "shop\nExecStartPre=/bin/true"},
+                                     {"user": "shop", "group": "www data"},
+                                     {"user": "-shop"}])
+def test_unit_account_names_are_checked(account):
+    from railcar.render import RenderError
+    with pytest.raises(RenderError, match="user|group"):
+        render_systemd_unit(["/usr/bin/railcar", "start"], ["shop"], 60, 30, "shop", "a test",
+                            **account)
+    text = render_systemd_unit(["/usr/bin/railcar", "start"], ["shop"], 60, 30, "shop",
+                               "a test", user="shop", group="www-data")
+    assert "User=shop\n" in text and "Group=www-data\n" in text

@@ -49,6 +49,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A word systemd takes as it is in ExecStart= (anything else is double-quoted).
 _SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_./:@+=,\-]+")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\-]+")
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}|[0-9]{1,10}")  # User=, Group=
 
 
 class RenderError(Exception):
@@ -227,9 +228,13 @@ def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: floa
         if not _UNIT_NAME.fullmatch(runtime_directory):
             raise RenderError(f"run_dir {run_dir!r}: systemd's RuntimeDirectory= cannot take "
                               "that name (letters, digits, '.', '_', '-' only)")
+    for key, account in (("user", user), ("group", group)):
+        if account is not None and not _ACCOUNT.fullmatch(account):
+            raise RenderError(f"{key} {account!r} is not an account name systemd takes "
+                              "(letters, digits, '_', '.', '-', or a number)")
     return dict(
         exec_start=exec_start, rendered_by=rendered_by, user=user, group=group or user,
-        read_write_paths=[_safe(path, "-", "writable path") for path in read_write_paths or []],
+        read_write_paths=[_safe(path, None, "writable path") for path in read_write_paths or []],
         start_timeout=int(boot_timeout + 30), stop_timeout=int(graceful_timeout + 30),
         runtime_directory=runtime_directory)
 
