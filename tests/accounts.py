@@ -63,16 +63,22 @@ class Accounts:
         self.expected.append(name)
         return name
 
-    def login(self, prefix: str = "rc", sudo: bool = False) -> str:
+    def login(self, prefix: str = "rc", sudo: bool = False,
+              sudo_password: str | None = None) -> str:
         """A login account (home, /bin/sh) for SSH; `sudo`: its only power, a NOPASSWD rule
-        in /etc/sudoers.d (removed at the end)."""
+        in /etc/sudoers.d (removed at the end); `sudo_password`: a rule asking for that
+        password (the account's)."""
         name = self.expect(prefix)
         # password "*": none, but not locked ("!"), which sshd without PAM would refuse
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*",
                         name], check=True, timeout=30)
-        if sudo:
+        if sudo_password:
+            subprocess.run(["chpasswd"], input=f"{name}:{sudo_password}\n", text=True,
+                           check=True, timeout=30)
+        if sudo or sudo_password:
             rule = Path("/etc/sudoers.d") / name
-            rule.write_text(f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+            tag = "" if sudo_password else "NOPASSWD: "
+            rule.write_text(f"{name} ALL=(ALL:ALL) {tag}ALL\n")
             rule.chmod(0o440)
             self.sudo_rules.append(rule)
         return name

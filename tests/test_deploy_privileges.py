@@ -109,8 +109,10 @@ def hosts(tmp_path_factory, deploy_wheelhouse):  # noqa: F811
         deployer = site.accounts.login("rcd")
         site.ssh.allow(admin)
         site.ssh.allow(deployer)
+        # the hook fails the deploy unless it gets the secret (from a file, not argv)
         site.extra = (f"  deploy_user: {deployer}\n  secrets: [{SECRET_NAME}]\n"
-                      f"  env: {{PLAIN: plain-value}}\n")
+                      f"  env: {{PLAIN: plain-value}}\n"
+                      f"  hooks: ['test -n \"${SECRET_NAME}\" && echo hook got ${SECRET_NAME}']\n")
         site.add_host("host1")
         yield Hosts(site, admin, deployer)
     finally:
@@ -141,6 +143,18 @@ def test_setup_through_a_sudo_rule(hosts):
     # the server runs (the placeholder answers 503 until the first release), as the app
     assert hosts.assert_all_as_app() >= 2
     assert hosts.fab(hosts.admin, "setup").count("unchanged") >= 3
+
+
+def test_setup_with_a_sudo_password(hosts):
+    """A sudo rule that asks for a password: FABRIC_SUDO_PASSWORD gives it; without it,
+    setup fails saying how to give it."""
+    password = "pw-" + secrets.token_hex(8)
+    admin = hosts.site.accounts.login("rcp", sudo_password=password)
+    hosts.site.ssh.allow(admin)
+    output = hosts.fab(admin, "setup", ok=False)
+    assert "needs a password" in output and "FABRIC_SUDO_PASSWORD" in output
+    output = hosts.fab(admin, "setup", env={**WITH_SECRET, "FABRIC_SUDO_PASSWORD": password})
+    assert password not in output and "start    ok" in output
 
 
 def test_deploy_as_a_plain_user(hosts):

@@ -4,7 +4,8 @@ Fabric (paramiko) would accept any key (AutoAddPolicy) and never read known_host
 replaces that on a Connection before it connects:
 
 - the keys come from the user's known_hosts (ssh_config's UserKnownHostsFile for the host,
-  else ~/.ssh/known_hosts) and from the project file `railcar.known_hosts`, if set;
+  else ~/.ssh/known_hosts), the system's (ssh_config's GlobalKnownHostsFile, else
+  /etc/ssh/ssh_known_hosts) and the project file `railcar.known_hosts`, if set;
 - a known host whose key differs is refused, always (paramiko raises BadHostKeyException,
   turned into HostKeyError naming the host, both fingerprints and the file to fix);
 - an unknown host is refused with its fingerprint and how to trust it, unless
@@ -56,6 +57,13 @@ def user_files(connection) -> list[str]:
     return [os.path.expanduser(name) for name in names]
 
 
+def system_files(connection) -> list[str]:
+    """The system's known_hosts files (read, never written)."""
+    configured = connection.ssh_config.get("globalknownhostsfile")
+    names = configured.split() if isinstance(configured, str) else list(configured or [])
+    return names or ["/etc/ssh/ssh_known_hosts"]
+
+
 class _Policy(paramiko.MissingHostKeyPolicy):
     """Called by paramiko for a host none of the files knows."""
 
@@ -88,19 +96,21 @@ def guard(connection, label: str, project_file: str | None, trust_new: bool,
           say=print) -> None:
     """Make `connection` check host keys (see the module doc). Call before it connects."""
     files = user_files(connection)
+    record_in = files[0]
     if project_file:
         files.append(project_file)
+        record_in = project_file
     client = connection.client
     keys = client.get_host_keys()
-    for path in files:
+    for path in files + system_files(connection):
         if os.path.exists(path):
             try:
                 keys.load(path)
             except (OSError, paramiko.SSHException) as exc:
                 raise HostKeyError(f"[{label}] cannot read known_hosts file {path}: {exc}") \
                     from None
-    record_in = (project_file or files[0]) if trust_new else None
-    client.set_missing_host_key_policy(_Policy(label, files, record_in, say))
+    client.set_missing_host_key_policy(
+        _Policy(label, files, record_in if trust_new else None, say))
     connection._railcar_known_hosts = files
 
 
