@@ -73,6 +73,8 @@ BAD_VALUES = [
     ("server_names", ["shop.example.com\nserver_name evil.example.com"]),
     ("server_names", ["shop.example.com;"]),
     ("server_names", ["a\x0bb.example.com"]),
+    ("server_names", ["$host"]),
+    ("server_names", ["a.example.com#"]),
     ("static_url", "/static/\nlocation /x"),
     ("static_dir", "public\nalias /etc"),
     ("bind", ["unix:/tmp/x.sock\nserver 10.0.0.1:80"]),
@@ -122,6 +124,7 @@ def test_bad_render_option_is_refused(base, option, value):
     kind = {"--listen": "nginx", "--service": "logrotate", "--railcar": "systemd"}[option]
     result = config_cli(kind, "--config", str(config), option, value)
     assert result.returncode != 0 and option in result.stderr and result.stdout == ""
+    assert str(config) in result.stderr
 
 
 def test_start_refuses_a_bad_name_before_listening(base, railcar):

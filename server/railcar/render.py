@@ -275,4 +275,10 @@ def render(kind: str, server_config: ServerConfig, **options) -> str:
     if kind not in KINDS:
         raise RenderError(f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
     template = _environment().get_template(KINDS[kind])
-    return template.render(**_context(kind, server_config, options))
+    source = server_config.config_file or "the command line"
+    try:
+        return template.render(**_context(kind, server_config, options))
+    except RenderError as exc:  # say where the value came from, once
+        if str(exc).startswith(source):
+            raise
+        raise RenderError(f"{source}: {exc}") from None

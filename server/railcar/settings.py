@@ -83,6 +83,8 @@ def _tcp_bind(value: Any) -> str:
 # become a line of its own in a rendered nginx, Apache or systemd file.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A name nginx's server_name and Apache's ServerName/ServerAlias take unquoted.
+_HOST_NAME = re.compile(r"[A-Za-z0-9*_.~:\-]{1,253}")
 
 
 def _text(value: Any) -> str:
@@ -154,9 +156,9 @@ def _name_list(value: Any) -> list[str]:
     """Host names for the web server's `server_name`: a string or a list of strings."""
     items = [value] if isinstance(value, str) else list(value)
     for item in items:
-        if not isinstance(item, str) or not item or _CONTROL.search(item) \
-                or any(c.isspace() or c in ";{}\"'" for c in item):
-            raise ValueError(f"{item!r} is not a host name")
+        if not isinstance(item, str) or not _HOST_NAME.fullmatch(item):
+            raise ValueError(f"{item!r} is not a host name (letters, digits, '.', '-', '_', "
+                             "a '*' wildcard, ':PORT')")
     return items
 
 
