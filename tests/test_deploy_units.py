@@ -112,3 +112,55 @@ def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
                   if str(service) in line and "is not executable" not in line]
     assert not complaints, result.stdout + result.stderr
+
+
+def test_privilege_settings(tmp_path):
+    base = f"railcar:\n  app: Shop\n  source: {tmp_path}\n"
+    config = load(config_from_file(tmp_path, base))
+    assert config.user == "shop" and config.deploy_user is None        # default: the app's name
+    assert config.trust_new_hosts is False and config.known_hosts is None
+    config = load(config_from_file(tmp_path, base + "  known_hosts: keys/known_hosts\n"))
+    assert config.known_hosts == str(tmp_path / "keys" / "known_hosts")  # next to fabric.yaml
+    for body, words in (("user: root", ["railcar.user", "never runs as root"]),
+                        ("secrets: [A-B]", ["railcar.secrets", "not a variable name"]),
+                        ("env: {A: \"x\\ny\"}", ["railcar.env", "spans lines"]),
+                        ("trust_new_hosts: maybe", ["railcar.trust_new_hosts"])):
+        with pytest.raises(ConfigError) as error:
+            load(config_from_file(tmp_path, base + f"  {body}\n"))
+        for word in words:
+            assert word in str(error.value)
+        assert "x\ny" not in str(error.value)
+
+
+def test_secrets_come_from_this_machines_environment(tmp_path):
+    from railcar.deploy.settings import env_from_machine
+
+    config = load(config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n"
+                                             "  env: {A: one}\n  secrets: [TOKEN, KEY]\n"))
+    assert env_from_machine(config, {"TOKEN": "t0k", "KEY": "k3y"}) == \
+        {"A": "one", "TOKEN": "t0k", "KEY": "k3y"}
+    with pytest.raises(ConfigError, match="KEY not set"):
+        env_from_machine(config, {"TOKEN": "t0k"})
+    with pytest.raises(ConfigError) as error:
+        env_from_machine(config, {"TOKEN": "a\nsecret", "KEY": "k"})
+    assert "TOKEN" in str(error.value) and "secret" not in str(error.value).split("TOKEN")[1]
+
+
+def test_env_file_round_trips_through_the_servers_reader():
+    from railcar.deploy import envfile
+    from railcar.envfile import parse
+
+    env = {"PLAIN": "x", "QUOTES": 'say "hi" it\'s', "SLASH": "a\\b\\\"c", "SPACES": "  both ",
+           "HASH": "#not a comment", "EQUALS": "a=b=c", "EMPTY": ""}
+    assert parse(envfile.render(env), "railcar.env") == env
+    content = envfile.render(env)
+    record = envfile.sum_file(content)
+    assert envfile.matches(record, content) and not envfile.matches(record, content + "X=1\n")
+    assert "hi" not in record and not envfile.matches(None, content)
+
+
+def test_masker_hides_every_secret_value():
+    from railcar.deploy.remote import masker
+
+    mask = masker(["s3cret", "s3cret-longer", ""])
+    assert mask("a s3cret-longer and s3cret") == "a ***** and *****"
