@@ -26,6 +26,7 @@ import pytest
 
 from accounts import needs_root
 from test_deploy import Site, deploy_under_load, deploy_wheelhouse  # noqa: F401  (a fixture)
+from test_deploy_units import verify_unit
 
 pytestmark = [needs_root(),
               pytest.mark.skipif(not shutil.which("sudo"), reason="needs sudo"),
@@ -237,15 +238,10 @@ def test_unit_runs_as_the_app_account_sandboxed_and_verifies(hosts, tmp_path):
     assert "NoNewPrivileges=yes" in unit and "CapabilityBoundingSet=\n" in unit
     assert "--env-file" in unit and "--admin-group" in unit
     assert SECRET not in unit and "plain-value" not in unit
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
     path = tmp_path / "railcar-site.service"
-    path.write_text(unit)
-    verify = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
-                            timeout=60)
+    verify = verify_unit(path, unit)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    security = subprocess.run([analyze, "security", "--offline=true", str(path)],
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(path)],
                               capture_output=True, text=True, timeout=60)
     exposure = [line for line in security.stdout.splitlines() if "Overall exposure" in line]
     print("\n" + "\n".join(exposure))

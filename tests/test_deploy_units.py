@@ -88,9 +88,6 @@ def test_cleanup_keeps_n_good_and_never_current_or_previous():
 
 
 def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
-    import shutil
-    import subprocess
-
     from railcar.deploy.paths import Paths
     from railcar.deploy.service import render_unit, start_argv
 
@@ -102,16 +99,23 @@ def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
     assert "--daemon" not in unit
     assert f"ExecStart={paths.railcar} start {paths.current} --name shop" in unit
     assert "--daemon" in start_argv(paths, config)   # the plain daemon path keeps it
+    result = verify_unit(tmp_path / "railcar-shop.service", unit)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if "railcar-shop.service" in line and "is not executable" not in line]
+    assert not complaints, result.stdout + result.stderr
+
+
+def verify_unit(path, unit: str):
+    """`systemd-analyze verify` of `unit` written at `path` (skips the test without it)."""
+    import shutil
+    import subprocess
+
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed: unit not verified")
-    service = tmp_path / "railcar-shop.service"
-    service.write_text(unit)
-    result = subprocess.run([analyze, "verify", str(service)], capture_output=True, text=True,
-                            timeout=60)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if str(service) in line and "is not executable" not in line]
-    assert not complaints, result.stdout + result.stderr
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    path.write_text(unit)
+    return subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_privilege_settings(tmp_path):
