@@ -68,7 +68,8 @@ _HEADER_VALUES = _mostly(st.sampled_from(["fuzz.example", "0", "5", "chunked", "
                                           "Upgrade", "text/plain", ""]),
                          st.sampled_from(["+5", "1_0", "-1", " 3 ", "99999999999999999999",
                                           "gzip, chunked", "chunked, gzip",
-                                          "chunked, chunked", "a\x00b", "a\rb"]) | _TEXT)
+                                          "chunked, chunked", "a\x00b", "a\rb",
+                                          "v" * 70000]) | _TEXT)
 _EOLS = _mostly(st.just("\r\n"), st.sampled_from(["\n", "\r", "\r\r\n"]))
 
 
@@ -76,7 +77,7 @@ _EOLS = _mostly(st.just("\r\n"), st.sampled_from(["\n", "\r", "\r\r\n"]))
 def _chunk_extension(draw):
     ows = st.sampled_from(["", "", " ", "\t", "  "])
     token = st.sampled_from(["a", "name", "x-y", "q", "b@d", ""])
-    value = st.sampled_from(["", "v", '"quoted"', '"q \\" x"', '"open', "x y"])
+    value = st.sampled_from(["", "v", '"quoted"', '"q \\" x"', '"open', "x y", "e" * 5000])
     text = draw(ows) + ";" + draw(ows) + draw(token)
     if draw(st.booleans()):
         text += draw(ows) + "=" + draw(ows) + draw(value)
@@ -114,7 +115,8 @@ def structured_request(draw):
     body = b""
     if body_kind == "length":
         body = draw(st.binary(max_size=60))
-        lines.append(f"Content-Length: {len(body) + draw(_mostly(st.just(0), st.sampled_from([-1, 2])))}")
+        off = draw(_mostly(st.just(0), st.sampled_from([-1, 2])))
+        lines.append(f"Content-Length: {len(body) + off}")
     elif body_kind == "chunked":
         lines.append("Transfer-Encoding: chunked")
         body = draw(_chunked_body())
@@ -281,5 +283,6 @@ def save_case(data: bytes, reason: str, directory: Path = CASES_DIR) -> Path:
     path = directory / name
     lines = ["# expect: review"]
     lines += ["# note: " + line for line in reason.splitlines()[:5]]
-    path.write_text("\n".join(lines) + "\n" + case_text(data) + "\n", encoding="latin-1", errors="replace")
+    path.write_text("\n".join(lines) + "\n" + case_text(data) + "\n", encoding="latin-1",
+                    errors="replace")
     return path

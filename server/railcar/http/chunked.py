@@ -9,8 +9,9 @@ Here the metadata of a chunked body, chunk extensions and trailer fields, shares
 the header section: its bytes count against `max_header_size` and its trailer fields against
 `max_headers`, both together with the header section's (431 when exceeded); one chunk line
 carries at most 4 KiB of extensions (431). A line is never buffered past what these allow,
-so memory per connection stays bounded whatever the client sends. Trailer fields are checked (token name, no control characters in the value) and
-dropped: WSGI has no way to hand them to the application.
+so memory per connection stays bounded whatever the client sends. Trailer fields are checked
+(token name, no control characters in the value) and dropped: WSGI has no way to hand them
+to the application.
 """
 
 import re

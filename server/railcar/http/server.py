@@ -173,8 +173,11 @@ class HTTPServer:
         race), and when this worker already has connections, first let its event loop run
         everything that is ready (`gevent.idle()`): an idle worker gets to the accept first.
         The deferral is bounded (`_ACCEPT_DEFER`) so that a worker saturated on its own, with
-        no idle peer, still accepts, and then takes the whole queue (`_accept_budget`). At `worker_connections` we stop accepting until a
-        connection closes.
+        no idle peer, still accepts, and then takes the whole queue (`_accept_budget`).
+
+        At `worker_connections`, a new connection is accepted only if an idle one can be
+        closed to make room (`_evict_oldest_idle`); otherwise we stop accepting until a
+        connection closes or becomes idle.
         """
         raw = getattr(listener, "_sock", listener)  # the C-level socket under gevent's
         raw.setblocking(False)
