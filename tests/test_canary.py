@@ -104,6 +104,8 @@ def test_canary_aborts_a_flaky_release_and_passes_a_healthy_one(railcar, tmp_pat
     assert len(canary_rows) == 1 and canary_rows[0]["release"] == str(flaky)
     assert old_pids <= {w["pid"] for w in app["workers"] if w["state"] == "ready"}
     assert app["canary"]["beside"] == 2 and app["canary"]["duration"] == DURATION
+    assert app["canary_settings"] == {"canary_duration": DURATION, "canary_min_requests": 20,
+                                      "canary_max_error_rate": 0.1}
     assert 'railcar_canary_active{app="current"} 1.0' in metrics
     assert "canary: watching worker" in table and "ready (canary)" in table
 

@@ -182,9 +182,10 @@ def test_health_check_timeouts(railcar, app_root):
     worker's timeout) or spins without yielding (the master's deadline)."""
     good = make_release(app_root, "good")
     swap_current(app_root, good)
+    metrics_port = free_port()
     server = railcar().start(str(app_root / "current"), "--workers", "2",
                              "--health-path", "/health", "--health-timeout", "1",
-                             workers_ready=2)
+                             "--metrics-bind", f"127.0.0.1:{metrics_port}", workers_ready=2)
     old_pids = {w["pid"] for w in server.workers()}
     for mode in ("sleep", "spin"):
         swap_current(app_root, make_release(app_root, mode, health=mode))
@@ -196,6 +197,14 @@ def test_health_check_timeouts(railcar, app_root):
         assert took < 15, took
         assert {w["pid"] for w in server.workers()} == old_pids
         assert server.get("/").text == "release good"
+    app = server.status()["apps"][0]
+    assert app["health"] == {"path": "/health", "host": "localhost", "statuses": "200-399",
+                             "timeout": 1.0}
+    assert app["health_failures"] == 2
+    assert "health check: GET /health (Host: localhost), accepts 200-399 within 1s; " \
+        "2 new worker(s) failed it" in server.cli("status").stdout
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'railcar_health_check_failures_total{app="current"} 2.0' in metrics
     server.stop()
 
 

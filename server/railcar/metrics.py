@@ -55,6 +55,9 @@ class RailcarCollector:
             labels=["app"])
         canaries = CounterMetricFamily("railcar_canaries", "Canary verdicts, by outcome.",
                                        labels=["app", "outcome"])
+        health_failures = CounterMetricFamily(
+            "railcar_health_check_failures", "New workers that failed their health check.",
+            labels=["app"])
         rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["app", "pid"])
         uss = GaugeMetricFamily("railcar_worker_uss_bytes",
@@ -94,6 +97,7 @@ class RailcarCollector:
             canary_errors.add_metric([app], canary.errors if canary else 0)
             for outcome in (canary_states.PASSED, canary_states.FAILED):
                 canaries.add_metric([app, outcome], pool.canaries[outcome])
+            health_failures.add_metric([app], pool.health_failures)
             for worker, sample in samples.items():
                 if sample.rss is not None:
                     rss.add_metric([app, str(worker.pid)], sample.rss)
@@ -102,8 +106,8 @@ class RailcarCollector:
                 if sample.cpu is not None:
                     cpu.add_metric([app, str(worker.pid)], sample.cpu)
         return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
-                replaced, canary_active, canary_requests, canary_errors, canaries, rss, uss,
-                cpu]
+                replaced, canary_active, canary_requests, canary_errors, canaries,
+                health_failures, rss, uss, cpu]
 
 
 class MetricsServer:

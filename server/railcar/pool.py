@@ -77,6 +77,7 @@ class AppPool:
         self.restarts: collections.Counter[str] = collections.Counter()   # "ok" / "failed"
         self.canary: canaries.Canary | None = None    # the one watched now, or the last one
         self.canaries: collections.Counter[str] = collections.Counter()  # "passed"/"failed"
+        self.health_failures = 0        # new workers that failed their health check
         self.supervisor: gevent.Greenlet | None = None
         self.preloaders: list[WorkerProcess] = []     # alive (smart spawning)
         self.preloader: WorkerProcess | None = None  # the one new workers fork from
@@ -135,6 +136,8 @@ class AppPool:
             self.fallback.stop()
         else:
             self.log.error("%s", worker.failure_text())
+            if worker.health_error:
+                self.health_failures += 1
             if worker in self.workers and worker.popen is None:
                 self.workers.remove(worker)
         return worker, ok

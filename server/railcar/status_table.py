@@ -76,6 +76,12 @@ def render(status: dict) -> str:
             lines.append(f"  replaced workers: {counts}; last: {replaced['pid']} -> "
                          f"{replaced['new_pid']}, {_duration(now - replaced['at'])} ago "
                          f"({replaced['reason']})")
+        health = app.get("health")
+        if health:
+            failed = app.get("health_failures")
+            lines.append(f"  health check: GET {health['path']} (Host: {health['host']}), "
+                         f"accepts {health['statuses']} within {health['timeout']:g}s"
+                         + (f"; {failed} new worker(s) failed it" if failed else ""))
         canary = app.get("canary")
         if canary:
             lines.append("  " + _canary_line(canary, now))

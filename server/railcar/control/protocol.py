@@ -13,7 +13,8 @@ Commands (args in parentheses):
     status                -> {"master": {...}, "apps": [{"name", "root", "release", "state",
                               "error", "last_restart", "restarts", "replacements",
                               "last_replacement", "wanted_workers", "min_workers",
-                              "max_workers", "canary", "canaries",
+                              "max_workers", "canary", "canaries", "health",
+                              "health_failures", "canary_settings",
                               "workers": [{"pid", "release", "state",
                               "requests", "in_flight", "started_at", "rss", "uss", "cpu",
                               "replacing", "canary"}], "spawn_method",
@@ -27,7 +28,9 @@ Commands (args in parentheses):
     restart's, or null) is {"state": "watching"|"passed"|"failed", "pid", "release",
     "started_at", "finished_at", "duration", "seconds_left", "beside", "requests", "errors",
     "error_rate", "min_requests", "max_error_rate", "judged", "reason"}; "canaries" counts
-    verdicts by state.
+    verdicts by state. "health" is the app's check ({"path", "host", "statuses", "timeout"})
+    or null, "health_failures" counts new workers that failed it, "canary_settings" holds
+    canary_duration, canary_min_requests and canary_max_error_rate.
     stop (graceful=true)  -> {"pid"}; the master then stops (the client waits for the pid)
     backtraces (app, worker) -> {"workers": [{"app", "pid", "text"}]}
 """
