@@ -194,3 +194,43 @@ def test_too_few_requests_are_not_judged_and_no_canary_without_old_workers(railc
     data = json.loads(server.cli("status", "--json").stdout)
     assert data["apps"][0]["canary"]["state"] == "passed"
     server.stop()
+
+
+def test_a_canary_that_dies_aborts_the_restart(railcar, tmp_path):
+    root = tmp_path / "app"
+    good = make_release(root, "good")
+    dying = make_release(root, "dying")
+    (dying / "wsgi.py").write_text(
+        "import os\n"
+        "def application(environ, start_response):\n"
+        "    if environ['PATH_INFO'] == '/die':\n"
+        "        os._exit(3)\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'release dying']\n")
+    swap_current(root, good)
+    server = railcar().start(str(root / "current"), "--workers", "1",
+                             "--canary-duration", "20", "--canary-min-requests", "1000")
+    old_pids = {w["pid"] for w in server.workers()}
+    swap_current(root, dying)
+    restart = restart_in_background(server)
+    wait_for(lambda: _watching_state(server), 20, what="the canary to be watched")
+    # New connections go to either worker: ask until the canary got one and died.
+    for _ in range(200):
+        try:
+            requests.get(server.url + "/die", timeout=5)
+        except requests.RequestException:
+            break
+    out, err = restart.communicate(timeout=30)
+    assert restart.returncode != 0
+    assert "canary failed: the watch of canary worker" in err
+    assert "ended early (it exited: exit status 3)" in err, err
+    canary = server.status()["apps"][0]["canary"]
+    assert canary["state"] == "failed" and canary["finished_at"] - canary["started_at"] < 10
+    assert {w["pid"] for w in server.workers()} == old_pids
+    assert server.get("/").text == "release good"
+    server.stop()
+
+
+def _watching_state(server) -> bool:
+    canary = server.status()["apps"][0]["canary"]
+    return bool(canary) and canary["state"] == "watching"

@@ -8,7 +8,8 @@ from the shared listeners, for `canary_duration` seconds. Then:
     watching -> passed   at most `max_error_rate` of its responses were 5xx, or it served
                          fewer than `min_requests` (too few to judge: `judged` is false)
     watching -> failed   its 5xx share is above `max_error_rate` over at least `min_requests`
-                         requests, or it exited during the watch; the restart aborts
+                         requests, or the watch ended early (it exited, the server stops);
+                         the restart aborts
 
 The worker's counters start at zero (the health check is not a served request), so its
 `stats` are exactly what it answered as the canary.
@@ -62,16 +63,17 @@ class Canary:
         share = f" ({rate:.1%})" if rate is not None else ""
         return f"{self.errors} of {self.requests} requests answered 5xx{share}"
 
-    def finish(self, exit_reason: str | None = None) -> bool:
+    def finish(self, cut_short: str | None = None) -> bool:
         """Decide (watching -> passed/failed); True if the restart may go on.
-        `exit_reason`: the canary exited during the watch (always a failure)."""
+        `cut_short`: why the watch ended early (the canary exited, the server stops): a
+        failure whatever the counts."""
         self.finished_at = time.time()
         watched = f"in {self.finished_at - self.started_at:.1f} s"
-        self.judged = exit_reason is not None or self.requests >= self.min_requests
-        if exit_reason is not None:
+        self.judged = cut_short is not None or self.requests >= self.min_requests
+        if cut_short is not None:
             self.state = FAILED
-            self.reason = f"the canary worker {self.pid} exited during the watch " \
-                          f"({exit_reason}); {self.counts()} {watched}"
+            self.reason = f"the watch of canary worker {self.pid} ended early " \
+                          f"({cut_short}); {self.counts()} {watched}"
         elif not self.judged:
             self.state = PASSED
             self.reason = f"{self.counts()} {watched}: fewer than canary_min_requests " \

@@ -317,8 +317,9 @@ class AppPool:
             gevent.sleep(min(CANARY_POLL, left))
             canary.record(worker.call("stats", timeout=1.0))
         if worker.state != states.READY or self.stopping:
-            why = "the server is stopping" if self.stopping else exit_reason(worker.returncode)
-            canary.finish(exit_reason=why)
+            why = ("the server is stopping" if self.stopping
+                   else f"it exited: {exit_reason(worker.returncode)}")
+            canary.finish(cut_short=why)
         else:
             canary.record(worker.call("stats", timeout=1.0))
             canary.finish()
