@@ -202,6 +202,14 @@ def write_app(directory: Path, source: str) -> Path:
     return directory
 
 
+def swap_current(root: Path, release: Path) -> None:
+    """Atomic publish, as a deploy does it: a symlink under a temporary name, renamed over
+    `root/current`."""
+    tmp = root / "current.tmp"
+    os.symlink(release, tmp)
+    os.replace(tmp, root / "current")
+
+
 def copy_example(name: str, dest: Path) -> Path:
     shutil.copytree(REPO / "examples" / name, dest)
     return dest

@@ -8,14 +8,13 @@ file of its release, so what the canary served is seen from the app's side too.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import requests
 
-from conftest import free_port, railcar_command, wait_for
+from conftest import free_port, railcar_command, swap_current, wait_for
 from loadgen import Load
 
 APP = '''
@@ -46,12 +45,6 @@ def make_release(root: Path, name: str, fail_every: int = 0) -> Path:
     release.mkdir(parents=True)
     (release / "wsgi.py").write_text(APP.format(name=name, fail_every=fail_every))
     return release
-
-
-def swap_current(root: Path, release: Path) -> None:
-    tmp = root / "current.tmp"
-    os.symlink(release, tmp)
-    os.replace(tmp, root / "current")
 
 
 def served(release: Path) -> int:

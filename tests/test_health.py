@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, gone, railcar_command, wait_for
+from conftest import free_port, gone, railcar_command, swap_current, wait_for
 from loadgen import Load
 
 APP = '''
@@ -55,12 +55,6 @@ def make_release(root: Path, name: str, health: str = "ok") -> Path:
     release.mkdir(parents=True)
     (release / "wsgi.py").write_text(APP.format(name=name, health=health))
     return release
-
-
-def swap_current(root: Path, release: Path) -> None:
-    tmp = root / "current.tmp"
-    os.symlink(release, tmp)
-    os.replace(tmp, root / "current")
 
 
 def served(release: Path) -> list[str]:

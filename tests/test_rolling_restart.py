@@ -6,12 +6,12 @@ releases/A, releases/B, releases/C and a `current` symlink swapped atomically.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import swap_current
 from loadgen import Load
 
 APP = '''
@@ -34,13 +34,6 @@ def make_release(root: Path, name: str, make_venv, extra: str = "") -> Path:
     (release / "wsgi.py").write_text(APP.format(name=name, extra=extra))
     make_venv(release / ".venv")
     return release
-
-
-def swap_current(root: Path, release: Path) -> None:
-    """Atomic publish: a symlink under a temporary name, renamed over `current`."""
-    tmp = root / "current.tmp"
-    os.symlink(release, tmp)
-    os.replace(tmp, root / "current")
 
 
 @pytest.fixture(scope="module")

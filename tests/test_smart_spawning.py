@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import copy_example, gone, wait_for
+from conftest import copy_example, gone, swap_current, wait_for
 from loadgen import Load
 from railcar.channel import Channel
 
@@ -32,12 +32,6 @@ def make_release(root: Path, name: str, broken: bool = False) -> Path:
         if broken:
             handle.write('raise RuntimeError("release C is broken at import")\n')
     return release
-
-
-def swap_current(root: Path, release: Path) -> None:
-    tmp = root / "current.tmp"
-    os.symlink(release, tmp)
-    os.replace(tmp, root / "current")
 
 
 @pytest.fixture
