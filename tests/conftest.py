@@ -49,6 +49,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def root_opt_in(args) -> list[str]:
+    """Tests run as root serve apps in root's own temporary dirs: a root master refuses to run
+    an app as root without --allow-root, so it is given unless the test chose an account."""
+    if os.getuid() != 0 or any(a in ("--user", "--config", "--allow-root") for a in args):
+        return []
+    return ["--allow-root"]
+
+
 class RailcarServer:
     """A `railcar start` in the foreground, with its own admin socket, log and port."""
 
@@ -59,13 +67,15 @@ class RailcarServer:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.pids_seen: set[int] = set()
+        self.root_opt_in = True     # as root, add --allow-root (see root_opt_in)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *args: str, wait: bool = True, workers_ready: int | None = None):
-        cmd = railcar_command() + ["start", *args, "--port", str(self.port),
+        opt_in = root_opt_in(args) if self.root_opt_in else []
+        cmd = railcar_command() + ["start", *args, *opt_in, "--port", str(self.port),
                                    "--admin-socket", self.admin_socket,
                                    "--log-file", str(self.log_file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from railcar import config
@@ -9,7 +11,8 @@ from railcar.settings import SETTINGS, ConfigError
 
 
 def cli(**values):
-    return {s.name: None for s in SETTINGS} | values
+    """CLI values; as root, --allow-root (these apps live in root's temporary dirs)."""
+    return {s.name: None for s in SETTINGS} | {"allow_root": os.getuid() == 0 or None} | values
 
 
 def test_defaults_for_an_app_dir(tmp_path):

@@ -9,6 +9,7 @@ import grp
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 
 from accounts import (accounts, give, mode, needs_root, shared_dir,  # noqa: F401 (fixtures)
                       shared_venv)
-from conftest import free_port, railcar_command, wait_for, write_app
-from railcar import envfile
+from conftest import free_port, railcar_command, root_opt_in, wait_for, write_app
+from railcar import config, envfile
+from railcar.settings import SETTINGS, ConfigError
 
 ENV_APP = '''
 import os
@@ -76,7 +78,8 @@ def test_env_file_errors_name_the_line_never_the_value(tmp_path, line, why):
     path.write_text(f"OK=1\n{line}\n")
     app = write_app(tmp_path / "app", ENV_APP)
     result = subprocess.run(railcar_command() + ["start", str(app), "--env-file", str(path),
-                                                 "--port", str(free_port())],
+                                                 "--port", str(free_port()),
+                                                 *root_opt_in(())],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"{path}: {why}" in result.stderr
@@ -86,7 +89,7 @@ def test_env_file_errors_name_the_line_never_the_value(tmp_path, line, why):
 def test_missing_env_file_is_refused_before_start(tmp_path):
     app = write_app(tmp_path / "app", ENV_APP)
     result = subprocess.run(railcar_command() + ["start", str(app), "--env-file",
-                                                 str(tmp_path / "nope.env")],
+                                                 str(tmp_path / "nope.env"), *root_opt_in(())],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"{tmp_path / 'nope.env'}: cannot read the env file" in result.stderr
@@ -231,7 +234,8 @@ def test_without_admin_group_the_socket_is_the_masters_alone(railcar, tmp_path):
 def test_unknown_admin_group_is_refused(tmp_path):
     result = subprocess.run(railcar_command() + ["start", str(write_app(tmp_path / "app",
                                                                          WHOAMI_APP)),
-                                                 "--admin-group", "no-such-group-xyz"],
+                                                 "--admin-group", "no-such-group-xyz",
+                                                 *root_opt_in(())],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "admin_group: no such group 'no-such-group-xyz'" in result.stderr
@@ -251,8 +255,211 @@ def test_an_unsafe_admin_socket_directory_is_refused(tmp_path, setup, why):
     app = write_app(tmp_path / "app", WHOAMI_APP)
     result = subprocess.run(railcar_command() + [
         "start", str(app), "--port", str(free_port()), "--workers", "1",
-        "--admin-socket", str(directory / "admin.sock")],
+        "--admin-socket", str(directory / "admin.sock"), *root_opt_in(())],
         capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"{directory} {why}" in result.stderr
     assert not (directory / "admin.sock").exists()
+
+
+# --- accounts of a root master -----------------------------------------------------------
+
+def load(app_dir, **cli):
+    return config.load({s.name: None for s in SETTINGS} | cli, str(app_dir))
+
+
+@needs_root()
+def test_a_root_owned_app_is_refused_without_an_account_or_allow_root(tmp_path):
+    app = write_app(tmp_path / "app", WHOAMI_APP)
+    with pytest.raises(ConfigError, match="owned by root, and an app never runs as root.*"
+                                          "--allow-root"):
+        load(app)
+    with pytest.raises(ConfigError, match="user: 'root' is root"):
+        load(app, user="root")
+    with pytest.raises(ConfigError, match="group: an app never runs with the root group"):
+        load(app, user="nobody", group="root")
+    assert load(app, allow_root=True).apps[0].run_as is None     # the documented opt-in
+    assert load(app, user="nobody").apps[0].run_as.user == "nobody"
+
+    result = subprocess.run(railcar_command() + ["start", str(app), "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "is owned by root, and an app never runs as root" in result.stderr
+
+
+@needs_root()
+def test_the_app_root_owner_is_the_default_account(tmp_path, accounts):
+    owner = accounts.user()
+    app = write_app(tmp_path / "app", WHOAMI_APP)
+    give(app, owner)
+    [app_config] = load(app).apps
+    assert (app_config.run_as.uid, app_config.run_as.gid) == (owner.pw_uid, owner.pw_gid)
+
+
+@needs_root()
+@pytest.mark.parametrize("table, key, value", [
+    ("app", "user", '"root"'), ("app", "group", '"root"'), ("app", "python", '"/bin/sh"'),
+    ("app", "allow_root", "true"), ("app", "env_file", '"/etc/shadow"'),
+    ("server", "pid_file", '"/etc/passwd"'), ("server", "log_file", '"/etc/passwd"'),
+    ("server", "admin_group", '"users"'),
+])
+def test_a_release_cannot_choose_account_interpreter_or_files_of_a_root_master(
+        tmp_path, table, key, value):
+    app = write_app(tmp_path / "app", WHOAMI_APP)
+    (app / "railcar.toml").write_text(f"[{table}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as error:
+        load(app, allow_root=True)
+    assert f"{app / 'railcar.toml'} [{table}]: {key}: a release's railcar.toml cannot set this " \
+           "for a master running as root" in str(error.value)
+    # the same value from the command line is root's own choice
+    flag = {"user": "nobody", "group": "nogroup", "python": "/bin/sh", "allow_root": True,
+            "env_file": None, "pid_file": str(tmp_path / "pid"),
+            "log_file": str(tmp_path / "log"), "admin_group": "users"}[key]
+    (app / "railcar.toml").unlink()
+    if flag is not None:
+        load(app, **{"allow_root": True, key: flag})
+
+
+WRAPPER = """#!/bin/sh
+# the app's interpreter: note who runs it, then run the real one
+echo "$(id -u) $1 ${{2%%[!a-z._]*}}" >> {log}
+exec {python} "$@"
+"""
+
+
+def interpreter_runs(log: Path) -> list[tuple[int, str]]:
+    runs = []
+    for line in log.read_text().splitlines():
+        uid, _, args = line.partition(" ")
+        runs.append((int(uid), args))
+    return runs
+
+
+def assert_tree_runs_as(master_pid: int, account) -> list[psutil.Process]:
+    """Every descendant of the master (preloader, workers), read from /proc, runs as
+    `account`: real, effective and saved uid and gid, and no root group."""
+    children = psutil.Process(master_pid).children(recursive=True)
+    assert children
+    for child in children:
+        assert set(child.uids()) == {account.pw_uid}, (child.pid, child.cmdline())
+        assert set(child.gids()) == {account.pw_gid}, (child.pid, child.cmdline())
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+        assert "0" not in groups.split()[1:], groups
+    return children
+
+
+@needs_root()
+@pytest.mark.parametrize("spawn_method", ["smart", "direct"])
+@pytest.mark.parametrize("how", ["app_dir", "config"])
+def test_nothing_of_the_app_runs_as_root(railcar, accounts, shared_dir, shared_venv, tmp_path,
+                                         how, spawn_method):
+    """`railcar start --config FILE` and `railcar start APP_DIR` as root: the interpreter
+    (a wrapper noting its uid) never runs as root, at start, restart, a killed worker's
+    respawn or a replacement; the master's children run as the app's account."""
+    account = accounts.user()
+    app = write_app(shared_dir / "app", WHOAMI_APP)
+    runs = shared_dir / "python-runs.log"
+    runs.touch()
+    runs.chmod(0o666)
+    server = railcar()
+    if how == "app_dir":
+        wrapper = app / ".venv" / "bin" / "python"       # found as the app's own venv
+        wrapper.parent.mkdir(parents=True)
+        give(app, account)                               # the owner is the default account
+        server.root_opt_in = False
+        args = [str(app), "--workers", "2", "--max-requests", "6",
+                "--spawn-method", spawn_method]
+    else:
+        wrapper = shared_dir / "bin" / "python"
+        wrapper.parent.mkdir()
+        config_file = tmp_path / "railcar.toml"
+        config_file.write_text(
+            f'[[apps]]\nname = "who"\nroot = "{app}"\npython = "{wrapper}"\n'
+            f'user = "{account.pw_name}"\nbind = "127.0.0.1:{server.port}"\nworkers = 2\n'
+            f'max_requests = 6\nspawn_method = "{spawn_method}"\n')
+        args = ["--config", str(config_file)]
+    wrapper.write_text(WRAPPER.format(log=runs, python=shared_venv / "bin" / "python"))
+    wrapper.chmod(0o755)
+
+    server.start(*args, workers_ready=2)
+    assert server.get("/").text.split()[0] == str(account.pw_uid)
+    first = {p.pid for p in assert_tree_runs_as(server.proc.pid, account)}
+
+    result = server.cli("restart")
+    assert result.returncode == 0, result.stderr
+    restarted = {p.pid for p in assert_tree_runs_as(server.proc.pid, account)}
+    assert not first & restarted
+
+    victim = server.workers()[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len([w for w in server.workers() if w["pid"] != victim]) == 2, 60,
+             what="the killed worker's replacement")
+
+    for _ in range(20):          # past max_requests: workers are replaced
+        server.get("/")
+    wait_for(lambda: sum(a["replacements"].get("max_requests", 0)
+                         for a in server.status()["apps"]) >= 1, 60,
+             what="a worker replaced after max_requests")
+    wait_for(lambda: len(server.workers()) == 2, 60, what="two ready workers")
+    assert_tree_runs_as(server.proc.pid, account)
+    server.stop()
+
+    seen = interpreter_runs(runs)
+    assert [uid for uid, _ in seen if uid != account.pw_uid] == [], seen
+    checks = [args for _, args in seen if args == "-c import"]
+    starts = [args for _, args in seen if args in ("-m railcar.worker", "-m railcar.preloader")]
+    assert len(checks) >= 4, seen           # start, restart, respawn, replacement
+    assert len(starts) >= (2 if spawn_method == "smart" else 6), seen
+
+
+# --- the default runtime dir of an account -----------------------------------------------
+
+@needs_root()
+def test_a_planted_tmp_railcar_dir_makes_start_refuse(accounts, shared_dir, shared_venv):
+    owner = accounts.user()
+    attacker = accounts.user()
+    app = write_app(shared_dir / "app", WHOAMI_APP)
+    give(app, owner)
+    default = Path(f"/tmp/railcar-{owner.pw_uid}")
+    railcar_bin = str(shared_venv / "bin" / "railcar")
+
+    def start() -> subprocess.CompletedProcess:
+        return run_as(owner.pw_name, railcar_bin, "start", str(app), "--workers", "1",
+                      "--port", str(free_port()), timeout=60)
+
+    shutil.rmtree(default, ignore_errors=True)   # left by an earlier account with this uid
+    try:
+        run_as(attacker.pw_name, "mkdir", "-m", "777", str(default))
+        default.chmod(0o777)                     # whatever the attacker's umask
+        result = start()
+        assert result.returncode != 0
+        assert f"{default} is owned by {attacker.pw_name} (uid {attacker.pw_uid}), not by " \
+               f"{owner.pw_name}" in result.stderr
+        assert sorted(os.listdir(default)) == []     # nothing created there
+
+        os.chown(default, owner.pw_uid, owner.pw_gid)    # the owner's own, but open to all
+        result = start()
+        assert result.returncode != 0
+        assert f"{default} is writable by group and others (mode 0777)" in result.stderr
+
+        default.rmdir()
+        default.symlink_to(shared_dir)
+        result = start()
+        assert result.returncode != 0
+        assert f"{default} is a symlink" in result.stderr
+    finally:
+        if default.is_symlink():
+            default.unlink()
+        shutil.rmtree(default, ignore_errors=True)
+
+
+def test_log_file_symlink_is_not_followed(railcar, tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    server = railcar()
+    server.log_file.symlink_to(target)
+    server.start(str(write_app(tmp_path / "app", WHOAMI_APP)), "--workers", "1", wait=False)
+    assert server.proc.wait(timeout=60) != 0
+    assert f"log file {server.log_file} is a symlink" in server.proc.stdout.read().decode()
+    assert target.read_text() == "keep\n"

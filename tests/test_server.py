@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import REPO, gone, railcar_command, wait_for
+from conftest import REPO, gone, railcar_command, root_opt_in, wait_for
 
 SLEEPY_APP = '''
 import os, time
@@ -190,7 +190,8 @@ def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
     pid_file = tmp_path / "railcar.pid"
     unix_path = tmp_path / "app.sock"
     result = subprocess.run(
-        railcar_command() + ["start", str(sleepy), "--daemon", "--bind", f"unix:{unix_path}",
+        railcar_command() + ["start", str(sleepy), *root_opt_in(()), "--daemon", "--bind",
+                             f"unix:{unix_path}",
                              "--workers", "1", "--admin-socket", admin, "--pid-file",
                              str(pid_file), "--log-file", str(tmp_path / "log")],
         capture_output=True, text=True, timeout=90)

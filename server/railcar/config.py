@@ -8,8 +8,11 @@ Two shapes of file:
 Every error is a ConfigError naming the file, the app and the key. Nothing here touches a
 socket or a process: validation happens in full before anything starts.
 
-Accounts: when the master runs as root, each app's workers run as the app's `user` (default:
-the owner of the app root) and `group` (default: that user's primary group), never as root.
+Accounts: when the master runs as root, everything of an app (interpreter check, preloader,
+workers) runs as the app's `user` (default: the owner of the app root) and `group` (default:
+that user's primary group); root only with `allow_root`. The app dir's own railcar.toml (part
+of a release) cannot set those, the interpreter or root's files for a root master
+(ROOT_ONLY_KEYS): only the command line and a --config file can.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import envfile
-from .settings import (APP_KEYS, APP_NAME, SERVER_KEYS, SETTINGS, ConfigError, coerce,
-                       default_admin_socket, default_run_dir, defaults)
+from .settings import (APP_KEYS, APP_NAME, BY_NAME, SERVER_KEYS, SETTINGS, ConfigError,
+                       coerce, default_admin_socket, default_run_dir, defaults)
 
 DEFAULT_PORT = 8000
 
@@ -77,6 +80,18 @@ class Account:
     uid: int
     gid: int
     extra_groups: tuple[int, ...] = ()
+
+    def process_options(self) -> dict[str, Any]:
+        """Keyword arguments of subprocess.Popen/run that start a process as this account."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.extra_groups)}
+
+    def environ(self) -> dict[str, str]:
+        """USER, LOGNAME and HOME of the account, for the environment of its processes."""
+        try:
+            home = pwd.getpwuid(self.uid).pw_dir
+        except KeyError:
+            home = "/"
+        return {"USER": self.user, "LOGNAME": self.user, "HOME": home}
 
 
 @dataclass
@@ -160,13 +175,13 @@ def _group_id(name: str, where: str, key: str) -> int:
         raise ConfigError(f"{where}: {key}: no such group {name!r}") from None
 
 
-def _account(values: dict[str, Any], root: str, where: str, required: bool) -> Account | None:
-    """The account the app's workers run as (master running as root), never root.
-
-    `required` (apps of a --config file): an app root owned by root without a `user` is an
-    error. Otherwise (the app given on the command line) the workers then run as the master.
+def _account(values: dict[str, Any], root: str, where: str) -> Account | None:
+    """The account an app runs as under a root master: `user` (default: the owner of the app
+    root) and `group` (default: the user's primary group). Root only with `allow_root`, which
+    returns None (the app then runs as the master does); otherwise root is a ConfigError.
     """
     user = values.get("user")
+    allow_root = values.get("allow_root")
     try:
         if user is None:
             entry = pwd.getpwuid(os.stat(root).st_uid)
@@ -178,17 +193,23 @@ def _account(values: dict[str, Any], root: str, where: str, required: bool) -> A
                               "set user") from None
         raise ConfigError(f"{where}: user: no such user {user!r}") from None
     if entry.pw_uid == 0:
+        if allow_root:
+            return None
         if user is not None:
-            raise ConfigError(f"{where}: user: workers never run as root")
-        if required:
-            raise ConfigError(f"{where}: user: {root} is owned by root and workers never run "
-                              "as root: set user (and group) for the app")
-        return None
+            raise ConfigError(f"{where}: user: {user!r} is root, and an app never runs as root "
+                              "unless allow_root is set (--allow-root)")
+        raise ConfigError(
+            f"{where}: user: {root} is owned by root, and an app never runs as root: set "
+            "user (--user ACCOUNT, or `user` in the server config) to the app's account, or "
+            "give the app root to that account, or set allow_root (--allow-root) to run the "
+            "app as root anyway")
     group = values.get("group")
     gid = _group_id(group, where, "group") if group else entry.pw_gid
-    if gid == 0:
-        raise ConfigError(f"{where}: group: workers never run with the root group")
-    extra = tuple(g for g in os.getgrouplist(entry.pw_name, gid) if g not in (0, gid))
+    if gid == 0 and not allow_root:
+        raise ConfigError(f"{where}: group: an app never runs with the root group unless "
+                          "allow_root is set (--allow-root)")
+    extra = tuple(g for g in os.getgrouplist(entry.pw_name, gid)
+                  if g != gid and (g != 0 or allow_root))
     return Account(user=entry.pw_name, group=grp.getgrgid(gid).gr_name, uid=entry.pw_uid,
                    gid=gid, extra_groups=extra)
 
@@ -206,7 +227,7 @@ def _socket_group(values: dict[str, Any], where: str) -> int | None:
 
 
 def _make_app(values: dict[str, Any], where: str, base_dir: str,
-              default_bind: str | None = None, account_required: bool = False) -> AppConfig:
+              default_bind: str | None = None) -> AppConfig:
     """`default_bind` (may contain {name}) is used when the app has neither bind nor port."""
     root = values.get("root")
     if not root:
@@ -244,7 +265,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         server_names=list(values["server_names"]),
         static_dir=values.get("static_dir"),
         static_url=values["static_url"],
-        run_as=_account(values, root, where, account_required) if os.getuid() == 0 else None,
+        run_as=_account(values, root, where) if os.getuid() == 0 else None,
         socket_group=_socket_group(values, where),
         health=health_check(values),
         canary={name: values[name] for name in CANARY_NAMES},
@@ -256,6 +277,23 @@ def default_name(root: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(root.rstrip("/")))
     name = name.lstrip("._-")[:64]
     return name if APP_NAME.fullmatch(name) else "app"
+
+
+# What the app dir's own railcar.toml (part of a release, written by whoever deploys) may not
+# set for a master running as root: who the app runs as, which interpreter runs as that
+# account, files root reads or writes for it, and who may drive the master.
+ROOT_ONLY_KEYS = ("user", "group", "allow_root", "python", "env_file", "socket_group",
+                  "admin_socket", "admin_group", "pid_file", "log_file", "run_dir")
+
+
+def _refuse_release_choices(table: dict[str, Any], where: str) -> None:
+    for name in ROOT_ONLY_KEYS:
+        if name in table:
+            setting = BY_NAME[name]
+            raise ConfigError(
+                f"{where}: {setting.key}: a release's railcar.toml cannot set this for a "
+                f"master running as root; give {setting.flag} on the command line, or use a "
+                "server config (--config FILE) that root controls")
 
 
 def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
@@ -320,7 +358,7 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
                 where += f" ({name})" if APP_NAME.fullmatch(name) else f" ({name!r})"
             values = defaults("app") | _table(table, APP_KEYS, where)
             apps.append(_make_app(values, where, base_dir, default_bind=os.path.join(
-                f"unix:{run_dir}", "{name}.sock"), account_required=True))
+                f"unix:{run_dir}", "{name}.sock")))
         return _server(server_values, apps, f"{config_file} [[apps]]",
                        os.path.abspath(config_file))
 
@@ -333,8 +371,13 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
         if unknown:
             raise ConfigError(f"{app_toml}: unknown table(s) {sorted(unknown)} "
                               "(expected [app] and [server])")
-        values.update(_table(data.get("app", {}), APP_KEYS, f"{app_toml} [app]"))
-        server_values.update(_table(data.get("server", {}), SERVER_KEYS, f"{app_toml} [server]"))
+        app_table = _table(data.get("app", {}), APP_KEYS, f"{app_toml} [app]")
+        server_table = _table(data.get("server", {}), SERVER_KEYS, f"{app_toml} [server]")
+        if os.getuid() == 0:
+            _refuse_release_choices(app_table, f"{app_toml} [app]")
+            _refuse_release_choices(server_table, f"{app_toml} [server]")
+        values.update(app_table)
+        server_values.update(server_table)
     values.update(_cli_values(cli, "app"))
     server_values.update(_cli_values(cli, "server"))
     values["root"] = app_dir

@@ -118,7 +118,12 @@ def launch(config: ServerConfig) -> int:
     from .master import Master, bind_all
     from .sockets import BindError
 
-    log = logs.setup(config.log_file)
+    try:
+        log = logs.setup(config.log_file)
+    except logs.LogFileError as exc:
+        _report(f"railcar: {exc}\n", ok=False)
+        sys.stderr.write(f"railcar: {exc}\n")
+        return 1
     try:
         listeners = bind_all(config)
         master = Master(config, log, listeners)

@@ -20,7 +20,7 @@ import time
 import gevent
 import gevent.queue
 
-from . import __version__, logs, sockets
+from . import __version__, logs, rundir, sockets
 from .config import ServerConfig
 from .control.server import ControlServer
 from .pool import AppPool, RestartOutcome
@@ -140,9 +140,16 @@ class Master:
 
     # --- pid file -------------------------------------------------------------------------
     def _write_pid_file(self) -> None:
+        """Written to a new file (never through a symlink or an existing file someone
+        planted), then renamed over the pid file."""
         if self.config.pid_file:
             tmp = self.config.pid_file + ".tmp"
-            with open(tmp, "w") as handle:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as handle:
                 handle.write(f"{self.pid}\n")
             os.replace(tmp, self.config.pid_file)
 
@@ -157,7 +164,12 @@ class Master:
 
 
 def bind_all(config: ServerConfig) -> dict[str, object]:
-    """Bind every app's addresses; on any failure close what was bound and re-raise."""
+    """Bind every app's addresses; on any failure close what was bound and re-raise.
+    The run dir, if an app's socket is there, is created or verified first (rundir): mode
+    0755, as the web server must reach the sockets (each 0660, its group the web server's)."""
+    if any(os.path.dirname(b[len("unix:"):]) == config.run_dir
+           for app in config.apps for b in app.binds if b.startswith("unix:")):
+        rundir.ensure(config.run_dir, mode=0o755)
     bound: dict[str, object] = {}
     try:
         for app in config.apps:

@@ -188,7 +188,8 @@ class AppPool:
             env = self.app.environment()
         except ConfigError as exc:
             raise releases.ReleaseError(str(exc)) from None
-        return releases.resolve(self.app.root, self.app.module, self.app.python, env)
+        return releases.resolve(self.app.root, self.app.module, self.app.python, env,
+                                self.app.run_as)
 
     def manage_workers(self) -> None:
         """Reconcile: spawn the missing workers (with backoff after failures), retire extras."""

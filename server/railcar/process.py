@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -101,9 +100,8 @@ class WorkerProcess:
         child_env = dict(os.environ, **env, RAILCAR_WORKER=json.dumps(spec), PYTHONUNBUFFERED="1")
         account = {}
         if run_as is not None:
-            account = {"user": run_as.uid, "group": run_as.gid,
-                       "extra_groups": list(run_as.extra_groups)}
-            child_env.update(USER=run_as.user, LOGNAME=run_as.user, HOME=_home(run_as.uid))
+            account = run_as.process_options()
+            child_env.update(run_as.environ())
         try:
             self.popen = gevent.subprocess.Popen(
                 [self.release.python, "-m", f"railcar.{self.kind}"], cwd=self.release.path,
@@ -455,9 +453,3 @@ def _gone(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return True
 
-
-def _home(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"

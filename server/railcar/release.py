@@ -51,17 +51,27 @@ def find_python(release_dir: str, python: str | None) -> str:
     return sys.executable
 
 
-def check_python(python: str) -> None:
-    """Fail plainly if `python` cannot run or cannot import what a worker needs."""
+def check_python(python: str, run_as=None) -> None:
+    """Fail plainly if `python` cannot run or cannot import what a worker needs.
+
+    The check runs the app's own interpreter (its virtualenv is the app's: a `.pth` file there
+    runs code), so under a root master it runs as the app's account, `run_as` (a
+    config.Account), like the workers, and from `/` rather than the master's directory.
+    """
     if not os.access(python, os.X_OK):
         raise ReleaseError(f"interpreter {python} does not exist or is not executable")
     code = ("import importlib.util, sys\n"
             f"missing = [m for m in {WORKER_IMPORTS!r} if importlib.util.find_spec(m) is None]\n"
             "print(' '.join(missing)); sys.exit(1 if missing else 0)\n")
+    options, env, who = {}, dict(os.environ), ""
+    if run_as is not None:
+        options, who = run_as.process_options(), f" (as {run_as.user})"
+        env.update(run_as.environ())
     try:
-        result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30,
+                                cwd="/", env=env, stdin=subprocess.DEVNULL, **options)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ReleaseError(f"interpreter {python} cannot be run: {exc}") from None
+        raise ReleaseError(f"interpreter {python} cannot be run{who}: {exc}") from None
     if result.returncode != 0:
         missing = result.stdout.strip() or result.stderr.strip()
         raise ReleaseError(
@@ -70,13 +80,13 @@ def check_python(python: str) -> None:
 
 
 def resolve(root: str, module: str | None, python: str | None,
-            env: dict[str, str] | None = None) -> Release:
-    """The release `root` points to now, to run with `env`. Raises ReleaseError with a plain
-    message."""
+            env: dict[str, str] | None = None, run_as=None) -> Release:
+    """The release `root` points to now, to run with `env` as `run_as` (see check_python).
+    Raises ReleaseError with a plain message."""
     path = os.path.realpath(root)
     if not os.path.isdir(path):
         raise ReleaseError(f"app root {root} does not lead to a directory ({path})")
     interpreter = find_python(path, python)
-    check_python(interpreter)
+    check_python(interpreter, run_as)
     return Release(path=path, module=find_module(path, module), python=interpreter,
                    env=dict(env or {}))

@@ -404,12 +404,17 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--static-dir", key="static_dir", metavar="DIR"),
     Setting("static_url", _url_prefix, "/static/", "URL path where static_dir is served.",
             flag="--static-url", key="static_url", metavar="PATH"),
-    Setting("user", _text, None, "User the workers run as when the master runs as root "
-            "(default: the owner of the app root; never root).",
+    Setting("user", _text, None, "Account the app runs as (interpreter check, preloader, "
+            "workers) when the master runs as root (default: the owner of the app root; "
+            "refused if that is root, unless --allow-root).",
             flag="--user", key="user", metavar="USER"),
-    Setting("group", _text, None, "Group the workers run as when the master runs as root "
-            "(default: the user's primary group).", flag="--group", key="group",
-            metavar="GROUP"),
+    Setting("group", _text, None, "Group the app runs as when the master runs as root "
+            "(default: the user's primary group; never root unless --allow-root).",
+            flag="--group", key="group", metavar="GROUP"),
+    Setting("allow_root", _flag, False,
+            "Let the app run as root when the master runs as root and `user` is root or "
+            "unset on a root-owned app root (without it railcar refuses to start the app).",
+            flag="--allow-root", key="allow_root", is_flag=True),
     Setting("socket_group", _text, None, "Group given the app's unix sockets (mode 0660), "
             "e.g. the web server's (default as root: www-data if it exists).",
             flag="--socket-group", key="socket_group", metavar="GROUP"),

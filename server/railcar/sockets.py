@@ -43,6 +43,8 @@ def bind(address: str, unix_mode: int = 0o660,
 
     A unix socket gets `unix_mode` and `owner` (uid, gid; -1 keeps ours): connecting needs
     write permission, so mode 0660 with the web server's group admits it and no one else.
+    The mode comes from the umask at bind time and the owner from lchown, so nothing follows
+    a symlink someone could swap in for the socket meanwhile.
     """
     try:
         if address.startswith("unix:"):
@@ -50,10 +52,13 @@ def bind(address: str, unix_mode: int = 0o660,
             _remove_stale_unix_socket(path)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            os.chmod(path, unix_mode)
+            old_umask = os.umask(0o777 & ~unix_mode)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
             if owner != (-1, -1):
-                os.chown(path, *owner)
+                os.lchown(path, *owner)
         else:
             host, _, port = address.rpartition(":")
             host = host.strip("[]") or "0.0.0.0"
