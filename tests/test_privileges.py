@@ -274,9 +274,9 @@ def test_a_root_owned_app_is_refused_without_an_account_or_allow_root(tmp_path):
     with pytest.raises(ConfigError, match="owned by root, and an app never runs as root.*"
                                           "--allow-root"):
         load(app)
-    with pytest.raises(ConfigError, match="user: 'root' is root"):
+    with pytest.raises(ConfigError, match="user: workers never run as root \\('root' is root"):
         load(app, user="root")
-    with pytest.raises(ConfigError, match="group: an app never runs with the root group"):
+    with pytest.raises(ConfigError, match="group: workers never run with the root group"):
         load(app, user="nobody", group="root")
     assert load(app, allow_root=True).apps[0].run_as is None     # the documented opt-in
     assert load(app, user="nobody").apps[0].run_as.user == "nobody"

@@ -196,8 +196,9 @@ def _account(values: dict[str, Any], root: str, where: str) -> Account | None:
         if allow_root:
             return None
         if user is not None:
-            raise ConfigError(f"{where}: user: {user!r} is root, and an app never runs as root "
-                              "unless allow_root is set (--allow-root)")
+            raise ConfigError(f"{where}: user: workers never run as root ({user!r} is root): "
+                              "nothing of an app runs as root unless allow_root is set "
+                              "(--allow-root)")
         raise ConfigError(
             f"{where}: user: {root} is owned by root, and an app never runs as root: set "
             "user (--user ACCOUNT, or `user` in the server config) to the app's account, or "
@@ -206,7 +207,7 @@ def _account(values: dict[str, Any], root: str, where: str) -> Account | None:
     group = values.get("group")
     gid = _group_id(group, where, "group") if group else entry.pw_gid
     if gid == 0 and not allow_root:
-        raise ConfigError(f"{where}: group: an app never runs with the root group unless "
+        raise ConfigError(f"{where}: group: workers never run with the root group unless "
                           "allow_root is set (--allow-root)")
     extra = tuple(g for g in os.getgrouplist(entry.pw_name, gid)
                   if g != gid and (g != 0 or allow_root))
