@@ -424,9 +424,9 @@ def test_a_planted_tmp_railcar_dir_makes_start_refuse(accounts, shared_dir, shar
     default = Path(f"/tmp/railcar-{owner.pw_uid}")
     railcar_bin = str(shared_venv / "bin" / "railcar")
 
-    def start() -> subprocess.CompletedProcess:
+    def start(*args: str) -> subprocess.CompletedProcess:
         return run_as(owner.pw_name, railcar_bin, "start", str(app), "--workers", "1",
-                      "--port", str(free_port()), timeout=60)
+                      "--port", str(free_port()), *args, timeout=60)
 
     shutil.rmtree(default, ignore_errors=True)   # left by an earlier account with this uid
     try:
@@ -437,6 +437,9 @@ def test_a_planted_tmp_railcar_dir_makes_start_refuse(accounts, shared_dir, shar
         assert f"{default} is owned by {attacker.pw_name} (uid {attacker.pw_uid}), not by " \
                f"{owner.pw_name}" in result.stderr
         assert sorted(os.listdir(default)) == []     # nothing created there
+        result = run_as(owner.pw_name, railcar_bin, "status", timeout=30)
+        assert result.returncode != 0       # a stranger's socket there could pose as a master
+        assert f"not using the admin socket in {default}" in result.stderr
 
         os.chown(default, owner.pw_uid, owner.pw_gid)    # the owner's own, but open to all
         result = start()
@@ -448,7 +451,16 @@ def test_a_planted_tmp_railcar_dir_makes_start_refuse(accounts, shared_dir, shar
         result = start()
         assert result.returncode != 0
         assert f"{default} is a symlink" in result.stderr
+        default.unlink()
+
+        # Left to itself, railcar makes the directory, the account's alone.
+        result = start("--daemon")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert os.lstat(default).st_uid == owner.pw_uid and mode(default) == 0o700
+        assert mode(default / "admin.sock") == 0o600
+        assert run_as(owner.pw_name, railcar_bin, "status", timeout=30).returncode == 0
     finally:
+        run_as(owner.pw_name, railcar_bin, "stop", timeout=60)
         if default.is_symlink():
             default.unlink()
         shutil.rmtree(default, ignore_errors=True)

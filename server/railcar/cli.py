@@ -71,11 +71,27 @@ def _admin_options(function):
                              "/tmp/railcar-UID/admin.sock otherwise).")(function)
 
 
+def _trusted_default_socket() -> str:
+    """The default admin socket, if its directory is safe: in a /tmp/railcar-UID someone else
+    made, a stranger's socket could pose as the master (see railcar.rundir)."""
+    from . import rundir
+
+    path = default_admin_socket()
+    directory = os.path.dirname(path)
+    if rundir.is_default(directory) and os.path.lexists(directory):
+        try:
+            rundir.check(directory, strict=True)
+        except rundir.RuntimeDirError as exc:
+            raise click.ClickException(f"not using the admin socket in {directory}: {exc}"
+                                       ) from None
+    return path
+
+
 def _call(admin_socket, command, **kwargs):
     from .control.client import ControlError, call
 
     try:
-        return call(admin_socket or default_admin_socket(), command, **kwargs)
+        return call(admin_socket or _trusted_default_socket(), command, **kwargs)
     except ControlError as exc:
         if exc.detail:
             click.echo(exc.detail, err=True)
