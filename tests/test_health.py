@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, gone, railcar_command, swap_current, wait_for
+from conftest import free_port, gone, railcar_command, root_opt_in, swap_current, wait_for
 from loadgen import Load
 
 APP = '''
@@ -237,7 +237,8 @@ def test_daemon_start_reports_a_failing_health_check(app_root, tmp_path):
     pid_file = tmp_path / "railcar.pid"
     port = free_port()
     result = subprocess.run(
-        railcar_command() + ["start", str(app_root / "current"), "--daemon", "--workers", "1",
+        railcar_command() + ["start", str(app_root / "current"), *root_opt_in(()), "--daemon",
+                             "--workers", "1",
                              "--port", str(port), "--health-path", "/health",
                              "--admin-socket", admin, "--pid-file", str(pid_file),
                              "--log-file", str(tmp_path / "log")],
