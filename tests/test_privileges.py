@@ -475,3 +475,15 @@ def test_log_file_symlink_is_not_followed(railcar, tmp_path):
     assert server.proc.wait(timeout=60) != 0
     assert f"log file {server.log_file} is a symlink" in server.proc.stdout.read().decode()
     assert target.read_text() == "keep\n"
+
+
+def test_rendering_a_config_runs_nothing_so_checks_no_account(tmp_path):
+    """`railcar config` only renders: a root-owned app dir and an env file the renderer cannot
+    read (the app account's, 0600) are no reason to refuse."""
+    app = write_app(tmp_path / "app", WHOAMI_APP)
+    result = subprocess.run(railcar_command() + [
+        "config", "nginx", str(app), "--bind", f"unix:{tmp_path / 'app.sock'}",
+        "--env-file", str(tmp_path / "not-readable-here.env")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"unix:{tmp_path / 'app.sock'}" in result.stdout

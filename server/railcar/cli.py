@@ -211,7 +211,7 @@ def config_command(kind, app_dir, listen, railcar_path, service, output, **value
     if not app_dir and not values.get("config"):
         raise click.UsageError("give --config FILE, or APP_DIR and the `railcar start` options")
     try:
-        text = render(kind, config.load(values, app_dir), listen=listen,
+        text = render(kind, config.load(values, app_dir, starting=False), listen=listen,
                       railcar=railcar_path, service=service)
     except (ConfigError, RenderError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -228,8 +228,9 @@ def _socket_group(values: dict[str, Any], where: str) -> int | None:
 
 
 def _make_app(values: dict[str, Any], where: str, base_dir: str,
-              default_bind: str | None = None) -> AppConfig:
-    """`default_bind` (may contain {name}) is used when the app has neither bind nor port."""
+              default_bind: str | None = None, starting: bool = True) -> AppConfig:
+    """`default_bind` (may contain {name}) is used when the app has neither bind nor port.
+    `starting` False (rendering): no account is resolved and the env file is not read."""
     root = values.get("root")
     if not root:
         raise ConfigError(f"{where}: root: required (the app's directory)")
@@ -249,7 +250,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
     env_file = values.get("env_file")
     if env_file:
         env_file = os.path.abspath(os.path.join(base_dir, os.path.expanduser(env_file)))
-        envfile.read(env_file)      # refuse a missing or malformed file before anything runs
+        if starting:
+            envfile.read(env_file)  # refuse a missing or malformed file before anything runs
     return AppConfig(
         name=name,
         root=root,
@@ -266,7 +268,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         server_names=list(values["server_names"]),
         static_dir=values.get("static_dir"),
         static_url=values["static_url"],
-        run_as=_account(values, root, where) if os.getuid() == 0 else None,
+        run_as=_account(values, root, where) if starting and os.getuid() == 0 else None,
         socket_group=_socket_group(values, where),
         health=health_check(values),
         canary={name: values[name] for name in CANARY_NAMES},
@@ -325,10 +327,12 @@ def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
     )
 
 
-def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
+def load(cli: dict[str, Any], app_dir: str | None, starting: bool = True) -> ServerConfig:
     """Build the ServerConfig for `railcar start` from its CLI values.
 
     `cli` maps setting names to the values click parsed (None when a flag was not given).
+    `starting` False: for `railcar config` (rendering runs nothing of the apps), without the
+    checks of what the apps would run as (accounts, env file, a release's root-only keys).
     """
     server_values = defaults("server")
     config_file = cli.get("config")
@@ -359,7 +363,7 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
                 where += f" ({name})" if APP_NAME.fullmatch(name) else f" ({name!r})"
             values = defaults("app") | _table(table, APP_KEYS, where)
             apps.append(_make_app(values, where, base_dir, default_bind=os.path.join(
-                f"unix:{run_dir}", "{name}.sock")))
+                f"unix:{run_dir}", "{name}.sock"), starting=starting))
         return _server(server_values, apps, f"{config_file} [[apps]]",
                        os.path.abspath(config_file))
 
@@ -374,7 +378,7 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
                               "(expected [app] and [server])")
         app_table = _table(data.get("app", {}), APP_KEYS, f"{app_toml} [app]")
         server_table = _table(data.get("server", {}), SERVER_KEYS, f"{app_toml} [server]")
-        if os.getuid() == 0:
+        if starting and os.getuid() == 0:
             _refuse_release_choices(app_table, f"{app_toml} [app]")
             _refuse_release_choices(server_table, f"{app_toml} [server]")
         values.update(app_table)
@@ -382,4 +386,5 @@ def load(cli: dict[str, Any], app_dir: str | None) -> ServerConfig:
     values.update(_cli_values(cli, "app"))
     server_values.update(_cli_values(cli, "server"))
     values["root"] = app_dir
-    return _server(server_values, [_make_app(values, "command line", os.getcwd())])
+    return _server(server_values, [_make_app(values, "command line", os.getcwd(),
+                                             starting=starting)])
