@@ -487,3 +487,17 @@ def test_rendering_a_config_runs_nothing_so_checks_no_account(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"unix:{tmp_path / 'app.sock'}" in result.stdout
+
+
+def test_access_log_symlink_is_not_followed(railcar, tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    access = tmp_path / "access.log"
+    access.symlink_to(target)
+    server = railcar().start(str(write_app(tmp_path / "app", WHOAMI_APP)), "--workers", "1",
+                             "--access-log", str(access), wait=False)
+    error = wait_for(lambda: os.path.exists(server.admin_socket)
+                     and server.status()["apps"][0]["error"], 60, what="the boot error")
+    assert "Too many levels of symbolic links" in error and str(access) in error
+    assert target.read_text() == "keep\n"
+    server.stop()

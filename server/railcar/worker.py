@@ -60,7 +60,10 @@ def load_app(module_spec: str):
 
 
 class AccessLog:
-    """One line per request to stderr ('-', relayed by the master) or to a file we reopen."""
+    """One line per request to stderr ('-', relayed by the master) or to a file we reopen,
+    never through a symlink (O_NOFOLLOW), like the server log."""
+
+    FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
     def __init__(self, target: str):
         self.target = target
@@ -69,7 +72,8 @@ class AccessLog:
 
     def reopen(self) -> None:
         if self.target != "-":
-            old, self.stream = self.stream, open(self.target, "a", buffering=1)
+            stream = open(os.open(self.target, self.FLAGS, 0o640), "a", buffering=1)
+            old, self.stream = self.stream, stream
             if old is not None:
                 old.close()
 
