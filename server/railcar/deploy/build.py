@@ -36,8 +36,12 @@ class Archive:
 
 
 def release_name(short: str, now: float | None = None) -> str:
-    """releases/<UTC timestamp>-<short sha>: names sort by time."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + short
+    """releases/<UTC timestamp to the microsecond>-<short sha>: names sort by time, and two
+    deploys of one commit in the same second get two names (the unpack stage also refuses a
+    release directory that exists, so a name is never reused)."""
+    now = time.time() if now is None else now
+    micros = int(round(now * 1_000_000)) % 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(int(now))) + f".{micros:06d}Z-{short}"
 
 
 def _git(source: str, *args: str) -> str:

@@ -4,6 +4,11 @@ The lock is DEPLOY_TO/deploy.lock/holder ("user@machine pid N since TIME: WHAT")
 taken by building the directory under a temporary name and renaming it into place, which
 fails if a lock exists, so the holder is never missing. A lock is stale when its holder ran
 on this machine and that process is gone, or when it is older than lock_timeout.
+
+A host-side publish (publish.py) holds an flock on the holder file while it runs, even after
+the `fab` that took the lock died. A stale lock is taken over only once that flock is free:
+the next deploy waits for the publish in progress to end (up to lock_timeout), so it never
+swaps `current` under a publish and never needs a manual `fab unlock`.
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ def stale_reason(holder: str, lock_timeout: float) -> str | None:
 
 
 # $1 temp dir, $2 lock, $3 holder line, $4 "take over" flag, $5 the stale holder to take
-# over. One round trip: prints "taken", or "held" and the holder's line.
+# over, $6 seconds to wait for a host-side publish of that holder to end. One round trip:
+# prints "taken", "held" and the holder's line, or "publishing" and the holder's line.
 ACQUIRE = r'''
 rm -rf "$1" && mkdir -p "$1" && printf '%s\n' "$3" > "$1/holder" || exit 1
-if [ -n "$4" ] && [ "$(cat "$2/holder" 2>/dev/null)" = "$5" ]; then rm -rf "$2"; fi
+if [ -n "$4" ] && [ "$(cat "$2/holder" 2>/dev/null)" = "$5" ]; then
+  if ! flock -n "$2/holder" true 2>/dev/null && ! flock -w "$6" "$2/holder" true 2>/dev/null; then
+    rm -rf "$1"; echo publishing; cat "$2/holder"; exit 0
+  fi
+  rm -rf "$2"
+fi
 if mv -T "$1" "$2" 2>/dev/null; then echo taken; exit 0; fi
 rm -rf "$1"
 echo held
@@ -69,8 +80,12 @@ RELEASE = r'''
 case "$(cat "$1/holder" 2>/dev/null)" in *"$2"*) rm -rf "$1" ;; esac
 '''
 
-# $1 lock: print its holder and remove it.
+# $1 lock: print its holder and remove it, unless a host-side publish holds it (exit 3).
 FORCE_RELEASE = r'''
+if [ -e "$1/holder" ] && ! flock -n "$1/holder" true 2>/dev/null; then
+  echo "a host-side publish is still running under the lock of $(cat "$1/holder"): it ends on its own" >&2
+  exit 3
+fi
 cat "$1/holder" 2>/dev/null
 rm -rf "$1"
 '''
@@ -85,12 +100,20 @@ def acquire(remote: Remote, paths: Paths, what: str, lock_timeout: float, say) -
     One round trip when the lock is free."""
     temp = f"{paths.lock}.{socket.gethostname()}.{os.getpid()}"
     line = holder_line(what)
-    take_over, stale = "", ""
-    for _attempt in range(3):
-        out = remote.script(ACQUIRE, temp, paths.lock, line, take_over, stale,
+    take_over, stale, wait = "", "", "0"
+    for _attempt in range(4):
+        out = remote.script(ACQUIRE, temp, paths.lock, line, take_over, stale, wait,
                             label="take-lock").stdout.splitlines()
         if out and out[0] == "taken":
             return
+        if out and out[0] == "publishing":
+            if wait != "0":
+                raise LockError(f"[{remote.name}] a host-side publish under the lock of "
+                                f"{stale} still runs after {wait} s ({paths.lock})")
+            say(f"a host-side publish of the deploy of {stale} still runs: waiting for it "
+                f"(up to {lock_timeout:g} s)")
+            wait = f"{lock_timeout:g}"
+            continue
         holder = out[1].strip() if len(out) > 1 and out[1] != "gone" else ""
         if out[-1:] == ["gone"]:
             take_over, stale = "", ""

@@ -20,7 +20,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-STATE_FILE = ".railcar-state"       # in a release: "good" or "failed"; absent = incomplete
+STATE_FILE = ".railcar-state"       # in a release: "good", "failed" or "publishing";
+                                    # absent = incomplete
+PUBLISH_LOG = ".railcar-publish.log"  # in a release: the host-side publish's progress
 VENV_LINK = ".venv"                 # in a release: -> venvs/HASH (railcar runs its python)
 VENV_DONE = ".railcar-complete"     # in a venv: written last, so a half-built venv is redone
 NO_RELEASE = "no-release"           # the name `current` has before the first release
@@ -127,7 +129,15 @@ class Paths:
     def release(self, name: str) -> str:
         if name == NO_RELEASE:
             return self.placeholder
-        return self._join("releases", name)
+        return self.inside(self._join("releases", name))
 
     def venv(self, key: str) -> str:
-        return self._join("venvs", key)
+        return self.inside(self._join("venvs", key))
+
+    def inside(self, path: str) -> str:
+        """`path` itself if it lies strictly below `root` (after normalizing), else ValueError.
+        Every path that cleanup or a failed deploy removes is built through this check."""
+        normal = posixpath.normpath(path)
+        if normal != path.rstrip("/") or not normal.startswith(self.root.rstrip("/") + "/"):
+            raise ValueError(f"refusing {path!r}: not a path under the deploy root {self.root}")
+        return path

@@ -9,11 +9,13 @@
       env      (only when env/secrets changed and the SSH user may) write the env file
       venv     build or reuse the virtualenv keyed by the requirements' hash
       hooks    run the configured commands in the release (migrations...)
-    publish  (host by host)
+    publish  (ON THE HOST, detached from the SSH session: railcar.deploy.publish; hosts in
+              parallel, in batches after optional canary hosts: fleet.py)
       swap     point `current` at the release: symlink to a temp name, rename over
       restart  rolling restart through the admin socket (or start the server)
       health   GET health_path through the app's socket; every worker on the release
       mark     mark the release good, append to the revisions log
+      (a failure in any of them: `current` put back, restarted onto, release marked failed)
     finish   (every host)
       cleanup  keep keep_releases good releases, drop failed/incomplete ones and unused venvs
       nginx    (railcar.nginx.enabled) render the site on the host, install it if changed,
@@ -22,13 +24,16 @@
       unlock   release the lock
 
 A failure before `swap` leaves `current` untouched on every host and marks the release
-failed. A failure after it puts `current` back, restarts onto it and marks the release failed.
-Failed releases are never rollback targets and don't count against keep_releases.
+failed (a release that cannot even be marked, on a full disk, is removed). A failure after
+it is undone on the host by the publish itself, which goes on even if `fab` dies. A failure
+that is a full disk is reported as such (disk.py). Failed releases are never rollback
+targets and don't count against keep_releases.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import posixpath
 import threading
@@ -37,17 +42,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import envfile, service, venvs
+from . import disk, envfile, service, venvs
 from . import lock as locks
 from . import releases as rel
 from .build import Archive
-from .paths import Paths
+from .paths import VENV_DONE, Paths
 from .remote import Remote
 from .settings import DeployConfig
 
 
 class DeployError(Exception):
     """The deploy failed; the message says where and why, and what state hosts are in."""
+
+
+class PublishError(DeployError):
+    """The host-side publish did not publish. `changed` is False when it refused before the
+    swap (current untouched), True when it failed after and restored the previous release."""
+
+    def __init__(self, message: str, changed: bool):
+        super().__init__(message)
+        self.changed = changed
 
 
 class Reporter:
@@ -94,14 +108,32 @@ class Host:
     def say(self, text: str) -> None:
         self.reporter.line(f"[{self.name}] {text}")
 
+    def stage_path(self, name: str) -> str:
+        """Where a stage writes: the path a full-disk diagnosis names."""
+        if name == "lock":
+            return self.paths.lock
+        if name == "upload":
+            return self.paths.tmp
+        if name == "venv":
+            return self.paths.venvs
+        if self.release and name in ("unpack", "link", "hooks", "publish", "mark"):
+            return self.release_dir
+        return self.paths.root
+
     def stage(self, name: str, description: str, action: Callable[[], str | None]) -> None:
         self.say(f"{name:<8} {description} ...")
         started = time.monotonic()
         try:
             detail = action()
-        except BaseException:
+        except Exception as exc:
             self.timings[name] = time.monotonic() - started
             self.say(f"{name:<8} FAILED after {self.timings[name]:.1f}s")
+            text = f"{exc}\n{getattr(exc, 'output', '')}"
+            cause = None if "no space left on device" in text else \
+                disk.explain(self.remote, text, self.stage_path(name), name)
+            if cause:
+                self.say(cause)
+                raise DeployError(f"{cause}\n{exc}") from None
             raise
         self.timings[name] = time.monotonic() - started
         self.say(f"{name:<8} ok {self.timings[name]:.1f}s" + (f"  {detail}" if detail else ""))
@@ -112,8 +144,6 @@ def stage_lock(host: Host, what: str) -> str:
     locks.acquire(host.remote, host.paths, what, host.config.lock_timeout, host.say)
     host.locked = True
     return f"{host.paths.lock}"
-
-
 def stage_check(host: Host, wheels: list[str]) -> str:
     remote, paths = host.remote, host.paths
     shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
@@ -153,25 +183,26 @@ def stage_upload(host: Host, archive: Archive, wheels: list[str]) -> str:
     return f"{size / 1024:.0f} KiB" + (f", wheels: {', '.join(sent)}" if sent else "")
 
 
-# $1 release dir, $2 tarball, $3 revision: a fresh release dir with the tarball's files and
-# a REVISION file; the tarball is removed.
+# $1 release dir, $2 tarball, $3 revision: a new release dir (never an existing one: names
+# are unique) with the tarball's files and a REVISION file; the tarball is removed.
 UNPACK = r'''
 set -e
-rm -rf "$1"
-mkdir -p "$1"
+if [ -e "$1" ]; then echo "$1 exists: a release name is never reused" >&2; exit 1; fi
+mkdir "$1"
 tar -xzf "$2" -C "$1"
 printf '%s\n' "$3" > "$1/REVISION"
 rm -f "$2"
 '''
 
 
+def tarball(host: Host) -> str:
+    return posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
+
+
 def stage_unpack(host: Host, archive: Archive) -> str:
-    tarball = posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
     host.unpacked = True
-    host.remote.script(UNPACK, host.release_dir, tarball, archive.revision, label="unpack")
+    host.remote.script(UNPACK, host.release_dir, tarball(host), archive.revision, label="unpack")
     return host.release_dir
-
-
 # $1 release dir, $2 shared dir; then "d:NAME" (a shared dir, created if missing) or
 # "f:NAME" (a shared file) for each item linked from shared/ into the release.
 LINK = r'''
@@ -242,30 +273,10 @@ def stage_hooks(host: Host) -> str:
     return f"{len(host.config.hooks)} hook(s)"
 
 
-# $1 release dir, $2 temp link name, $3 current: symlink under the temp name, renamed over.
-SWAP = r'''
-rm -f "$2" && ln -s "$1" "$2" && mv -T -f "$2" "$3"
-'''
-
-
-def swap_current(remote: Remote, paths: Paths, release_dir: str) -> None:
-    """Atomic publish: a symlink under a temporary name, renamed over `current`."""
-    remote.script(SWAP, release_dir, f"{paths.current}.tmp", paths.current, label="swap-current")
-
-
-def stage_swap(host: Host) -> str:
-    swap_current(host.remote, host.paths, host.release_dir)
-    host.swapped = True
-    return f"current -> releases/{host.release}"
-
-
 def stage_restart(host: Host) -> str:
+    """A rolling restart from `fab` (the `restart` task; deploys restart on the host)."""
     output = service.restart(host.remote, host.paths, host.config).strip()
     return output.splitlines()[-1] if output else ""
-
-
-def stage_health(host: Host) -> str:
-    return service.health_check(host.remote, host.paths, host.config, host.release_dir)
 
 
 def revision_line(host: Host, event: str, revision: str = "") -> str:
@@ -273,21 +284,96 @@ def revision_line(host: Host, event: str, revision: str = "") -> str:
     return f"{when} {event} {host.release} revision {revision or '-'} by {getpass.getuser()}"
 
 
-def log_revision(host: Host, event: str, revision: str = "") -> None:
-    host.remote.script('printf "%s\\n" "$1" >> "$2"', revision_line(host, event, revision),
-                       host.paths.revisions_log, label="log-revision")
+# --- publish (on the host) ------------------------------------------------------------------
+def publish_spec(host: Host, kind: str, target: str, revision: str = "",
+                 abandon: str | None = None, reason: str | None = None) -> dict:
+    """What railcar.deploy.publish does on the host (see its docstring)."""
+    paths, config = host.paths, host.config
+    return {"root": paths.root, "target": target, "kind": kind, "abandon": abandon,
+            "reason": reason, "revision": revision, "by": getpass.getuser(),
+            "restart": service.service_command(paths, config, "restart"),
+            "stop": service.service_command(paths, config, "stop"),
+            "health_path": config.health_path,
+            "probe": service.probe_args(paths, config, paths.release(target))}
 
 
-def stage_mark(host: Host, revision: str) -> str:
-    rel.mark(host.remote, host.paths, host.release, rel.GOOD,
-             revision_line(host, "deployed", revision))
-    return f"good; {host.paths.revisions_log}"
+# $1 the lock's holder file, $2 seconds, $3 the release's state file, $4 its publish log:
+# wait until no host-side publish holds the holder file, then print the state and the
+# publish's last line (its outcome).
+AWAIT_OUTCOME = r'''
+[ -e "$1" ] && flock -w "$2" "$1" true
+printf 'state %s\n' "$(head -n 1 "$3" 2>/dev/null)"
+tail -n 1 "$4" 2>/dev/null
+'''
 
 
-# $1 tmp dir; then the paths to remove.
+def await_outcome(host: Host, target: str) -> str:
+    """After the stream of a publish broke while `fab` lives: wait for the host-side publish
+    to end and read its outcome line from the host."""
+    paths = host.paths
+    host.say("lost the publish's progress stream: waiting for its outcome on the host")
+    try:
+        host.remote.connection.close()
+        out = host.remote.script(
+            AWAIT_OUTCOME, posixpath.join(paths.lock, "holder"), f"{host.config.lock_timeout}",
+            posixpath.join(paths.release(target), rel.STATE_FILE),
+            posixpath.join(paths.release(target), rel.PUBLISH_LOG), label="await-publish").stdout
+    except Exception as exc:
+        raise DeployError(f"[{host.name}] lost the connection during the publish of {target}; "
+                          "the host completes or rolls it back on its own: see `fab releases` "
+                          f"and `fab status` ({exc})") from None
+    lines = out.splitlines()
+    return next((line for line in reversed(lines) if line.startswith("outcome ")),
+                "outcome good" if lines[:1] == ["state good"] else "outcome failed: unknown")
+
+
+def stage_publish(host: Host, kind: str, target: str, revision: str = "",
+                  abandon: str | None = None, reason: str | None = None) -> str:
+    """Run the publish on the host and relay its progress; PublishError if it did not
+    publish (the host has already put back what was current)."""
+    spec = publish_spec(host, kind, target, revision, abandon, reason)
+    seen: list[str] = []
+
+    def relay(line: str) -> None:
+        seen.append(line)
+        if not line.startswith("outcome "):
+            host.say(line)
+        if line.startswith("swap     ok"):
+            host.swapped = True
+
+    argv = [host.paths.server_python, "-m", "railcar.deploy.publish", json.dumps(spec)]
+    try:
+        result = host.remote.run(argv, check=False, on_line=relay, shown="publish")
+        code = result.exit_code
+    except Exception:       # the connection broke: the host goes on without us
+        code = None
+    outcome = next((line for line in reversed(seen) if line.startswith("outcome ")), None)
+    if outcome is None:
+        outcome = await_outcome(host, target)
+    if outcome == "outcome good":
+        return f"current -> releases/{target}"
+    what = outcome.partition(" ")[2]
+    if what.startswith("refused"):
+        raise PublishError(f"[{host.name}] publish of {target} {what}", changed=False)
+    detail = "\n".join(line for line in seen if line.startswith("         "))
+    restored = f"current restored ({host.previous or 'none'})" if code != 2 else \
+        "and putting back the previous release failed too: see `fab status`"
+    raise PublishError(f"[{host.name}] publish of {target} {what}; {restored}"
+                       + (f"\n{detail}" if detail else ""), changed=True)
+
+
+# $1 tmp dir, $2 deploy root; then the paths to remove, each checked to lie under
+# DEPLOY_TO/releases or DEPLOY_TO/venvs (also checked before they were sent).
 CLEANUP = r'''
-tmp=$1
-shift
+tmp=$1 root=$2
+shift 2
+for p in "$@"; do
+  case $p in
+    "$root"/releases/?*|"$root"/venvs/?*) ;;
+    *) echo "refusing to remove $p: not under $root/releases or $root/venvs" >&2; exit 1 ;;
+  esac
+  case $p in */../*|*/..) echo "refusing to remove $p" >&2; exit 1 ;; esac
+done
 rm -rf "$@"
 find "$tmp" -mindepth 1 -delete 2>/dev/null
 true
@@ -300,8 +386,11 @@ def stage_cleanup(host: Host) -> str:
     doomed = rel.to_remove(found.releases, host.config.keep_releases, protect={host.release})
     kept = [r for r in found.releases if r not in doomed]
     unused = venvs.unused(found.venvs, {r.venv for r in kept if r.venv})
-    remote.script(CLEANUP, paths.tmp, *(paths.release(r.name) for r in doomed),
-                  *(paths.venv(key) for key in unused), label="cleanup")
+    try:
+        targets = [paths.release(r.name) for r in doomed] + [paths.venv(key) for key in unused]
+    except ValueError as exc:
+        raise DeployError(f"[{host.name}] cleanup: {exc}") from None
+    remote.script(CLEANUP, paths.tmp, paths.root, *targets, label="cleanup")
     return (f"kept {len(kept)}, removed {len(doomed)} release(s)"
             + (f" and {len(unused)} venv(s)" if unused else ""))
 
@@ -313,39 +402,54 @@ def stage_unlock(host: Host) -> str:
 
 
 # --- recovery -------------------------------------------------------------------------------
+# $1 release dir, $2 its state file, $3 the uploaded tarball, $4 revisions log, $5 log line,
+# $6 venvs dir, $7 a venv's completion marker: mark the release failed; one that cannot be
+# marked (a full disk) is removed, as are half-built venvs (never used: no marker), so
+# nothing half-written stays. Prints "marked", "removed" or "none".
+FAIL = r'''
+rm -f "$3"
+for v in "$6"/*/; do [ -d "$v" ] && [ ! -e "$v$7" ] && rm -rf "$v"; done
+[ -d "$1" ] || { echo none; exit 0; }
+if printf 'failed\n' > "$2.tmp" 2>/dev/null && mv -f "$2.tmp" "$2"; then
+  printf '%s\n' "$5" >> "$4" 2>/dev/null
+  echo marked
+else
+  rm -rf "$1"
+  echo removed
+fi
+'''
+
+
 def fail_before_swap(host: Host, revision: str) -> None:
-    """Mark the release failed (if it exists) and unlock; `current` was never touched."""
+    """Mark the release failed (or remove it when it cannot be marked) and unlock; `current`
+    was never touched. Never raises: the deploy's own error is what the user must see."""
     try:
-        if host.unpacked:
-            rel.mark(host.remote, host.paths, host.release, rel.FAILED,
-                     revision_line(host, "failed", revision))
-            host.say(f"marked releases/{host.release} failed; current unchanged "
-                     f"({host.previous or 'none'})")
+        mark_failed(host, revision)
     finally:
         if host.locked:
-            stage_unlock(host)
-
-
-def fail_after_swap(host: Host, revision: str) -> None:
-    """Put `current` back, restart onto it, mark the release failed, unlock."""
-    remote, paths = host.remote, host.paths
-    try:
-        if host.previous:
-            swap_current(remote, paths, paths.release(host.previous))
-            host.say(f"restored current -> releases/{host.previous}; restarting onto it")
             try:
-                service.restart(remote, paths, host.config)
-            except Exception as exc:  # report, keep recovering: the lock must still go
-                host.say(f"restart onto releases/{host.previous} failed too: {exc}")
-        else:
-            remote.run(["rm", "-f", paths.current])
-            service.stop(remote, paths, host.config)
-            host.say("first release failed: removed current, stopped the server")
-        rel.mark(remote, paths, host.release, rel.FAILED,
-                 revision_line(host, "failed", revision))
-    finally:
-        if host.locked:
-            stage_unlock(host)
+                stage_unlock(host)
+            except Exception as exc:
+                host.say(f"could not drop the deploy lock: {exc}")
+
+
+def mark_failed(host: Host, revision: str) -> None:
+    """Mark the release failed, or remove it when it cannot be marked; never raises."""
+    try:
+        if host.release and (host.unpacked or "upload" in host.timings):
+            release = host.release_dir
+            done = host.remote.script(FAIL, release, posixpath.join(release, rel.STATE_FILE),
+                                      tarball(host), host.paths.revisions_log,
+                                      revision_line(host, "failed", revision),
+                                      host.paths.venvs, VENV_DONE, label="fail-release").stdout.strip()
+            if done == "marked":
+                host.say(f"marked releases/{host.release} failed; current unchanged "
+                         f"({host.previous or 'none'})")
+            elif done == "removed":
+                host.say(f"removed releases/{host.release} (it could not be marked failed); "
+                         f"current unchanged ({host.previous or 'none'})")
+    except Exception as exc:
+        host.say(f"could not mark releases/{host.release} failed: {exc}")
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -365,17 +469,32 @@ def prepare(host: Host, archive: Archive, wheels: list[str]) -> None:
 
 
 def publish(host: Host, archive: Archive) -> None:
-    host.stage("swap", "point current at the release", lambda: stage_swap(host))
-    host.stage("restart", "rolling restart via the admin socket", lambda: stage_restart(host))
-    host.stage("health", f"GET {host.config.health_path} via the app socket",
-               lambda: stage_health(host))
-    host.stage("mark", "mark good, log the revision", lambda: stage_mark(host, archive.revision))
+    """Publish the prepared release on the host (swap, restart, health, mark; undone there
+    on failure)."""
+    try:
+        host.stage("publish", "swap, restart, health, mark on the host (detached)",
+                   lambda: stage_publish(host, "deploy", host.release, archive.revision))
+    except PublishError as exc:
+        if not exc.changed:     # refused before the swap: the release was never marked
+            mark_failed(host, archive.revision)
+        raise
+
+
+def revert(host: Host, reason: str) -> None:
+    """Put a host that published the release back on its previous release (the release is
+    marked failed); for a canary that failed its watch or a fleet over its failure budget."""
+    if not host.previous:
+        host.say("no previous release to go back to: left on the new release")
+        return
+    host.stage("revert", f"back to releases/{host.previous} ({reason})",
+               lambda: stage_publish(host, "rollback", host.previous, abandon=host.release,
+                                     reason=reason))
 
 
 def finish(host: Host) -> None:
-    host.stage("cleanup", f"keep {host.config.keep_releases} good releases",
-               lambda: stage_cleanup(host))
     try:
+        host.stage("cleanup", f"keep {host.config.keep_releases} good releases",
+                   lambda: stage_cleanup(host))
         if host.config.nginx["enabled"]:
             install = host.remote.login == "root"   # only root writes under /etc
             host.stage("nginx", f"site {service.nginx_site(host.config)}, "
@@ -386,8 +505,9 @@ def finish(host: Host) -> None:
         host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))
 
 
-def _parallel(hosts: list[Host], action: Callable[[Host], None]) -> dict[str, BaseException]:
-    errors: dict[str, BaseException] = {}
+def parallel(hosts: list[Host], action: Callable[[Host], None]) -> dict[str, Exception]:
+    """Run `action` on every host at once; the errors by host name."""
+    errors: dict[str, Exception] = {}
 
     def run(host: Host) -> None:
         try:
@@ -402,11 +522,13 @@ def _parallel(hosts: list[Host], action: Callable[[Host], None]) -> dict[str, Ba
 
 def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str) -> None:
     """Run the pipeline on every host. Raises DeployError; hosts are left consistent."""
+    from . import fleet
+
     started = time.monotonic()
     for host in hosts:
         host.release = release
     try:
-        errors = _parallel(hosts, lambda h: prepare(h, archive, wheels))
+        errors = parallel(hosts, lambda h: prepare(h, archive, wheels))
     except BaseException:
         for host in hosts:
             fail_before_swap(host, archive.revision)
@@ -417,37 +539,24 @@ def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str)
         details = "\n".join(f"{name}: {exc}" for name, exc in errors.items())
         raise DeployError(f"deploy of {release} failed before the swap; current is unchanged "
                           f"on every host:\n{details}")
-    published: list[Host] = []
-    for index, host in enumerate(hosts):
-        try:
-            publish(host, archive)
-            published.append(host)
-        except BaseException as exc:
-            fail_after_swap(host, archive.revision) if host.swapped else \
-                fail_before_swap(host, archive.revision)
-            for other in hosts[index + 1:]:
-                fail_before_swap(other, archive.revision)
-            for done in published:
-                stage_unlock(done)
-            if not isinstance(exc, Exception):
-                raise
-            raise DeployError(
-                f"deploy of {release} failed on {host.name} after the swap; current restored "
-                f"there ({host.previous or 'none'})"
-                + (f"; already on the new release: {', '.join(h.name for h in published)}"
-                   if published else "") + f":\n{exc}") from None
-    errors = _parallel(hosts, finish)
+    outcome = fleet.publish_all(hosts, archive, hosts[0].config, hosts[0].reporter)
+    finishing = [host for host in hosts if host.locked]
+    errors = parallel(finishing, finish)
+    if not outcome.ok:
+        raise DeployError(outcome.summary(release))
     if errors:
         details = "\n".join(f"{name}: {exc}" for name, exc in errors.items())
         raise DeployError(f"{release} is live, but finishing failed:\n{details}")
     total = time.monotonic() - started
-    for host in hosts:
+    if outcome.failed:
+        hosts[0].reporter.line(outcome.summary(release))
+    for host in outcome.published:
         host.say(f"deployed {release} in {total:.1f}s")
 
 
 def rollback(host: Host, target: str | None) -> str:
-    """Point `current` at `target` (default: the previous good release) and restart onto it;
-    on failure put it back. Returns the release now current."""
+    """Point `current` at `target` (default: the previous good release) and restart onto it,
+    on the host (put back there on failure). Returns the release now current."""
     host.stage("lock", "take the deploy lock",
                lambda: stage_lock(host, f"rolling back to {target or 'previous good'}"))
     try:
@@ -466,19 +575,8 @@ def rollback(host: Host, target: str | None) -> str:
                 raise DeployError(f"[{host.name}] no good release older than "
                                   f"{host.previous or 'current'} to roll back to")
         host.release = chosen.name
-        try:
-            host.stage("swap", "point current at the release", lambda: stage_swap(host))
-            host.stage("restart", "rolling restart via the admin socket",
-                       lambda: stage_restart(host))
-            host.stage("health", f"GET {host.config.health_path} via the app socket",
-                       lambda: stage_health(host))
-        except Exception:
-            if host.swapped and host.previous:
-                swap_current(host.remote, host.paths, host.paths.release(host.previous))
-                service.restart(host.remote, host.paths, host.config)
-                host.say(f"rollback failed; current restored to {host.previous}")
-            raise
-        log_revision(host, f"rolled back from {host.previous} to", chosen.revision)
+        host.stage("publish", f"current -> releases/{chosen.name}, restart, health (on the host)",
+                   lambda: stage_publish(host, "rollback", chosen.name, chosen.revision))
         return chosen.name
     finally:
         stage_unlock(host)

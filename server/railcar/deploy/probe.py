@@ -61,7 +61,7 @@ def check(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True)
     parser.add_argument("--path", default="/")
@@ -69,18 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app")
     parser.add_argument("--release")
     parser.add_argument("--timeout", type=float, default=30)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def wait_healthy(args) -> str | None:
+    """Check until healthy (None) or --timeout passed (the last reason)."""
     deadline = time.monotonic() + args.timeout
     problem = "not checked"
     for _attempt in range(10_000):
         problem = check(args)
         if problem is None:
-            print(f"healthy: GET {args.path} answered")
-            return 0
+            return None
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    print(f"unhealthy after {args.timeout:g} s: {problem}", file=sys.stderr)
+    return f"unhealthy after {args.timeout:g} s: {problem}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    problem = wait_healthy(args)
+    if problem is None:
+        print(f"healthy: GET {args.path} answered")
+        return 0
+    print(problem, file=sys.stderr)
     return 1
 
 

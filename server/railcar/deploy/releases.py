@@ -1,8 +1,9 @@
 """Releases on a host: list them with their state, mark them, pick rollback targets.
 
 A release's state is the file releases/NAME/.railcar-state: "good" once it served after a
-deploy, "failed" when its deploy failed; no file means incomplete (a deploy in progress, or
-debris of one that was killed). Only good releases are rollback targets or count against
+deploy, "failed" when its deploy failed, "publishing" while the host-side publish runs
+(publish.py); no file means incomplete (a deploy in progress, or debris of one that was
+killed before its publish). Only good releases are rollback targets or count against
 keep_releases. The read-only `inventory` feeds the `releases` task, rollback and cleanup.
 """
 
@@ -12,10 +13,12 @@ import posixpath
 import time
 from dataclasses import dataclass
 
-from .paths import STATE_FILE, Paths
+from .paths import PUBLISH_LOG, STATE_FILE, Paths
+
+__all__ = ["PUBLISH_LOG", "STATE_FILE"]
 from .remote import Remote
 
-GOOD, FAILED, INCOMPLETE = "good", "failed", "incomplete"
+GOOD, FAILED, INCOMPLETE, PUBLISHING = "good", "failed", "incomplete", "publishing"
 
 # One remote round trip: where `current` points, every release with its state, REVISION and
 # venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir.
@@ -24,7 +27,7 @@ printf 'current\t%s\n' "$(readlink "$1" 2>/dev/null)"
 if cd "$2" 2>/dev/null; then
   for d in */; do
     d=${d%/}; [ -d "$d" ] || continue
-    s=$(cat "$d/.railcar-state" 2>/dev/null || echo incomplete)
+    s=$(head -n 1 "$d/.railcar-state" 2>/dev/null || echo incomplete)
     r=$(head -c 200 "$d/REVISION" 2>/dev/null | head -n 1)
     m=$(stat -c %Y "$d")
     v=$(readlink "$d/.venv" 2>/dev/null)
@@ -84,7 +87,7 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
         elif kind == "release":
             name, state, mtime, venv, revision = (rest.split("\t", 4) + [""] * 5)[:5]
             rows.append((name, state.strip(), int(mtime or 0), venv.strip(), revision.strip()))
-    releases = [Release(name, state if state in (GOOD, FAILED) else INCOMPLETE, mtime,
+    releases = [Release(name, state if state in (GOOD, FAILED, PUBLISHING) else INCOMPLETE, mtime,
                         revision, name == current, venv)
                 for name, state, mtime, venv, revision in rows]
     return Inventory(current, sorted(releases, key=lambda r: r.name), sorted(venvs))

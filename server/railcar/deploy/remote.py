@@ -30,6 +30,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import hostkeys
 
@@ -108,8 +109,10 @@ class Remote:
         return text
 
     def run(self, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None,
-            check: bool = True, timeout: float | None = None, shown: str | None = None) -> Result:
-        """Run argv on the host; raise RemoteError on a non-zero exit if `check`."""
+            check: bool = True, timeout: float | None = None, shown: str | None = None,
+            on_line: Callable[[str], None] | None = None) -> Result:
+        """Run argv on the host; raise RemoteError on a non-zero exit if `check`.
+        With `on_line`, every line of its stdout is handed over as it arrives."""
         text = self.command(argv, cwd, env)
         wrapped = text
         if self._user:
@@ -117,19 +120,25 @@ class Remote:
         elif self._sudo and (cwd or env):
             wrapped = shlex.join(["sh", "-c", text])
         started = time.monotonic()
-        result = self._call(wrapped)
+        streams = {} if on_line is None else \
+            {"hide": "stderr", "out_stream": _LineWriter(lambda line: on_line(self.mask(line)))}
+        result = self._call(wrapped, timeout, **streams)
         self._trace("run", shown or text, started)
         out = Result(self.mask(result.stdout), self.mask(result.stderr), result.exited)
         if check and not out.ok:
             raise RemoteError(self.name, self.mask(text), out.exit_code, out.stdout + out.stderr)
         return out
 
-    def _call(self, text: str):
-        """One command on the host; a host key or sudo failure becomes a clear error."""
+    def _call(self, text: str, timeout: float | None = None, **streams):
+        """One command on the host; a host key or sudo failure becomes a clear error.
+        `streams`: invoke's hide/out_stream (default: everything captured, nothing shown)."""
+        streams = streams or {"hide": True}
         try:
             if self._sudo:
-                return self.connection.sudo(text, hide=True, warn=True, in_stream=False)
-            return self.connection.run(text, hide=True, warn=True, in_stream=False)
+                return self.connection.sudo(text, warn=True, in_stream=False, timeout=timeout,
+                                            **streams)
+            return self.connection.run(text, warn=True, in_stream=False, timeout=timeout,
+                                       **streams)
         except Exception as exc:
             raise self._explain(exc) from None
 
@@ -182,6 +191,9 @@ class Remote:
                 self._put_installed(local, remote, mode)
         except (RemoteError, hostkeys.HostKeyError):
             raise
+        except OSError as exc:   # SFTP says only "Failure" for a full disk: see disk.py
+            raise RemoteError(self.name, f"upload to {remote}", None,
+                              f"{remote}: {exc.strerror or exc}") from None
         except Exception as exc:
             raise self._explain(exc) from None
         self._trace("put", remote, started)
@@ -211,6 +223,23 @@ class Remote:
         out = self.script(REPLACE, temp, path, format(mode, "o") if mode is not None else "",
                           label="replace-file")
         return out.stdout.strip() == "changed"
+
+
+class _LineWriter:
+    """A file-like sink that hands complete lines to a callback (invoke's out_stream)."""
+
+    def __init__(self, on_line: Callable[[str], None]):
+        self.on_line = on_line
+        self.buffer = ""
+
+    def write(self, data: str) -> None:
+        self.buffer += data
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self.on_line(line)
+
+    def flush(self) -> None:
+        pass
 
 
 # $1 staged file, $2 target, $3 owner, $4 mode: a copy owned by $3 (its primary group) renamed

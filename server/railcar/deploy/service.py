@@ -250,11 +250,20 @@ esac
 '''
 
 
+def service_args(paths: Paths, config: DeployConfig, action: str) -> list[str]:
+    """The SERVICE script's arguments for `action` (start, restart, stop)."""
+    return [action, paths.railcar, paths.admin_socket, config.app, systemd_mode(config),
+            unit_name(config), config.user, *start_argv(paths, config)]
+
+
+def service_command(paths: Paths, config: DeployConfig, action: str) -> list[str]:
+    """The argv that runs `action` ON THE HOST (what the host-side publish runs)."""
+    return ["sh", "-c", SERVICE, f"{action}-server", *service_args(paths, config, action)]
+
+
 def _service(remote: Remote, paths: Paths, config: DeployConfig, action: str,
              check: bool = True) -> str:
-    return remote.script(SERVICE, action, paths.railcar, paths.admin_socket, config.app,
-                         systemd_mode(config), unit_name(config), config.user,
-                         *start_argv(paths, config),
+    return remote.script(SERVICE, *service_args(paths, config, action),
                          label=f"{action}-server", check=check).stdout
 
 
@@ -350,13 +359,22 @@ def stop(remote: Remote, paths: Paths, config: DeployConfig) -> None:
     _service(remote, paths, config, "stop", check=False)
 
 
-def health_check(remote: Remote, paths: Paths, config: DeployConfig, release_dir: str) -> str:
+def probe_args(paths: Paths, config: DeployConfig, release_dir: str,
+               timeout: float | None = None) -> list[str]:
+    """The arguments of railcar.deploy.probe: health_path through the app's unix socket, and
+    every ready worker on `release_dir`."""
+    return ["--socket", paths.app_socket, "--path", config.health_path,
+            "--admin-socket", paths.admin_socket, "--app", config.app,
+            "--release", release_dir,
+            "--timeout", f"{config.health_timeout if timeout is None else timeout:g}"]
+
+
+def health_check(remote: Remote, paths: Paths, config: DeployConfig, release_dir: str,
+                 timeout: float | None = None) -> str:
     """GET health_path through the app's unix socket until healthy, and check that every
     worker serves `release_dir`. Raises RemoteError when unhealthy."""
     result = remote.run([paths.server_python, "-m", "railcar.deploy.probe",
-                         "--socket", paths.app_socket, "--path", config.health_path,
-                         "--admin-socket", paths.admin_socket, "--app", config.app,
-                         "--release", release_dir, "--timeout", str(config.health_timeout)])
+                         *probe_args(paths, config, release_dir, timeout)])
     return result.stdout.strip()
 
 

@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "health_path": "/",
     "health_timeout": 30,         # seconds for the health check to get a 2xx/3xx
     "lock_timeout": 3600,         # seconds after which a lock held from another machine is stale
+    "canary_hosts": 0,            # publish to the first N hosts, watch them, then the rest
+    "canary_watch": 60,           # seconds the canary hosts are watched before the rest publish
+    "batch_size": "100%",         # hosts that publish at once (after the canaries): N or "P%"
+    "failure_budget": 0,          # hosts that may fail (each restores itself): N or "P%"
+    "on_batch_failure": "rollback",  # over budget: hosts already on the release roll back, or keep
     "systemd": "auto",            # auto: a unit when systemd runs on the host; else a daemon
     "nginx": {},                  # setup/deploy install the app's nginx site: see NGINX_DEFAULTS
 }
@@ -83,6 +88,56 @@ def _abs_path(value):
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("expected an absolute path on the host")
     return value.rstrip("/") or "/"
+
+
+def _deploy_root(value):
+    """DEPLOY_TO: absolute, normalized, at least two components (cleanup removes paths under
+    it, so `/` or `/srv` would put the whole host or every app in reach)."""
+    path = _abs_path(value)
+    parts = [part for part in path.split("/") if part]
+    if any(part in (".", "..") for part in parts) or "//" in value.rstrip("/"):
+        raise ValueError("expected a normalized path (no '.', '..' or '//')")
+    if len(parts) < 2:
+        raise ValueError("refused: a deploy root needs at least two path components "
+                         "(e.g. /srv/APP), since cleanup removes paths under it")
+    return path
+
+
+def _count_or_percent(minimum):
+    """A number of hosts (N >= minimum) or a share of them ("P%", 0 < P <= 100)."""
+    whole = _int(minimum)
+
+    def check(value):
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                share = float(value.strip()[:-1])
+            except ValueError:
+                raise ValueError("expected a number of hosts or a percentage such as 25%") from None
+            if not (0 <= share <= 100) or (minimum > 0 and share == 0):
+                raise ValueError("a percentage must lie in " + ("(0, 100]" if minimum else "[0, 100]"))
+            return f"{share:g}%"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        return whole(value)
+    return check
+
+
+def resolve_hosts(value: int | str, total: int, minimum: int) -> int:
+    """A count-or-percent setting as a number of hosts out of `total` (percentages round
+    up for batches, down for budgets: minimum 1 means a batch, 0 a budget)."""
+    if isinstance(value, int):
+        return value
+    share = float(value[:-1]) * total / 100
+    count = int(share) if minimum == 0 else -int(-share // 1)
+    return max(minimum, count)
+
+
+def _choice(*allowed):
+    def check(value):
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+    return check
 
 
 def _optional(check):
@@ -239,7 +294,7 @@ def _per_host(value):
 
 
 CHECKS: dict[str, Callable[[Any], Any]] = {
-    "app": _optional(_name), "source": _text, "ref": _text, "deploy_to": _optional(_abs_path),
+    "app": _optional(_name), "source": _text, "ref": _text, "deploy_to": _optional(_deploy_root),
     "hosts": _str_list, "per_host": _per_host, "keep_releases": _int(1),
     "shared_dirs": _relative_list, "shared_files": _relative_list,
     "requirements": _text, "python": _text, "pip_args": _str_list,
@@ -249,6 +304,9 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "nginx": _nginx, "secrets": _secrets, "user": _optional(_app_account),
     "deploy_user": _optional(_account), "known_hosts": _optional(_text),
     "trust_new_hosts": _bool,
+    "canary_hosts": _int(0), "canary_watch": _int(0),
+    "batch_size": _count_or_percent(1), "failure_budget": _count_or_percent(0),
+    "on_batch_failure": _choice("rollback", "keep"),
 }
 assert set(CHECKS) == set(DEFAULTS)
 
@@ -279,6 +337,11 @@ class DeployConfig:
     lock_timeout: int
     systemd: Any
     nginx: dict[str, Any] = field(default_factory=lambda: _nginx({}))
+    canary_hosts: int = 0
+    canary_watch: int = 60
+    batch_size: int | str = "100%"
+    failure_budget: int | str = 0
+    on_batch_failure: str = "rollback"
     hosts: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     user: str = ""                  # the app account (validated: never root)

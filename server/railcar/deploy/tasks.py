@@ -284,7 +284,8 @@ def setup_host(host: Host) -> None:
 
 @task(help={"ref": "git ref to deploy (default: railcar.ref)"})
 def deploy(c, ref=None):
-    """Deploy a release to every host: prepare all, then swap and restart host by host."""
+    """Deploy a release to every host: prepare all, then publish (swap, restart, health,
+    mark: on each host, detached from SSH) in canary and batch order."""
     connections = _group(c)
     if connections is None:
         return

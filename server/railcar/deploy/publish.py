@@ -1,0 +1,346 @@
+"""Host-side publish: swap, restart, health, mark, and the rollback of a failure, run ON THE
+HOST as one operation that no SSH session or `fab` process can interrupt.
+
+    DEPLOY_TO/railcar/bin/python -m railcar.deploy.publish SPEC_JSON
+
+`fab` starts this through SSH with the server venv's python (the same railcar version as the
+deploy: the check stage made sure of it). It takes an flock on the deploy lock's holder file
+(deploy.lock/holder), forks, and the child leaves the SSH session (setsid, stdin from
+/dev/null, SIGHUP/SIGINT/SIGPIPE ignored) and does the work while holding that flock; the
+parent only relays the child's progress lines to its stdout (what `fab` shows) and exits with
+the child's status. If `fab` or the connection dies, the parent dies of a broken pipe and the
+child carries on to the end. A later deploy that finds the lock of a dead `fab` waits for the
+flock before taking the lock over (lock.py), so it never races a publish in progress.
+
+The operation, for the release TARGET ("kind" deploy: a new release; rollback: a good one):
+    state    TARGET/.railcar-state := publishing (deploy only; also reserves its disk block)
+    swap     `current` -> TARGET (symlink under a temp name, renamed over)
+    restart  the rolling restart (or start) command fab passed; it blocks until done
+    health   railcar.deploy.probe: health_path answers, every worker runs TARGET
+    mark     TARGET good (deploy), ABANDON failed (a revert), a line in revisions.log
+On a failure after the swap it puts `current` back to what it was, restarts onto it and marks
+a deploy's TARGET failed (the first release: removes `current`, stops the server).
+Outcome: TARGET/.railcar-state, revisions.log, and every progress line in
+TARGET/.railcar-publish.log (writes there are best effort: a full disk must not stop a
+publish); the last line is "outcome good" or "outcome failed: REASON".
+Exit status: 0 published; 1 failed and restored; 2 failed and the restore failed too;
+3 refused before changing anything (another publish runs, bad spec, state not writable).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import posixpath
+import signal
+import subprocess
+import sys
+import time
+
+from . import probe
+from .paths import PUBLISH_LOG, STATE_FILE, Paths
+
+PUBLISHED, RESTORED, BROKEN, REFUSED = 0, 1, 2, 3
+COMMAND_TIMEOUT = 3600      # bound on one restart/stop command (they have their own timeouts)
+
+
+class Refused(Exception):
+    """Nothing was changed: the publish cannot start."""
+
+
+class Failed(Exception):
+    """A step after the swap failed; the message is the reason."""
+
+
+def _no_space(exc: OSError, path: str) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device: {path}"
+    return f"{path}: {exc.strerror or exc}"
+
+
+class Progress:
+    """Progress lines to the parent's pipe and to the release's publish log. Both are best
+    effort: a parent that died (EPIPE) or a full disk only loses the copy."""
+
+    def __init__(self, pipe_fd: int | None, log_path: str | None):
+        self.pipe_fd = pipe_fd
+        self.log = None
+        if log_path:
+            try:
+                self.log = open(log_path, "a", buffering=1)
+            except OSError:
+                self.log = None
+
+    def line(self, text: str) -> None:
+        data = text.rstrip("\n") + "\n"
+        if self.pipe_fd is not None:
+            try:
+                os.write(self.pipe_fd, data.encode())
+            except OSError:         # fab or the connection is gone: carry on without it
+                self.pipe_fd = None
+        if self.log is not None:
+            try:
+                self.log.write(data)
+            except OSError:
+                self.log = None
+
+    def stage(self, name: str, description: str, action) -> str:
+        self.line(f"{name:<8} {description} ...")
+        started = time.monotonic()
+        try:
+            detail = action() or ""
+        except BaseException as exc:
+            self.line(f"{name:<8} FAILED after {time.monotonic() - started:.1f}s")
+            for text in str(exc).splitlines()[-40:]:
+                self.line(f"         {text}")
+            raise
+        self.line(f"{name:<8} ok {time.monotonic() - started:.1f}s" + (f"  {detail}" if detail else ""))
+        return detail
+
+
+def set_state(release_dir: str, state: str) -> None:
+    """Write a release's state. An existing state file is overwritten in place (pwrite +
+    ftruncate: no new disk block, so marking works on a full disk once `publishing` reserved
+    the file); a missing one is written under a temp name and renamed."""
+    path = posixpath.join(release_dir, STATE_FILE)
+    data = (state + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        temp = path + ".tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        return
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def read_current(paths: Paths) -> str | None:
+    try:
+        return posixpath.basename(os.readlink(paths.current).rstrip("/")) or None
+    except OSError:
+        return None
+
+
+def swap(paths: Paths, release_dir: str) -> None:
+    """Atomic: a symlink under a temp name renamed over `current` (like the SWAP script)."""
+    temp = f"{paths.current}.tmp"
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+    os.symlink(release_dir, temp)
+    os.replace(temp, paths.current)
+
+
+def run_command(argv: list[str]) -> str:
+    """Run a service command; its output, or Failed with it."""
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{argv[3] if len(argv) > 3 else argv[0]} did not end in "
+                     f"{COMMAND_TIMEOUT} s") from None
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise Failed(output or f"exit status {result.returncode}")
+    return output
+
+
+def log_revision(paths: Paths, progress: Progress, line: str) -> None:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        with open(paths.revisions_log, "a") as handle:
+            handle.write(f"{when} {line}\n")
+    except OSError as exc:
+        progress.line(f"warning  revisions.log not written: {_no_space(exc, paths.revisions_log)}")
+
+
+class Publish:
+    """One publish on this host, from a spec written by the deploy side (pipeline.py)."""
+
+    def __init__(self, spec: dict, progress: Progress):
+        self.spec = spec
+        self.paths = Paths(spec["root"])
+        self.target = spec["target"]
+        self.target_dir = self.paths.release(self.target)
+        self.kind = spec["kind"]
+        self.abandon = spec.get("abandon")
+        self.progress = progress
+        self.previous = read_current(self.paths)
+
+    def who(self, event: str, name: str) -> str:
+        return f"{event} {name} revision {self.spec.get('revision') or '-'} by {self.spec.get('by', '-')}"
+
+    def run(self) -> int:
+        if not os.path.isdir(self.target_dir):
+            raise Refused(f"{self.target_dir} does not exist")
+        if self.kind == "deploy":
+            try:
+                set_state(self.target_dir, "publishing")
+            except OSError as exc:
+                raise Refused(f"{_no_space(exc, self.target_dir)}; current unchanged") from None
+        try:
+            self.publish()
+        except Exception as exc:
+            return self.restore(exc)
+        self.progress.line("outcome good")
+        return PUBLISHED
+
+    def publish(self) -> None:
+        p = self.progress
+        p.stage("swap", "point current at the release", self.do_swap)
+        p.stage("restart", "rolling restart via the admin socket",
+                lambda: (run_command(self.spec["restart"]).splitlines() or [""])[-1])
+        p.stage("health", f"GET {self.spec.get('health_path', '/')} via the app socket",
+                self.do_health)
+        p.stage("mark", "mark good, log the revision", self.do_mark)
+
+    def do_swap(self) -> str:
+        swap(self.paths, self.target_dir)
+        return f"current -> releases/{self.target}"
+
+    def do_health(self) -> str:
+        args = probe.parser().parse_args(self.spec["probe"])
+        problem = probe.wait_healthy(args)
+        if problem:
+            raise Failed(problem)
+        return f"healthy: GET {args.path} answered"
+
+    def do_mark(self) -> str:
+        if self.kind == "deploy":
+            try:
+                set_state(self.target_dir, "good")
+            except OSError as exc:
+                raise Failed(_no_space(exc, posixpath.join(self.target_dir, STATE_FILE))) from None
+            log_revision(self.paths, self.progress, self.who("deployed", self.target))
+            return f"good; {self.paths.revisions_log}"
+        if self.abandon:
+            self.mark_failed(self.abandon)
+        log_revision(self.paths, self.progress,
+                     self.who(f"rolled back from {self.previous} to", self.target)
+                     + (f" ({self.spec['reason']})" if self.spec.get("reason") else ""))
+        return f"current: {self.target}"
+
+    def mark_failed(self, name: str) -> None:
+        try:
+            set_state(self.paths.release(name), "failed")
+        except OSError as exc:
+            self.progress.line(f"warning  {name} not marked failed: {_no_space(exc, name)}")
+
+    def restore(self, cause: Exception) -> int:
+        """Put `current` back, restart onto it, mark a deploy's release failed."""
+        p = self.progress
+        reason = str(cause).strip().splitlines()
+        reason = reason[-1] if reason else type(cause).__name__
+        status = RESTORED
+        try:
+            if self.previous and self.previous != self.target:
+                p.stage("restore", f"current -> releases/{self.previous}, restart onto it",
+                        self.put_back)
+            elif not self.previous:
+                p.stage("restore", "first release failed: remove current, stop the server",
+                        self.remove_current)
+        except Exception:
+            status = BROKEN
+        if self.kind == "deploy":
+            self.mark_failed(self.target)
+            log_revision(self.paths, p, self.who("failed", self.target))
+        p.line(f"outcome failed: {reason}")
+        return status
+
+    def put_back(self) -> str:
+        swap(self.paths, self.paths.release(self.previous))
+        return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+
+    def remove_current(self) -> str:
+        try:
+            os.unlink(self.paths.current)
+        except FileNotFoundError:
+            pass
+        run_command(self.spec["stop"])
+        return "current removed, server stopped"
+
+
+def lock_holder(paths: Paths) -> int:
+    """Open and flock deploy.lock/holder: held for the whole publish, it tells a later deploy
+    that this publish is still running (lock.py waits for it)."""
+    holder = posixpath.join(paths.lock, "holder")
+    try:
+        fd = os.open(holder, os.O_RDONLY)
+    except OSError as exc:
+        raise Refused(f"the deploy lock {paths.lock} is not held ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Refused("another publish is running on this host") from None
+    return fd
+
+
+def detach_and_publish(spec: dict, pipe_fd: int) -> int:
+    """In the child: leave the SSH session, then publish."""
+    os.setsid()
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    paths = Paths(spec["root"])
+    log_path = posixpath.join(paths.release(spec["target"]), PUBLISH_LOG)
+    progress = Progress(pipe_fd, log_path)
+    try:
+        return Publish(spec, progress).run()
+    except Refused as exc:
+        progress.line(f"outcome refused: {exc}")
+        return REFUSED
+    except Exception as exc:   # a bug: say so rather than vanish without an outcome
+        progress.line(f"outcome failed: unexpected {type(exc).__name__}: {exc}")
+        return BROKEN
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        spec = json.loads(argv[0])
+        paths = Paths(spec["root"])
+        paths.release(spec["target"])
+        lock_fd = lock_holder(paths)
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        print(f"outcome refused: bad publish spec: {exc}", flush=True)
+        return REFUSED
+    except Refused as exc:
+        print(f"outcome refused: {exc}", flush=True)
+        return REFUSED
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = REFUSED
+        try:
+            code = detach_and_publish(spec, write_fd)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    os.close(lock_fd)           # the child holds the flock (same open file description)
+    print(f"publish  host-side pid {pid}", flush=True)
+    with os.fdopen(read_fd, "rb") as pipe:
+        for raw in pipe:
+            sys.stdout.write(raw.decode("utf-8", "replace"))
+            sys.stdout.flush()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else BROKEN
+
+
+if __name__ == "__main__":
+    sys.exit(main())
