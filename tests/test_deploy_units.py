@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from invoke import Config
 
@@ -168,3 +170,81 @@ def test_masker_hides_every_secret_value():
 
     mask = masker(["s3cret", "s3cret-longer", ""])
     assert mask("a s3cret-longer and s3cret") == "a ***** and *****"
+
+
+@pytest.mark.parametrize("deploy_to", ["/", "/srv", "/srv/", "/srv/../etc", "/srv//app"])
+def test_a_deploy_root_too_close_to_the_top_is_refused(tmp_path, deploy_to):
+    config = config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n"
+                                        f"  deploy_to: {deploy_to}\n")
+    with pytest.raises(ConfigError, match="railcar.deploy_to"):
+        load(config, "web1")
+
+
+def test_paths_removed_must_lie_under_the_deploy_root():
+    from railcar.deploy.paths import Paths
+
+    paths = Paths("/srv/shop")
+    assert paths.release("20261123T101500.000001Z-abc1234").startswith("/srv/shop/releases/")
+    for bad in ("..", "../../etc", "x/../../.."):
+        with pytest.raises(ValueError, match="not a path under the deploy root"):
+            paths.release(bad)
+    with pytest.raises(ValueError):
+        paths.venv("../railcar")
+
+
+def test_release_names_are_unique_within_a_second_and_sort_by_time():
+    from railcar.deploy.build import release_name
+
+    now = 1_795_000_000.25
+    names = [release_name("abc1234", now + step / 1000) for step in range(5)]
+    assert len(set(names)) == 5 and names == sorted(names)
+    assert re.match(r"^\d{8}T\d{6}\.\d{6}Z-abc1234$", names[0])
+
+
+@pytest.mark.parametrize("body, words", [
+    ("batch_size: 0", ["railcar.batch_size", "at least 1"]),
+    ("batch_size: 150%", ["railcar.batch_size", "percentage"]),
+    ("failure_budget: lots", ["railcar.failure_budget", "percentage"]),
+    ("canary_hosts: -1", ["railcar.canary_hosts"]),
+    ("on_batch_failure: panic", ["railcar.on_batch_failure", "rollback, keep"]),
+])
+def test_bad_fleet_settings_name_the_key(tmp_path, body, words):
+    config = config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n  {body}\n")
+    with pytest.raises(ConfigError) as error:
+        load(config, "web1")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_fleet_plan_canaries_then_batches_and_the_budget():
+    from railcar.deploy.fleet import plan
+    from railcar.deploy.settings import resolve_hosts
+
+    class FakeHost:     # plan only orders hosts
+        def __init__(self, name):
+            self.name = name
+
+    hosts = [FakeHost(f"h{i}") for i in range(10)]
+
+    def names(canary_hosts, batch_size):
+        config = type("C", (), {"canary_hosts": canary_hosts, "batch_size": batch_size})
+        return [[h.name for h in batch] for batch in plan(hosts, config)]
+
+    assert names(0, "100%") == [[f"h{i}" for i in range(10)]]
+    assert names(1, "30%") == [["h0"], ["h1", "h2", "h3"], ["h4", "h5", "h6"], ["h7", "h8", "h9"]]
+    assert names(2, 4) == [["h0", "h1"], ["h2", "h3", "h4", "h5"], ["h6", "h7", "h8", "h9"]]
+    assert resolve_hosts("25%", 10, 1) == 3      # a batch rounds up
+    assert resolve_hosts("25%", 10, 0) == 2      # a budget rounds down
+    assert resolve_hosts("5%", 10, 1) == 1 and resolve_hosts(3, 10, 0) == 3
+
+
+def test_a_state_file_is_rewritten_in_place(tmp_path):
+    from railcar.deploy.publish import set_state
+
+    release = tmp_path / "r"
+    release.mkdir()
+    set_state(str(release), "publishing")
+    inode = (release / ".railcar-state").stat().st_ino
+    set_state(str(release), "good")
+    assert (release / ".railcar-state").read_text() == "good\n"
+    assert (release / ".railcar-state").stat().st_ino == inode   # no new file, no new block

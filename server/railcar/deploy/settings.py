@@ -118,7 +118,10 @@ def _count_or_percent(minimum):
             return f"{share:g}%"
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
-        return whole(value)
+        try:
+            return whole(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: a number of hosts or a percentage such as 25%") from None
     return check
 
 

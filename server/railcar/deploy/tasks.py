@@ -2,9 +2,10 @@
 
 A user's fabfile.py is `from railcar.deploy import ns`; settings go under `railcar:` in
 fabric.yaml (see settings.DEFAULTS). Hosts come from `-H a,b` or `railcar.hosts`.
-`deploy` works on all the hosts of one run together (every host is prepared before any
-swaps): with `-H a,b`, Fabric calls it once per host, the first call deploys to the whole
-group and the later calls of the same run have nothing left to do.
+`deploy` and `setup` work on all the hosts of one run together (in parallel; for deploy,
+every host is prepared before any publishes): with `-H a,b`, Fabric calls a task once per
+host, the first call works on the whole group and the later calls of the same run have
+nothing left to do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import threading
 
 from fabric import Connection, task
 from invoke import Collection
@@ -28,7 +30,8 @@ from .settings import DEFAULTS, ConfigError, DeployConfig, env_from_machine, loa
 
 FAILURES = (ConfigError, DeployError, RemoteError, LockError, build.BuildError,
             hostkeys.HostKeyError)
-_deployed_groups: set[tuple[str, ...]] = set()
+_grouped: set[tuple[str, ...]] = set()   # (task, *hosts) already run for the -H group
+_accounts = threading.Lock()  # hosts may share /etc/passwd (loopback, containers): one at once
 _wheel_dirs: list = []      # temp dirs of built wheels, alive for the whole run
 
 
@@ -62,17 +65,18 @@ def _connections(c) -> list[Connection]:
     return [Connection(name, config=c.config) for name in names]
 
 
-def _group(c) -> list[Connection] | None:
-    """deploy's hosts: the whole -H group on its first call, None on the later calls."""
+def _group(c, task: str) -> list[Connection] | None:
+    """The hosts of a task that works on all of them at once (deploy, setup): the whole -H
+    group on its first call, None on the later calls of the same run."""
     if not isinstance(c, Connection):
         return _connections(c)
     group = cli_hosts()
     if c.original_host not in group:
         return [c]
-    key = tuple(group)
-    if key in _deployed_groups:
+    key = (task, *group)
+    if key in _grouped:
         return None
-    _deployed_groups.add(key)
+    _grouped.add(key)
     return [c if name == c.original_host else Connection(name, config=c.config)
             for name in group]
 
@@ -124,13 +128,19 @@ def setup(c):
     """As root (directly, or through sudo): create the app account, the layout with its
     owners, the server virtualenv, the env file, the service (systemd unit or daemon, run as
     the app account) and the nginx site when railcar.nginx.enabled; start the server
-    (idempotent). Afterwards the deploy account needs no root."""
+    (idempotent; the -H hosts in parallel). Afterwards the deploy account needs no root."""
+    connections = _group(c, "setup")
+    if connections is None:
+        return
     reporter = Reporter()
     try:
-        for host in _hosts(_connections(c), reporter, with_env=True):
-            setup_host(host)
+        hosts = _hosts(connections, reporter, with_env=True)
+        wheels(hosts[0].config)             # built once, before the hosts run in parallel
+        errors = pipeline.parallel(hosts, setup_host)
     except FAILURES as exc:
         raise _fail(exc) from None
+    if errors:
+        raise _fail("\n".join(f"{name}: {exc}" for name, exc in errors.items()))
 
 
 # $1 app account, $2 deploy account, $3 its home (deploy_to), $4 nginx's account or "".
@@ -220,8 +230,9 @@ def setup_host(host: Host) -> None:
 
     def accounts():
         web = config.nginx["user"] if config.nginx["enabled"] and config.nginx["user"] else ""
-        out = root.script(ACCOUNTS, config.user, deployer, paths.root, web,
-                          label="accounts").stdout.strip()
+        with _accounts:
+            out = root.script(ACCOUNTS, config.user, deployer, paths.root, web,
+                              label="accounts").stdout.strip()
         return "; ".join(out.splitlines()) or f"app {config.user}, deploy {deployer}: unchanged"
 
     def layout():
@@ -286,7 +297,7 @@ def setup_host(host: Host) -> None:
 def deploy(c, ref=None):
     """Deploy a release to every host: prepare all, then publish (swap, restart, health,
     mark: on each host, detached from SSH) in canary and batch order."""
-    connections = _group(c)
+    connections = _group(c, "deploy")
     if connections is None:
         return
     reporter = Reporter()
