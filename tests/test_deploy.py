@@ -73,6 +73,7 @@ class Site:
         self.accounts = Accounts()
         self.user = self.accounts.expect()     # the app account, created by `fab setup`
         self.extra = ""                         # more `railcar:` settings (indented lines)
+        self.health_path = "/"
 
     def create(self, requirements: str) -> None:
         """An empty git repo for the app (with its requirements) and the project's fabfile."""
@@ -102,7 +103,7 @@ railcar:
   pip_args: [--no-index]
   keep_releases: 3
   shared_dirs: [log]
-  health_path: /
+  health_path: {self.health_path}
   health_timeout: 15
 {self.extra}  per_host:
 {per_host}""")

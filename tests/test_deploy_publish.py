@@ -33,6 +33,7 @@ ON_THE_HOST = STAGES[STAGES.index("swap"):]
 def site(tmp_path_factory, deploy_wheelhouse):
     site = Site(tmp_path_factory.mktemp("publish"), deploy_wheelhouse)
     site.create("# no requirements\n")
+    site.health_path = "/health"
     mounts: list[Path] = []
     site.mounts = mounts
     try:
@@ -109,8 +110,7 @@ def test_sigkill_of_fab_at_every_stage(site):
                 assert now == release, stage
                 assert site.get() == f"version kill-{stage}"
         site.commit("after")
-        output = site.fab("-H", "host1", "deploy")
-        assert "stale lock" in output
+        site.fab("-H", "host1", "deploy")
         assert site.get() == "version after"
         assert_consistent(site)
         assert "incomplete" not in site.states().values()
@@ -133,6 +133,36 @@ def test_a_failed_release_is_restored_on_the_host_and_logged(site):
     log = (site.root() / "releases" / failed[-1] / ".railcar-publish.log").read_text()
     assert log.splitlines()[-1].startswith("outcome failed")
     assert "restore  ok" in log
+
+
+UNHEALTHY = '''
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/health":
+        start_response("500 Internal Server Error", [("Content-Length", "7")])
+        return [b"db down"]
+    start_response("200 OK", [("Content-Length", "17")])
+    return [b"version unhealthy"]
+'''
+
+
+def test_an_importable_but_unhealthy_release_answers_no_client_request(site):
+    good = site.current()
+    (site.app / "wsgi.py").write_text(UNHEALTHY)
+    subprocess.run(["git", "-C", str(site.app), "-c", "user.email=t@example.com", "-c",
+                    "user.name=t", "commit", "-q", "-am", "unhealthy"], check=True)
+    load = Load("127.0.0.1", site.ports["host1"], clients=4, max_seconds=300).start()
+    try:
+        time.sleep(0.5)
+        output = site.fab("-H", "host1", "deploy", ok=False)
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    assert "500" in output and "db down" in output, output
+    assert load.failures() == [], load.failures()[:3]
+    bodies = {outcome.body for outcome in load.outcomes}
+    assert b"version unhealthy" not in bodies and len(load.outcomes) > 50
+    assert assert_consistent(site) == good
+    assert site.states()[sorted(site.states())[-1]] == "failed"
 
 
 def fill(path: Path, leave_kib: int) -> Path:
@@ -161,11 +191,12 @@ def test_a_full_disk_is_named_and_the_next_deploy_succeeds(site):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m,mode=0755", "tmpfs", str(root)],
                    check=True, timeout=60)
     site.mounts.append(root)
-    site.fab("-H", "small", "setup")
-    site.commit("roomy")
-    site.fab("-H", "small", "deploy")
-    load = Load("127.0.0.1", site.ports["small"], clients=2, max_seconds=600).start()
+    load = Load("127.0.0.1", site.ports["small"], clients=2, max_seconds=600)
     try:
+        site.fab("-H", "small", "setup")
+        site.commit("roomy")
+        site.fab("-H", "small", "deploy")
+        load.start()
         # Completely full: the lock cannot even be written.
         filler = fill(root, 0)
         site.commit("full")
@@ -192,5 +223,9 @@ def test_a_full_disk_is_named_and_the_next_deploy_succeeds(site):
         assert_consistent(site, "small")
     finally:
         load.stop()
+        subprocess.run([str(root / "railcar" / "bin" / "railcar"), "stop", "--admin-socket",
+                        str(root / "run" / "admin.sock")], capture_output=True, timeout=90)
+        site.hosts["small"].stop()
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=60)
     assert load.failures() == [], load.failures()[:3]
     assert len(load.outcomes) > 50

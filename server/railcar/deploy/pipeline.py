@@ -132,7 +132,7 @@ class Host:
             cause = None if "no space left on device" in text else \
                 disk.explain(self.remote, text, self.stage_path(name), name)
             if cause:
-                self.say(cause)
+                self.reporter.line(cause)
                 raise DeployError(f"{cause}\n{exc}") from None
             raise
         self.timings[name] = time.monotonic() - started
@@ -346,8 +346,12 @@ def stage_publish(host: Host, kind: str, target: str, revision: str = "",
         result = host.remote.run(argv, check=False, on_line=relay, shown="publish")
         code = result.exit_code
     except Exception:       # the connection broke: the host goes on without us
-        code = None
+        result, code = None, None
     outcome = next((line for line in reversed(seen) if line.startswith("outcome ")), None)
+    forked = any(line.startswith("publish  host-side pid") for line in seen)
+    if outcome is None and result is not None and not forked:
+        raise PublishError(f"[{host.name}] the host-side publish did not start (exit {code}): "
+                           f"{(result.stderr or result.stdout).strip()[-2000:]}", changed=False)
     if outcome is None:
         outcome = await_outcome(host, target)
     if outcome == "outcome good":

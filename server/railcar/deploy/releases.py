@@ -132,6 +132,16 @@ def to_remove(releases: list[Release], keep: int, protect: set[str]) -> list[Rel
     return [r for r in releases if r.name not in keep_names]
 
 
+def summary(found: Inventory) -> str:
+    """One line for `fab status`: where `current` points, its state, a publish running."""
+    by_name = {r.name: r for r in found.releases}
+    current = by_name.get(found.current or "")
+    line = (f"current -> releases/{found.current} ({current.state if current else 'missing'})"
+            if found.current else "current: none")
+    running = [r.name for r in found.releases if r.state == PUBLISHING]
+    return line + (f"; publishing on the host: {', '.join(running)}" if running else "")
+
+
 def render(host: str, releases: list[Release]) -> str:
     lines = [f"[{host}] {len(releases)} release(s) (* = current)"]
     now = time.time()

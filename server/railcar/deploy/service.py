@@ -166,7 +166,10 @@ def start_argv(paths: Paths, config: DeployConfig) -> list[str]:
             "--bind", f"unix:{paths.app_socket}", "--workers", str(config.workers),
             "--admin-socket", paths.admin_socket, "--admin-group", config.user,
             "--socket-group", config.user, "--env-file", paths.env_file,
-            "--pid-file", paths.pid_file, "--log-file", paths.server_log, "--daemon"]
+            "--pid-file", paths.pid_file, "--log-file", paths.server_log, "--daemon",
+            # the server checks each new worker before it takes traffic: an unhealthy
+            # release serves nothing (the publish's health stage is the second check)
+            "--health-path", config.health_path, "--health-timeout", str(config.health_timeout)]
     for bind in config.bind:
         argv += ["--bind", bind]
     return argv

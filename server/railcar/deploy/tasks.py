@@ -339,10 +339,14 @@ def releases(c):
 
 @task(help={"json": "railcar status --json"})
 def status(c, json=False):
-    """railcar status of each host."""
+    """railcar status of each host; without --json also where `current` points, its state,
+    and a host-side publish in progress."""
     try:
         for host in _hosts(_connections(c), Reporter()):
-            print(f"[{host.name}]\n" + service.status(host.remote, host.paths, json), flush=True)
+            text = service.status(host.remote, host.paths, json)
+            if not json:
+                text = rel.summary(rel.read_inventory(host.remote, host.paths)) + "\n" + text
+            print(f"[{host.name}]\n" + text, flush=True)
     except FAILURES as exc:
         raise _fail(exc) from None
 
