@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -43,11 +42,11 @@ def site(tmp_path_factory, deploy_wheelhouse):
         site.fab("-H", "host1", "deploy")
         yield site
     finally:
-        site.stop_servers()
-        site.ssh.stop_all()
-        for mount in mounts:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=60)
-        shutil.rmtree(site.workdir, ignore_errors=True)
+        try:
+            site.close()
+        finally:
+            for mount in mounts:
+                subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=60)
 
 
 def publishes_running(root: Path) -> list[int]:

@@ -16,8 +16,8 @@
       health   GET health_path through the app's socket; every worker on the release
       mark     mark the release good, append to the revisions log
       (a failure in any of them: `current` put back, restarted onto, release marked failed)
-    finish   (every host)
       cleanup  keep keep_releases good releases, drop failed/incomplete ones and unused venvs
+    finish   (every host)
       nginx    (railcar.nginx.enabled) render the site on the host, install it if changed,
                nginx -t, reload; a failed test keeps the old site (as root; a deploy
                account only warns when it is out of date: `fab setup` installs it)
@@ -144,6 +144,8 @@ def stage_lock(host: Host, what: str) -> str:
     locks.acquire(host.remote, host.paths, what, host.config.lock_timeout, host.say)
     host.locked = True
     return f"{host.paths.lock}"
+
+
 def stage_check(host: Host, wheels: list[str]) -> str:
     remote, paths = host.remote, host.paths
     shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
@@ -203,6 +205,8 @@ def stage_unpack(host: Host, archive: Archive) -> str:
     host.unpacked = True
     host.remote.script(UNPACK, host.release_dir, tarball(host), archive.revision, label="unpack")
     return host.release_dir
+
+
 # $1 release dir, $2 shared dir; then "d:NAME" (a shared dir, created if missing) or
 # "f:NAME" (a shared file) for each item linked from shared/ into the release.
 LINK = r'''
@@ -293,7 +297,7 @@ def publish_spec(host: Host, kind: str, target: str, revision: str = "",
             "reason": reason, "revision": revision, "by": getpass.getuser(),
             "restart": service.service_command(paths, config, "restart"),
             "stop": service.service_command(paths, config, "stop"),
-            "health_path": config.health_path,
+            "health_path": config.health_path, "keep": config.keep_releases,
             "probe": service.probe_args(paths, config, paths.release(target))}
 
 
@@ -366,39 +370,6 @@ def stage_publish(host: Host, kind: str, target: str, revision: str = "",
                        + (f"\n{detail}" if detail else ""), changed=True)
 
 
-# $1 tmp dir, $2 deploy root; then the paths to remove, each checked to lie under
-# DEPLOY_TO/releases or DEPLOY_TO/venvs (also checked before they were sent).
-CLEANUP = r'''
-tmp=$1 root=$2
-shift 2
-for p in "$@"; do
-  case $p in
-    "$root"/releases/?*|"$root"/venvs/?*) ;;
-    *) echo "refusing to remove $p: not under $root/releases or $root/venvs" >&2; exit 1 ;;
-  esac
-  case $p in */../*|*/..) echo "refusing to remove $p" >&2; exit 1 ;; esac
-done
-rm -rf "$@"
-find "$tmp" -mindepth 1 -delete 2>/dev/null
-true
-'''
-
-
-def stage_cleanup(host: Host) -> str:
-    remote, paths = host.remote, host.paths
-    found = rel.read_inventory(remote, paths)
-    doomed = rel.to_remove(found.releases, host.config.keep_releases, protect={host.release})
-    kept = [r for r in found.releases if r not in doomed]
-    unused = venvs.unused(found.venvs, {r.venv for r in kept if r.venv})
-    try:
-        targets = [paths.release(r.name) for r in doomed] + [paths.venv(key) for key in unused]
-    except ValueError as exc:
-        raise DeployError(f"[{host.name}] cleanup: {exc}") from None
-    remote.script(CLEANUP, paths.tmp, paths.root, *targets, label="cleanup")
-    return (f"kept {len(kept)}, removed {len(doomed)} release(s)"
-            + (f" and {len(unused)} venv(s)" if unused else ""))
-
-
 def stage_unlock(host: Host) -> str:
     locks.release(host.remote, host.paths)
     host.locked = False
@@ -445,7 +416,8 @@ def mark_failed(host: Host, revision: str) -> None:
             done = host.remote.script(FAIL, release, posixpath.join(release, rel.STATE_FILE),
                                       tarball(host), host.paths.revisions_log,
                                       revision_line(host, "failed", revision),
-                                      host.paths.venvs, VENV_DONE, label="fail-release").stdout.strip()
+                                      host.paths.venvs, VENV_DONE,
+                                      label="fail-release").stdout.strip()
             if done == "marked":
                 host.say(f"marked releases/{host.release} failed; current unchanged "
                          f"({host.previous or 'none'})")
@@ -496,9 +468,8 @@ def revert(host: Host, reason: str) -> None:
 
 
 def finish(host: Host) -> None:
+    """After the publish (which also cleaned up, on the host): the nginx site, unlock."""
     try:
-        host.stage("cleanup", f"keep {host.config.keep_releases} good releases",
-                   lambda: stage_cleanup(host))
         if host.config.nginx["enabled"]:
             install = host.remote.login == "root"   # only root writes under /etc
             host.stage("nginx", f"site {service.nginx_site(host.config)}, "

@@ -18,6 +18,7 @@ The operation, for the release TARGET ("kind" deploy: a new release; rollback: a
     restart  the rolling restart (or start) command fab passed; it blocks until done
     health   railcar.deploy.probe: health_path answers, every worker runs TARGET
     mark     TARGET good (deploy), ABANDON failed (a revert), a line in revisions.log
+    cleanup  (deploy) keep_releases good releases (releases.to_remove), unused venvs, tmp/
 On a failure after the swap it puts `current` back to what it was, restarts onto it and marks
 a deploy's TARGET failed (the first release: removes `current`, stops the server).
 Outcome: TARGET/.railcar-state, revisions.log, and every progress line in
@@ -34,13 +35,16 @@ import fcntl
 import json
 import os
 import posixpath
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from . import probe
-from .paths import PUBLISH_LOG, STATE_FILE, Paths
+from . import releases as rel
+from .paths import PUBLISH_LOG, STATE_FILE, VENV_LINK, Paths
+from .venvs import unused
 
 PUBLISHED, RESTORED, BROKEN, REFUSED = 0, 1, 2, 3
 COMMAND_TIMEOUT = 3600      # bound on one restart/stop command (they have their own timeouts)
@@ -96,7 +100,8 @@ class Progress:
             for text in str(exc).splitlines()[-40:]:
                 self.line(f"         {text}")
             raise
-        self.line(f"{name:<8} ok {time.monotonic() - started:.1f}s" + (f"  {detail}" if detail else ""))
+        self.line(f"{name:<8} ok {time.monotonic() - started:.1f}s"
+                  + (f"  {detail}" if detail else ""))
         return detail
 
 
@@ -177,9 +182,11 @@ class Publish:
         self.abandon = spec.get("abandon")
         self.progress = progress
         self.previous = read_current(self.paths)
+        self.failure = ""
 
     def who(self, event: str, name: str) -> str:
-        return f"{event} {name} revision {self.spec.get('revision') or '-'} by {self.spec.get('by', '-')}"
+        revision = self.spec.get("revision") or "-"
+        return f"{event} {name} revision {revision} by {self.spec.get('by', '-')}"
 
     def run(self) -> int:
         if not os.path.isdir(self.target_dir):
@@ -192,9 +199,17 @@ class Publish:
         try:
             self.publish()
         except Exception as exc:
-            return self.restore(exc)
-        self.progress.line("outcome good")
-        return PUBLISHED
+            status = self.restore(exc)
+        else:
+            status = PUBLISHED
+        if self.kind == "deploy" and status != BROKEN:
+            try:
+                self.progress.stage("cleanup", f"keep {self.spec.get('keep', 5)} good releases",
+                                    self.cleanup)
+            except Exception:   # reported; the publish itself is done
+                pass
+        self.progress.line("outcome good" if status == PUBLISHED else self.failure)
+        return status
 
     def publish(self) -> None:
         p = self.progress
@@ -255,8 +270,29 @@ class Publish:
         if self.kind == "deploy":
             self.mark_failed(self.target)
             log_revision(self.paths, p, self.who("failed", self.target))
-        p.line(f"outcome failed: {reason}")
+        self.failure = f"outcome failed: {reason}"
         return status
+
+    def cleanup(self) -> str:
+        """What the cleanup stage of pipeline.py did from `fab`, here: keep `keep` good
+        releases (never current, the previous good one or this one), drop failed and
+        incomplete ones, the venvs no kept release uses, and tmp/'s contents."""
+        found = inventory(self.paths)
+        doomed = rel.to_remove(found.releases, int(self.spec.get("keep", 5)),
+                               protect={self.target})
+        kept = [r for r in found.releases if r not in doomed]
+        gone_venvs = unused(found.venvs, {r.venv for r in kept if r.venv})
+        for path in [self.paths.release(r.name) for r in doomed] + \
+                [self.paths.venv(key) for key in gone_venvs]:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in os.listdir(self.paths.tmp) if os.path.isdir(self.paths.tmp) else []:
+            target = self.paths.inside(posixpath.join(self.paths.tmp, name))
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                os.unlink(target)
+        return (f"kept {len(kept)}, removed {len(doomed)} release(s)"
+                + (f" and {len(gone_venvs)} venv(s)" if gone_venvs else ""))
 
     def put_back(self) -> str:
         swap(self.paths, self.paths.release(self.previous))
@@ -269,6 +305,39 @@ class Publish:
             pass
         run_command(self.spec["stop"])
         return "current removed, server stopped"
+
+
+def inventory(paths: Paths) -> rel.Inventory:
+    """releases.read_inventory's answer, read here on the host without a round trip."""
+    current = read_current(paths)
+    releases = []
+    names = sorted(os.listdir(paths.releases)) if os.path.isdir(paths.releases) else []
+    for name in names:
+        directory = paths.release(name)
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            continue
+        state = _first_line(posixpath.join(directory, STATE_FILE)) or rel.INCOMPLETE
+        if state not in (rel.GOOD, rel.FAILED, rel.PUBLISHING):
+            state = rel.INCOMPLETE
+        try:
+            venv = posixpath.basename(os.readlink(posixpath.join(directory, VENV_LINK)))
+        except OSError:
+            venv = ""
+        releases.append(rel.Release(name, state, int(os.stat(directory).st_mtime),
+                                    _first_line(posixpath.join(directory, "REVISION")),
+                                    name == current, venv))
+    venvs = sorted(name for name in os.listdir(paths.venvs)
+                   if os.path.isdir(posixpath.join(paths.venvs, name))) \
+        if os.path.isdir(paths.venvs) else []
+    return rel.Inventory(current, releases, venvs)
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.readline(200).strip()
+    except OSError:
+        return ""
 
 
 def lock_holder(paths: Paths) -> int:

@@ -114,7 +114,8 @@ def _count_or_percent(minimum):
             except ValueError:
                 raise ValueError("expected a number of hosts or a percentage such as 25%") from None
             if not (0 <= share <= 100) or (minimum > 0 and share == 0):
-                raise ValueError("a percentage must lie in " + ("(0, 100]" if minimum else "[0, 100]"))
+                bounds = "(0, 100]" if minimum else "[0, 100]"
+                raise ValueError(f"a percentage must lie in {bounds}")
             return f"{share:g}%"
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
