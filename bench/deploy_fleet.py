@@ -7,8 +7,10 @@ own deploy root and port, runs `fab setup` and a first `fab deploy` to all of th
 parallel), then for each size, `--rounds` times, commits a change and times `fab -H
 host1,...,hostN deploy` (a repeat deploy: the virtualenv is reused). Rounds alternate
 between the sizes so drift on the machine hits all alike. Prints the median per size and its
-ratio to one host. Everything it started is stopped, its temp dir removed. Needs Fabric
-(`pip install -e '.[deploy]'`), openssh-server and network access to nothing but loopback.
+ratio to one host. Everything it started is stopped, its temp dir removed. Run as root, it
+lets `fab setup` create an app account `rc` + random suffix (all hosts are this machine) and
+removes it at the end. Needs Fabric (`pip install -e '.[deploy]'`), openssh-server and
+network access to nothing but loopback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -45,6 +48,7 @@ class Fleet:
         self.app = workdir / "app"
         self.project = workdir / "project"
         self.wheels = workdir / "wheels"
+        self.user = "rc" + secrets.token_hex(3)     # the app account `fab setup` creates
 
     def create(self) -> None:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir",
@@ -62,6 +66,8 @@ class Fleet:
 ssh_config_path: {self.ssh.ssh_config}
 railcar:
   app: fleet
+  user: {self.user}
+  python: /usr/bin/python3
   source: {self.app}
   wheelhouse: {self.wheels}
   pip_args: [--no-index]
@@ -94,6 +100,9 @@ railcar:
                                 str(root / "run" / "admin.sock")], capture_output=True,
                                timeout=120)
         self.ssh.stop_all()
+        if os.geteuid() == 0:
+            subprocess.run(["userdel", self.user], capture_output=True, timeout=60)
+            subprocess.run(["groupdel", self.user], capture_output=True, timeout=60)
 
 
 def main() -> int:

@@ -248,3 +248,15 @@ def test_a_state_file_is_rewritten_in_place(tmp_path):
     set_state(str(release), "good")
     assert (release / ".railcar-state").read_text() == "good\n"
     assert (release / ".railcar-state").stat().st_ino == inode   # no new file, no new block
+
+
+def test_the_host_side_modules_import_without_fabric():
+    """publish.py (and what it imports) runs in the host's server venv: no Fabric there."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor name in ('paramiko', 'fabric', 'invoke'): sys.modules[name] = None\n"
+            "import railcar.deploy.publish, railcar.deploy.probe\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr

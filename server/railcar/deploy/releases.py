@@ -12,11 +12,14 @@ from __future__ import annotations
 import posixpath
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .paths import PUBLISH_LOG, STATE_FILE, Paths
+from .paths import NO_RELEASE, PUBLISH_LOG, STATE_FILE, Paths
+
+if TYPE_CHECKING:    # not at run time: this module also runs on hosts (publish.py)
+    from .remote import Remote
 
 __all__ = ["PUBLISH_LOG", "STATE_FILE"]
-from .remote import Remote
 
 GOOD, FAILED, INCOMPLETE, PUBLISHING = "good", "failed", "incomplete", "publishing"
 
@@ -136,8 +139,12 @@ def summary(found: Inventory) -> str:
     """One line for `fab status`: where `current` points, its state, a publish running."""
     by_name = {r.name: r for r in found.releases}
     current = by_name.get(found.current or "")
-    line = (f"current -> releases/{found.current} ({current.state if current else 'missing'})"
-            if found.current else "current: none")
+    if found.current == NO_RELEASE:
+        line = "current: no release yet (the placeholder answers 503)"
+    elif found.current:
+        line = f"current -> releases/{found.current} ({current.state if current else 'missing'})"
+    else:
+        line = "current: none"
     running = [r.name for r in found.releases if r.state == PUBLISHING]
     return line + (f"; publishing on the host: {', '.join(running)}" if running else "")
 

@@ -192,10 +192,13 @@ true
 
 PLACEHOLDER_APP = """\
 # Served by railcar until the first release of this app is deployed (railcar.deploy).
+# It answers 503, but 200 to the server's own health check (railcar.health: it can serve
+# its 503s), so the server starts and a failed first release can be put back onto it.
 def application(environ, start_response):
+    healthy = environ.get("HTTP_USER_AGENT") == "railcar-health-check"
     body = b"no release deployed yet\\n"
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain"),
-                                               ("Content-Length", str(len(body)))])
+    start_response("200 OK" if healthy else "503 Service Unavailable",
+                   [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
 
