@@ -501,3 +501,28 @@ def test_access_log_symlink_is_not_followed(railcar, tmp_path):
     assert "Too many levels of symbolic links" in error and str(access) in error
     assert target.read_text() == "keep\n"
     server.stop()
+
+
+def test_default_runtime_dir_is_run_railcar_for_root_else_tmp(monkeypatch):
+    monkeypatch.delenv("RAILCAR_ADMIN_SOCKET", raising=False)
+    from railcar.settings import default_admin_socket, default_run_dir
+
+    expected = "/run/railcar" if os.getuid() == 0 else f"/tmp/railcar-{os.getuid()}"
+    assert default_run_dir() == expected
+    assert default_admin_socket() == f"{expected}/admin.sock"
+
+
+def test_an_unsafe_run_dir_is_refused_before_any_socket(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_dir.chmod(0o777)
+    app = write_app(tmp_path / "app", WHOAMI_APP)
+    config_file = tmp_path / "railcar.toml"
+    config_file.write_text(f'[server]\nrun_dir = "{run_dir}"\nadmin_socket = '
+                           f'"{tmp_path / "admin" / "admin.sock"}"\n'
+                           f'[[apps]]\nname = "who"\nroot = "{app}"\nallow_root = true\n')
+    result = subprocess.run(railcar_command() + ["start", "--config", str(config_file)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"{run_dir} is writable by group and others (mode 0777)" in result.stderr
+    assert os.listdir(run_dir) == []
