@@ -127,6 +127,17 @@ def test_env_file_values_reach_the_app_and_nowhere_else(railcar, tmp_path):
     log = server.log()
     server.stop()
     assert token not in log and new_token not in log
+    assert "may be read by other accounts" not in log
+
+
+def test_an_env_file_others_may_read_is_warned_about(railcar, tmp_path):
+    env_file = write_env_file(tmp_path / "app.env", "tok-" + secrets.token_hex(8))
+    env_file.chmod(0o644)
+    server = railcar().start(str(write_app(tmp_path / "app", ENV_APP)), "--workers", "1",
+                             "--env-file", str(env_file))
+    server.stop()
+    assert f"env file {env_file} may be read by other accounts (mode 0644): make it 0600" \
+        in server.log()
 
 
 # --- admin_group -------------------------------------------------------------------------

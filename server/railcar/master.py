@@ -20,7 +20,7 @@ import time
 import gevent
 import gevent.queue
 
-from . import __version__, logs, rundir, sockets
+from . import __version__, envfile, logs, rundir, sockets
 from .config import ServerConfig
 from .control.server import ControlServer
 from .pool import AppPool, RestartOutcome
@@ -58,6 +58,11 @@ class Master:
         self._write_pid_file()
         for sig in SIGNALS:
             gevent.signal_handler(sig, self.signals.put, sig)
+        for app in self.config.apps:
+            loose = app.env_file and envfile.loose_mode(app.env_file)
+            if loose:
+                self.log.warning("%s: env file %s may be read by other accounts (mode %04o): "
+                                 "make it 0600", app.name, app.env_file, loose)
         self.log.info("railcar %s master %d serving %s", __version__, self.pid,
                       ", ".join(f"{p.app.name} on {' '.join(p.app.binds)}" for p in self.pools))
         for pool in self.pools:
