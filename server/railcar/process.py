@@ -169,7 +169,7 @@ class WorkerProcess:
         if "reply" in message:
             call_id = message["reply"]
             if type(call_id) is not int:
-                raise BadMessage(f"a reply to call id {replies._show(call_id)}")
+                raise BadMessage(f"a reply to call id {replies.show(call_id)}")
             name, waiter = self.pending.pop(call_id, (None, None))
             if waiter is None:
                 return      # a late answer to a call that timed out

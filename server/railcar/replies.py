@@ -25,7 +25,7 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WORKER_LIMITS = ("max_request_time", "max_requests", "memory_limit", "max_concurrent_requests")
 
 
-def _show(value) -> str:
+def show(value) -> str:
     """A short repr for error messages: worker data never goes to the log in full."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -33,25 +33,25 @@ def _show(value) -> str:
 
 def _object(value, what: str) -> dict:
     if not isinstance(value, dict):
-        raise BadMessage(f"{what} is not an object: {_show(value)}")
+        raise BadMessage(f"{what} is not an object: {show(value)}")
     return value
 
 
 def _count(value, what: str) -> int:
     if type(value) is not int or value < 0:
-        raise BadMessage(f"{what} is not a count: {_show(value)}")
+        raise BadMessage(f"{what} is not a count: {show(value)}")
     return value
 
 
 def _number(value, what: str) -> float:
     if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise BadMessage(f"{what} is not a non-negative number: {_show(value)}")
+        raise BadMessage(f"{what} is not a non-negative number: {show(value)}")
     return value
 
 
 def _text(value, what: str, limit: int = MAX_TEXT, keep_end: bool = False) -> str:
     if not isinstance(value, str):
-        raise BadMessage(f"{what} is not a string: {_show(value)}")
+        raise BadMessage(f"{what} is not a string: {show(value)}")
     if len(value) <= limit:
         return value
     return "..." + value[-limit:] if keep_end else value[:limit] + "..."
@@ -59,7 +59,7 @@ def _text(value, what: str, limit: int = MAX_TEXT, keep_end: bool = False) -> st
 
 def _pid(value, what: str) -> int:
     if type(value) is not int or value <= 1:
-        raise BadMessage(f"{what} is not a pid: {_show(value)}")
+        raise BadMessage(f"{what} is not a pid: {show(value)}")
     return value
 
 
@@ -76,7 +76,7 @@ def stats(result) -> dict:
         counts = _object(result["status_counts"], "status_counts")
         unknown = set(counts) - set(STATUS_CLASSES)
         if unknown:
-            raise BadMessage(f"status_counts has unknown classes: {_show(sorted(unknown))}")
+            raise BadMessage(f"status_counts has unknown classes: {show(sorted(unknown))}")
         clean["status_counts"] = {name: _count(n, name) for name, n in counts.items()}
     if result.get("latency") is not None:
         clean["latency"] = _latency(_object(result["latency"], "latency"))
@@ -84,7 +84,7 @@ def stats(result) -> dict:
         reason = _text(result["replace"], "replace", limit=500)
         if reason.partition(":")[0] not in WORKER_LIMITS:
             # Its kind keys the app's replacement counts: only names railcar knows.
-            raise BadMessage(f"replace for an unknown limit: {_show(reason)}")
+            raise BadMessage(f"replace for an unknown limit: {show(reason)}")
         clean["replace"] = reason
     return clean
 
@@ -92,12 +92,12 @@ def stats(result) -> dict:
 def _latency(latency: dict) -> dict:
     buckets, counts = latency.get("buckets"), latency.get("counts")
     if not isinstance(buckets, list) or not 0 < len(buckets) <= MAX_BUCKETS:
-        raise BadMessage(f"latency buckets: {_show(buckets)}")
+        raise BadMessage(f"latency buckets: {show(buckets)}")
     bounds = [_number(b, "latency bucket") for b in buckets]
     if bounds != sorted(set(bounds)):
         raise BadMessage("latency buckets are not increasing")
     if not isinstance(counts, list) or len(counts) != len(bounds) + 1:
-        raise BadMessage(f"latency counts do not match the buckets: {_show(counts)}")
+        raise BadMessage(f"latency counts do not match the buckets: {show(counts)}")
     return {"buckets": bounds, "counts": [_count(c, "latency count") for c in counts],
             "sum": _number(latency.get("sum"), "latency sum")}
 
@@ -106,7 +106,7 @@ def requests(result) -> dict:
     """{"requests": [{"method", "path", "client", "age"}]}."""
     rows = _object(result, "requests").get("requests")
     if not isinstance(rows, list) or len(rows) > MAX_REQUESTS:
-        raise BadMessage(f"requests is not a list of at most {MAX_REQUESTS}: {_show(rows)}")
+        raise BadMessage(f"requests is not a list of at most {MAX_REQUESTS}: {show(rows)}")
     clean = []
     for row in rows:
         row = _object(row, "a request")
@@ -153,7 +153,7 @@ def check_event(message: dict, kind: str) -> dict:
     if event == "exited" and kind == "preloader":
         returncode = message.get("returncode")
         if type(returncode) is not int and returncode is not None:
-            raise BadMessage(f"returncode is not an int: {_show(returncode)}")
+            raise BadMessage(f"returncode is not an int: {show(returncode)}")
         return {"event": event, "pid": _pid(message.get("pid"), "pid"),
                 "returncode": returncode}
-    raise BadMessage(f"unexpected event from a {kind}: {_show(event)}")
+    raise BadMessage(f"unexpected event from a {kind}: {show(event)}")
