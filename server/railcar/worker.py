@@ -42,6 +42,7 @@ from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
 
 SPEC_VARIABLE = "RAILCAR_WORKER"
+BACKTRACES_MAX = 2 * 1024 * 1024
 
 
 def load_app(module_spec: str):
@@ -187,7 +188,11 @@ class Worker:
         return {}
 
     def call_backtraces(self) -> dict:
-        return {"text": "\n".join(gevent.util.format_run_info())}
+        # Cut to what the master takes from a worker (railcar.channel.MAX_LINE).
+        text = "\n".join(gevent.util.format_run_info())
+        if len(text) > BACKTRACES_MAX:
+            text = text[:BACKTRACES_MAX] + f"\n[... {len(text) - BACKTRACES_MAX} more characters]"
+        return {"text": text}
 
     def run(self, app=None) -> None:
         """Serve until retired or stopped; imports the app first unless given one."""
