@@ -120,6 +120,7 @@ def test_env_file_values_reach_the_app_and_nowhere_else(railcar, tmp_path):
     result = server.cli("restart")
     assert result.returncode != 0
     assert f"{env_file}: line 1: expected KEY=VALUE" in result.stderr
+    assert "FAILED" in result.stderr and "release None" not in result.stderr   # none booted
     assert token not in result.stderr + result.stdout
     assert server.get("/").text == f"{new_token} from-file two words"   # old workers serve
 

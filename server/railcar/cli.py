@@ -126,10 +126,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def stop(admin_socket, pid_file, fast, timeout) -> None:
     """Stop the master and its workers (gracefully unless --fast)."""
     if pid_file and not admin_socket:
-        try:
-            pid = int(open(pid_file).read().strip())
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot read pid file {pid_file}: {exc}") from None
+        pid = _read_pid_file(pid_file)
         os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
     else:
         pid = _call(admin_socket, "stop", graceful=not fast)["pid"]
@@ -138,12 +135,20 @@ def stop(admin_socket, pid_file, fast, timeout) -> None:
     click.echo(f"railcar master {pid} stopped")
 
 
+def _read_pid_file(pid_file: str) -> int:
+    try:
+        return int(open(pid_file).read().strip())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read pid file {pid_file}: {exc}") from None
+
+
 def _print_restart(result: dict, err: bool = False) -> None:
     for app in result.get("apps", []):
         took = (app.get("finished_at") or 0) - (app.get("started_at") or 0)
         outcome = "restarted" if app["ok"] else "FAILED"
-        click.echo(f"{app['name']}: {outcome} ({took:.1f} s), release {app.get('release')}",
-                   err=err)
+        # A restart that failed before any new worker booted has no release to name.
+        release = f", release {app['release']}" if app.get("release") else ""
+        click.echo(f"{app['name']}: {outcome} ({took:.1f} s){release}", err=err)
 
 
 @main.command()
@@ -152,7 +157,7 @@ def _print_restart(result: dict, err: bool = False) -> None:
 def restart(app, admin_socket, pid_file) -> None:
     """Rolling restart of APP (default: every app); waits until done, non-zero on failure."""
     if pid_file and not admin_socket:
-        pid = int(open(pid_file).read().strip())
+        pid = _read_pid_file(pid_file)
         os.kill(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to {pid}; the outcome is in the server log")
         return
