@@ -295,6 +295,7 @@ def publish_spec(host: Host, kind: str, target: str, revision: str = "",
     paths, config = host.paths, host.config
     return {"root": paths.root, "target": target, "kind": kind, "abandon": abandon,
             "reason": reason, "revision": revision, "by": getpass.getuser(),
+            "admin_socket": paths.admin_socket, "app": config.app,
             "restart": service.service_command(paths, config, "restart"),
             "stop": service.service_command(paths, config, "stop"),
             "health_path": config.health_path, "keep": config.keep_releases,

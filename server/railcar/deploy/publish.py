@@ -15,7 +15,8 @@ flock before taking the lock over (lock.py), so it never races a publish in prog
 The operation, for the release TARGET ("kind" deploy: a new release; rollback: a good one):
     state    TARGET/.railcar-state := publishing (deploy only; also reserves its disk block)
     swap     `current` -> TARGET (symlink under a temp name, renamed over)
-    restart  the rolling restart (or start) command fab passed; it blocks until done
+    restart  the rolling restart through the admin socket (blocks until done), or the start
+             command fab passed when no master answers
     health   railcar.deploy.probe: health_path answers, every worker runs TARGET
     mark     TARGET good (deploy), ABANDON failed (a revert), a line in revisions.log
     cleanup  (deploy) keep_releases good releases (releases.to_remove), unused venvs, tmp/
@@ -214,11 +215,30 @@ class Publish:
     def publish(self) -> None:
         p = self.progress
         p.stage("swap", "point current at the release", self.do_swap)
-        p.stage("restart", "rolling restart via the admin socket",
-                lambda: (run_command(self.spec["restart"]).splitlines() or [""])[-1])
+        p.stage("restart", "rolling restart via the admin socket", self.restart)
         p.stage("health", f"GET {self.spec.get('health_path', '/')} via the app socket",
                 self.do_health)
         p.stage("mark", "mark good, log the revision", self.do_mark)
+
+    def restart(self) -> str:
+        """The rolling restart, through the admin socket from this process (what `railcar
+        restart APP` does, without two more interpreters starting); when no master answers
+        there, the service's own command (it starts the server)."""
+        from ..control.client import ControlError, call
+
+        admin, app = self.spec.get("admin_socket"), self.spec.get("app")
+        if not (admin and app and os.path.exists(admin)):
+            return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+        said: list[str] = []
+        try:
+            result = call(admin, "restart", app=app, on_progress=said.append)
+        except ControlError as exc:
+            if str(exc).startswith(("no railcar master", "cannot reach the railcar master")):
+                return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+            raise Failed("\n".join([*said[-20:], *([exc.detail] if exc.detail else []),
+                                    f"Error: {exc}"])) from None
+        done = [a for a in result.get("apps", []) if a.get("name") == app] or [{}]
+        return f"{app}: restarted, release {done[0].get('release', '?')}"
 
     def do_swap(self) -> str:
         swap(self.paths, self.target_dir)
@@ -296,7 +316,7 @@ class Publish:
 
     def put_back(self) -> str:
         swap(self.paths, self.paths.release(self.previous))
-        return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+        return self.restart()
 
     def remove_current(self) -> str:
         try:
