@@ -208,6 +208,17 @@ def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
             while chunk := sock.recv(4096):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 200")
+        # A pid file signals (stop, restart); status needs the admin socket and says so,
+        # instead of asking the default socket, which may be another master's.
+        for command in (["status"], ["backtraces"]):
+            refused = subprocess.run(railcar_command() + [*command, "--pid-file", str(pid_file)],
+                                     capture_output=True, text=True, timeout=30)
+            assert refused.returncode != 0 and "give --admin-socket" in refused.stderr, command
+        missing = subprocess.run(railcar_command() + ["restart", "--pid-file",
+                                                      str(tmp_path / "none.pid")],
+                                 capture_output=True, text=True, timeout=30)
+        assert missing.returncode != 0 and "cannot read pid file" in missing.stderr
+        assert "Traceback" not in missing.stderr
     finally:
         stop = subprocess.run(railcar_command() + ["stop", "--admin-socket", admin],
                               capture_output=True, text=True, timeout=90)

@@ -64,7 +64,8 @@ def start(app_dir, **values) -> None:
 
 def _admin_options(function):
     function = click.option("--pid-file", default=None, metavar="PATH",
-                            help="Find the master by its pid file.")(function)
+                            help="Find the master by its pid file (stop and restart signal it; "
+                                 "status and backtraces need --admin-socket).")(function)
     return click.option("--admin-socket", default=None, metavar="PATH",
                         help="The master's admin socket (default: "
                              "$RAILCAR_ADMIN_SOCKET, else /run/railcar/admin.sock as root, "
@@ -85,6 +86,14 @@ def _trusted_default_socket() -> str:
             raise click.ClickException(f"not using the admin socket in {directory}: {exc}"
                                        ) from None
     return path
+
+
+def _no_pid_file(pid_file, admin_socket, command: str) -> None:
+    """A pid file finds a master to signal (stop, restart), not its admin socket: refuse it
+    rather than silently asking the default socket, which may be another master's."""
+    if pid_file and not admin_socket:
+        raise click.ClickException(f"{command} talks to the master over its admin socket: "
+                                   f"give --admin-socket (--pid-file serves stop and restart)")
 
 
 def _call(admin_socket, command, **kwargs):
@@ -175,6 +184,7 @@ def status(as_json, in_flight, admin_socket, pid_file) -> None:
     """Apps and workers: pid, release, state, requests, in flight, CPU, RSS, uptime."""
     from .status_table import render, render_requests
 
+    _no_pid_file(pid_file, admin_socket, "status")
     if in_flight:
         result = _call(admin_socket, "requests")
         click.echo(json.dumps(result, indent=2) if as_json else render_requests(result))
@@ -189,6 +199,7 @@ def status(as_json, in_flight, admin_socket, pid_file) -> None:
 @_admin_options
 def backtraces(app, worker, admin_socket, pid_file) -> None:
     """Stacks of every thread and greenlet of the workers, without stopping them."""
+    _no_pid_file(pid_file, admin_socket, "backtraces")
     result = _call(admin_socket, "backtraces", app=app, worker=worker)
     for row in result["workers"]:
         click.echo(f"===== {row['app']} worker {row['pid']} =====")
