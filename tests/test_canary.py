@@ -121,16 +121,16 @@ def test_canary_aborts_a_flaky_release_and_passes_a_healthy_one(railcar, tmp_pat
     outcomes = [o for load in loads for o in load.outcomes]
     failures = [o for load in loads for o in load.failures()]
     assert all(o.status == 500 and o.body == b"flaky flaky" for o in failures), failures[:3]
-    # (The verdict is taken from its counters just before it is retired: a request or two
-    # may still arrive in between.)
-    assert canary["errors"] <= len(failures) <= canary["errors"] + 3
+    # (The verdict is taken from its counters just before it is retired: a few requests may
+    # still arrive in between, more on a busy machine.)
+    assert canary["errors"] <= len(failures) <= canary["errors"] + 3 + canary["errors"] // 20
     assert {o.body for o in outcomes if o.status == 200} <= {b"release good", b"release flaky"}
     assert not [o for o in outcomes if o.started > abort_at + 0.5 and o.body != b"release good"]
     # Its share, not more: the canary served a fraction of the requests of its watch.
     wall = time.time() - time.monotonic()
     in_watch = [o for o in outcomes
                 if canary["started_at"] <= o.started + wall <= canary["finished_at"]]
-    assert canary["requests"] <= served(flaky) <= canary["requests"] + 10
+    assert canary["requests"] <= served(flaky) <= canary["requests"] * 1.05 + 10
     assert canary["requests"] < 0.7 * len(in_watch), (canary["requests"], len(in_watch))
 
     assert {w["pid"] for w in server.workers()} == old_pids

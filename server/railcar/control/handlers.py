@@ -18,7 +18,7 @@ def do_ping(master, progress) -> dict:
                              "started_at": master.started_at})
 
 
-def _worker_status(pool, worker) -> dict:
+def _worker_status(pool, worker, canary_pid: int | None) -> dict:
     stats = worker.call("stats", timeout=1.0) or {}
     row = worker.describe()
     row.update(requests=stats.get("requests"), in_flight=stats.get("in_flight"),
@@ -29,13 +29,15 @@ def _worker_status(pool, worker) -> dict:
     else:
         row.update(worker.resources())
     row["replacing"] = worker in pool.replacing
-    canary = pool.canary
-    row["canary"] = canary is not None and canary.state == "watching" and canary.pid == worker.pid
+    row["canary"] = canary_pid is not None and worker.pid == canary_pid
     return row
 
 
 def _app_status(pool) -> dict:
-    jobs = [gevent.spawn(_worker_status, pool, w) for w in list(pool.workers)]
+    # The canary first: the rows' "canary" flags and the app's "canary" are one snapshot.
+    canary = pool.canary.as_dict() if pool.canary else None
+    canary_pid = canary["pid"] if canary and canary["state"] == "watching" else None
+    jobs = [gevent.spawn(_worker_status, pool, w, canary_pid) for w in list(pool.workers)]
     gevent.joinall(jobs)
     ready = any(w.state == states.READY for w in pool.workers)
     return {
@@ -52,7 +54,7 @@ def _app_status(pool) -> dict:
         "restarts": dict(pool.restarts),
         "replacements": dict(pool.replacements),
         "last_replacement": pool.last_replacement,
-        "canary": pool.canary.as_dict() if pool.canary else None,
+        "canary": canary,
         "canaries": dict(pool.canaries),
         "health": pool.app.health,
         "health_failures": pool.health_failures,
