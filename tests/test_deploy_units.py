@@ -99,8 +99,10 @@ def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
     unit = render_unit(paths, config)
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert "--daemon" not in unit
+    assert "--log-file" not in unit     # the journal is the log of a unit
     assert f"ExecStart={paths.railcar} start {paths.current} --name shop" in unit
     assert "--daemon" in start_argv(paths, config)   # the plain daemon path keeps it
+    assert "--log-file" in start_argv(paths, config)
     result = verify_unit(tmp_path / "railcar-shop.service", unit)
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
                   if "railcar-shop.service" in line and "is not executable" not in line]

@@ -11,6 +11,7 @@ missing). Bounded: every command has a timeout and the whole module about 20 min
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -112,3 +113,144 @@ def test_a_type_notify_unit_reaches_active(vm):
         vm.sudo("systemctl stop railcar-probe.service; rm -f /etc/systemd/system/"
                 "railcar-probe.service /usr/local/lib/railcar-notify-probe.py; "
                 "systemctl daemon-reload", check=False)
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory) -> Path:
+    """railcar's wheel and everything the server venv and the app need: the VM has no
+    network, the deploy installs from these (pip --no-index --find-links)."""
+    house = tmp_path_factory.mktemp("vm-wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
+                    str(REPO), "-r", str(REPO / "examples" / "flaskapp" / "requirements.txt"),
+                    "virtualenv"], check=True, timeout=900)
+    return house
+
+
+@pytest.fixture(scope="module")
+def fab_config(vm, wheelhouse) -> Path:
+    """vagrant/vm.yaml as the README uses it, with this run's wheelhouse and known_hosts."""
+    text = (REPO / "vagrant" / "vm.yaml").read_text()
+    for key, value in (("wheelhouse", wheelhouse), ("known_hosts", vm.known_hosts)):
+        text, count = re.subn(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
+        assert count == 1, f"vagrant/vm.yaml sets railcar.{key} once"
+    path = vm.workdir / "vm-test.yaml"
+    path.write_text(text)
+    return path
+
+
+def unit_properties(vm: Vm) -> dict[str, str]:
+    out = vm.ssh(f"systemctl show {UNIT} -p Type -p ActiveState -p SubState -p User "
+                 "-p MainPID -p StatusText -p NRestarts").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def server_status(vm: Vm) -> dict:
+    """`railcar status --json` as the deploy account, through the admin socket's group."""
+    out = vm.ssh(f"/srv/flaskapp/railcar/bin/railcar status --json --admin-socket "
+                 f"/srv/flaskapp/run/admin.sock", user_host="deploy@railcar-vm").stdout
+    return json.loads(out)
+
+
+def worker_pids(vm: Vm) -> set[int]:
+    return {w["pid"] for app in server_status(vm)["apps"] for w in app["workers"]
+            if w["state"] == "ready"}
+
+
+def deploy_under_load(vm: Vm, fab_config: Path, name: str) -> tuple[str, dict]:
+    proc, stop = vm.start_load(8080, "/health")
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        output = vm.fab("-f", str(fab_config), "-H", "deploy@railcar-vm", "deploy")
+        report(f"{name} seconds", round(time.monotonic() - started, 1))
+        time.sleep(2)
+    finally:
+        result = Vm.stop_load(proc, stop)
+    return output, result
+
+
+def test_setup_through_sudo_then_deploy_as_the_deploy_account(vm, fab_config):
+    started = time.monotonic()
+    vm.fab("-f", str(fab_config), "-H", "vagrant@railcar-vm", "setup")
+    report("fab setup seconds", round(time.monotonic() - started, 1))
+    started = time.monotonic()
+    output = vm.fab("-f", str(fab_config), "-H", "deploy@railcar-vm", "deploy")
+    report("first deploy seconds", round(time.monotonic() - started, 1))
+    assert "--no-index" in (REPO / "vagrant" / "vm.yaml").read_text()
+
+    unit = unit_properties(vm)
+    assert (unit["Type"], unit["ActiveState"], unit["SubState"]) == \
+        ("notify", "active", "running"), unit
+    assert unit["User"] == APP_ACCOUNT
+    # every process of the unit (master, preloader, workers) runs as the app account
+    accounts = vm.ssh(f"cat /sys/fs/cgroup$(systemctl show {UNIT} -p ControlGroup --value)"
+                      "/cgroup.procs | xargs -n 1 ps -o user= -p").stdout.split()
+    assert len(accounts) >= 3 and set(accounts) == {APP_ACCOUNT}, accounts
+    workers = worker_pids(vm)
+    assert len(workers) == 2
+    owners = vm.ssh("ps -o user= -p " + ",".join(map(str, workers))).stdout.split()
+    assert owners == [APP_ACCOUNT] * 2
+    # flask came from the uploaded wheelhouse into the release's venv (the VM has no index)
+    where = vm.ssh("/srv/flaskapp/current/.venv/bin/python -c "
+                   "'import flask, os; print(os.path.realpath(flask.__file__))'",
+                   user_host="deploy@railcar-vm").stdout
+    assert where.startswith("/srv/flaskapp/venvs/"), where
+    body = vm.http(8080, "/health")         # nginx on the guest's port 80, forwarded
+    assert json.loads(body)["status"] == "ok"
+    assert "deployed" in output
+
+
+def test_redeploy_under_load_through_the_forwarded_port(vm, fab_config):
+    before = worker_pids(vm)
+    output, load = deploy_under_load(vm, fab_config, "repeat deploy")
+    assert load["requests"] > 20, load
+    assert load["failures"] == 0, load
+    assert "reused" in output           # same requirements: the venv is reused
+    after = worker_pids(vm)
+    assert len(after) == 2 and not after & before
+
+
+def test_systemctl_reload_is_a_rolling_restart(vm):
+    master = unit_properties(vm)["MainPID"]
+    before = worker_pids(vm)
+    proc, stop = vm.start_load(8080, "/health")
+    try:
+        time.sleep(2)
+        vm.sudo(f"systemctl reload {UNIT}")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            now = worker_pids(vm)
+            if len(now) == 2 and not now & before:
+                break
+            time.sleep(2)
+        time.sleep(2)
+    finally:
+        load = Vm.stop_load(proc, stop)
+    assert len(now) == 2 and not now & before, (before, now)
+    assert unit_properties(vm)["MainPID"] == master
+    assert load["failures"] == 0 and load["requests"] > 0, load
+
+
+def test_the_journal_holds_the_app_log(vm):
+    journal = vm.sudo(f"journalctl -u {UNIT} --no-pager -o cat").stdout
+    assert "SIGHUP: rolling restart of every app" in journal, journal[-3000:]  # the reload
+    assert "flaskapp: rolling restart done" in journal, journal[-3000:]
+    for pid in worker_pids(vm):
+        assert f"flaskapp: spawned worker {pid} " in journal, journal[-3000:]
+
+
+def test_systemd_analyze_security(vm):
+    out = vm.ssh(f"systemd-analyze security {UNIT} --no-pager").stdout
+    line = [l for l in out.splitlines() if "Overall exposure level" in l][0]
+    exposure = float(line.split(":")[1].split()[0])
+    report("systemd-analyze security", line.split(":", 1)[1].strip())
+    assert exposure < 4.0, out[-3000:]
+
+
+def test_vagrant_reload_brings_the_app_back(vm):
+    started = time.monotonic()
+    vm.vagrant("reload", timeout=900)
+    report("vagrant reload seconds", round(time.monotonic() - started, 1))
+    body = vm.wait_http(8080, "/health", timeout=300)
+    assert json.loads(body)["status"] == "ok"
+    unit = unit_properties(vm)
+    assert (unit["ActiveState"], unit["User"]) == ("active", APP_ACCOUNT), unit

@@ -160,16 +160,20 @@ def ensure_server_venv(remote: Remote, paths: Paths, config: DeployConfig, wheel
     return True
 
 
-def start_argv(paths: Paths, config: DeployConfig) -> list[str]:
-    """The server's command line: no value of the app's environment (that is --env-file)."""
+def start_argv(paths: Paths, config: DeployConfig, daemon: bool = True) -> list[str]:
+    """The server's command line: no value of the app's environment (that is --env-file).
+    A daemon logs to DEPLOY_TO/log/railcar.log; the master of the systemd unit
+    (daemon=False) to stderr, which is the journal (`journalctl -u railcar-APP`)."""
     argv = [paths.railcar, "start", paths.current, "--name", config.app,
             "--bind", f"unix:{paths.app_socket}", "--workers", str(config.workers),
             "--admin-socket", paths.admin_socket, "--admin-group", config.user,
             "--socket-group", config.user, "--env-file", paths.env_file,
-            "--pid-file", paths.pid_file, "--log-file", paths.server_log, "--daemon",
+            "--pid-file", paths.pid_file,
             # the server checks each new worker before it takes traffic: an unhealthy
             # release serves nothing (the publish's health stage is the second check)
             "--health-path", config.health_path, "--health-timeout", str(config.health_timeout)]
+    if daemon:
+        argv += ["--log-file", paths.server_log, "--daemon"]
     for bind in config.bind:
         argv += ["--bind", bind]
     return argv
@@ -192,8 +196,9 @@ def unit_name(config: DeployConfig) -> str:
 
 def render_unit(paths: Paths, config: DeployConfig) -> str:
     """The unit from the same template as `railcar config systemd`: the master in the
-    foreground (Type=notify), started with the server's own command line."""
-    argv = [arg for arg in start_argv(paths, config) if arg != "--daemon"]
+    foreground (Type=notify), started with the server's own command line, logging to the
+    journal."""
+    argv = start_argv(paths, config, daemon=False)
     return render_systemd_unit(
         shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
         BY_NAME["graceful_timeout"].default, source=f"{config.app} on this host",
