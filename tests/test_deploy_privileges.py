@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from accounts import needs_root
+from conftest import gone, wait_for
 from test_deploy import Site, deploy_under_load, deploy_wheelhouse  # noqa: F401  (a fixture)
 from test_deploy_units import verify_unit
 
@@ -202,6 +203,22 @@ def test_restart_status_releases_rollback_unlock_as_the_deploy_user(hosts):
     hosts.fab(hosts.deployer, "rollback", "--release", sorted(hosts.site.states())[-1])
     assert hosts.site.get().startswith("version 2 ")
     assert "was not locked" in hosts.fab(hosts.deployer, "unlock")
+
+
+def test_a_stopped_server_is_started_by_setup_not_by_the_deploy_user(hosts):
+    """The deploy account cannot start the master as the app account: its deploy stops
+    before the swap and says to run `fab setup`, which starts it (as the app account)."""
+    master = hosts.master()
+    subprocess.run([str(hosts.root / "railcar" / "bin" / "railcar"), "stop", "--admin-socket",
+                    str(hosts.root / "run" / "admin.sock")], capture_output=True, timeout=90)
+    wait_for(lambda: gone(master.pid), 60, what="the master to stop")
+    current = hosts.site.current()
+    output = hosts.fab(hosts.deployer, "deploy", ok=False)
+    assert "the server is not running" in output and "run `fab setup`" in output
+    assert "swap     point" not in output and hosts.site.current() == current
+    assert "start    ok" in hosts.fab(hosts.admin, "setup")
+    hosts.assert_all_as_app()
+    assert hosts.site.get().startswith("version 2 ")
 
 
 def test_a_failing_deploy_masks_the_secret(hosts):

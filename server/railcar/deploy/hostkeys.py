@@ -112,6 +112,9 @@ def guard(connection, label: str, project_file: str | None, trust_new: bool,
     client.set_missing_host_key_policy(
         _Policy(label, files, record_in if trust_new else None, say))
     connection._railcar_known_hosts = files
+    gateway = getattr(connection, "gateway", None)
+    if hasattr(gateway, "client"):     # ProxyJump: a Connection of Fabric's, checked alike
+        guard(gateway, f"{label} (gateway {gateway.host})", project_file, trust_new, say)
 
 
 def explain(exc: BaseException, label: str, connection=None) -> HostKeyError | None:

@@ -183,29 +183,39 @@ class Remote:
     def put(self, local, remote: str, mode: str = "644") -> None:
         """Upload to `remote`. On an elevated Remote: as the SSH user into a private temp dir,
         then installed as the account this Remote runs as (mode `mode`)."""
+        self.put_all([(local, remote)], mode)
+
+    def put_all(self, uploads: list[tuple], mode: str = "644") -> None:
+        """Upload each (local, remote path); on an elevated Remote through one temp dir and
+        one install for all (see `put`)."""
         started = time.monotonic()
         try:
             if not (self._sudo or self._user):
-                self.connection.put(local, remote)
-            else:
-                self._put_installed(local, remote, mode)
+                for local, target in uploads:
+                    self.connection.put(local, target)
+            elif uploads:
+                self._put_installed(uploads, mode)
         except (RemoteError, hostkeys.HostKeyError):
             raise
         except OSError as exc:   # SFTP says only "Failure" for a full disk: see disk.py
-            raise RemoteError(self.name, f"upload to {remote}", None,
-                              f"{remote}: {exc.strerror or exc}") from None
+            where = ", ".join(target for _, target in uploads)
+            raise RemoteError(self.name, f"upload to {where}", None,
+                              f"{where}: {exc.strerror or exc}") from None
         except Exception as exc:
             raise self._explain(exc) from None
-        self._trace("put", remote, started)
+        self._trace("put", ", ".join(target for _, target in uploads), started)
 
-    def _put_installed(self, local, target: str, mode: str) -> None:
+    def _put_installed(self, uploads: list[tuple], mode: str) -> None:
         plain = Remote(self.connection, self.name, self.secrets)
         staging = plain.run(["mktemp", "-d"]).stdout.strip()
-        staged = posixpath.join(staging, "upload")
         try:
-            self.connection.put(local, staged)
+            pairs = []
+            for index, (local, target) in enumerate(uploads):
+                staged = posixpath.join(staging, str(index))
+                self.connection.put(local, staged)
+                pairs += [staged, target]
             Remote(self.connection, self.name, self.secrets, _sudo=self._sudo).script(
-                INSTALL, staged, target, self._user or "root", mode, label="install-file")
+                INSTALL, self._user or "root", mode, *pairs, label="install-files")
         finally:
             plain.run(["rm", "-rf", staging], check=False)
 
@@ -242,10 +252,15 @@ class _LineWriter:
         pass
 
 
-# $1 staged file, $2 target, $3 owner, $4 mode: a copy owned by $3 (its primary group) renamed
-# over the target.
+# $1 owner, $2 mode; then pairs of staged file and target: a copy owned by $1 (its primary
+# group) renamed over each target.
 INSTALL = r'''
-install -o "$3" -g "$(id -gn "$3")" -m "$4" "$1" "$2.part" && mv -f "$2.part" "$2"
+owner=$1 mode=$2 group=$(id -gn "$1") || exit 1
+shift 2
+while [ $# -ge 2 ]; do
+  install -o "$owner" -g "$group" -m "$mode" "$1" "$2.part" && mv -f "$2.part" "$2" || exit 1
+  shift 2
+done
 '''
 
 # $1 temp file, $2 target, $3 mode or "": rename over the target unless identical (then only

@@ -120,13 +120,13 @@ for f in "$@"; do mv -f "$f$suffix" "$f" || exit 1; done
 def upload_wheels(remote: Remote, paths: Paths, wheels: list[str], known: Facts) -> list[str]:
     """Upload the wheels the host lacks or has different bytes of (sha256, from `known`),
     under temp names renamed into place in one round trip; idempotent."""
-    sent = []
+    uploads = []
     for wheel in wheels:
         target = posixpath.join(paths.wheels, os.path.basename(wheel))
-        if known.wheel_hashes.get(target) == wheel_id(wheel).split(" ")[1]:
-            continue
-        remote.put(wheel, target + ".part")
-        sent.append(target)
+        if known.wheel_hashes.get(target) != wheel_id(wheel).split(" ")[1]:
+            uploads.append((wheel, target + ".part"))
+    remote.put_all(uploads)
+    sent = [target[:-len(".part")] for _, target in uploads]
     if sent:
         remote.script(COMMIT_UPLOADS, ".part", *sent, label="commit-uploads")
     return [posixpath.basename(path) for path in sent]
