@@ -160,7 +160,9 @@ def test_setup_and_deploy_install_the_nginx_site(web):
     assert f"installed {installed}, nginx reloaded" in output
     wait_for(lambda: serves(nginx, "www.site.test", "version 1"), 15, what="the new name")
     assert "unchanged" in site.fab("-H", "host1", "setup").split("nginx    ok")[1]
-    assert time.monotonic() - started < 90
+    # five setups (accounts, layout, venv, env file, service, site) and a deploy, on a machine
+    # shared with other test runs
+    assert time.monotonic() - started < 150
 
 
 def test_nginx_settings_are_validated():
