@@ -538,3 +538,17 @@ def test_an_unsafe_run_dir_is_refused_before_any_socket(tmp_path):
     assert result.returncode != 0
     assert f"{run_dir} is writable by group and others (mode 0777)" in result.stderr
     assert os.listdir(run_dir) == []
+
+
+@needs_root()
+def test_an_admin_socket_the_account_cannot_create_is_named(accounts, shared_dir, shared_venv):
+    owner = accounts.user()
+    app = write_app(shared_dir / "app", WHOAMI_APP)
+    give(app, owner)
+    result = run_as(owner.pw_name, str(shared_venv / "bin" / "railcar"), "start", str(app),
+                    "--workers", "1", "--port", str(free_port()),
+                    "--admin-socket", str(shared_dir / "admin.sock"), timeout=60)
+    assert result.returncode != 0
+    assert f"cannot create the admin socket {shared_dir / 'admin.sock'}: Permission denied" \
+        in result.stderr
+    assert "Traceback" not in result.stderr

@@ -54,6 +54,10 @@ class ControlServer:
         old_umask = os.umask(0o177)
         try:
             listener.bind(self.path)
+        except OSError as exc:
+            listener.close()
+            raise RuntimeError(f"cannot create the admin socket {self.path}: "
+                               f"{exc.strerror}") from None
         finally:
             os.umask(old_umask)
         if self.group is None:
