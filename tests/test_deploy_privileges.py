@@ -318,6 +318,17 @@ def test_an_unknown_host_is_refused_unless_trusted_on_first_use(hosts):
         assert "unknown host key" in output and expected in output and "host1" in output
         assert "RAILCAR_TRUST_NEW_HOSTS=1" in output and known_hosts.read_text() == ""
         assert "lock     ok" not in output
+        # ssh_config cannot turn checking off
+        ssh_config = site.ssh.ssh_config
+        saved = ssh_config.read_text()
+        try:
+            ssh_config.write_text(saved.replace("StrictHostKeyChecking yes",
+                                                "StrictHostKeyChecking no"))
+            assert "StrictHostKeyChecking no" in ssh_config.read_text()
+            output = hosts.fab(hosts.deployer, "releases", ok=False)
+            assert "unknown host key" in output and known_hosts.read_text() == ""
+        finally:
+            ssh_config.write_text(saved)
         output = hosts.fab(hosts.deployer, "releases", env={"RAILCAR_TRUST_NEW_HOSTS": "1"})
         assert "trust on first use: recorded" in output and expected in output
         assert f"[127.0.0.1]:{host.port} ssh-ed25519 " in known_hosts.read_text()
