@@ -301,3 +301,13 @@ def test_unit_account_names_are_checked(account):
     text = render_systemd_unit(["/usr/bin/railcar", "start"], ["shop"], 60, 30, "shop",
                                "a test", user="shop", group="www-data")
     assert "User=shop\n" in text and "Group=www-data\n" in text
+
+
+def test_an_output_that_cannot_be_written_is_named(base):
+    """`-o` into a missing directory: an error naming the path, not a traceback."""
+    config = odd_but_valid_config(base)
+    target = base / "missing" / "site.conf"
+    result = config_cli("nginx", "--config", str(config), "-o", str(target))
+    assert result.returncode == 1
+    assert f"cannot write {target}: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr and not target.parent.exists()

@@ -232,8 +232,11 @@ def config_command(kind, app_dir, listen, railcar_path, service, output, **value
     except (ConfigError, RenderError) as exc:
         raise click.ClickException(str(exc)) from None
     if output:
-        with open(output, "w") as handle:
-            handle.write(text)
+        try:
+            with open(output, "w") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     else:
         click.echo(text, nl=False)
 
