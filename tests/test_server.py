@@ -220,6 +220,24 @@ def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
                                  capture_output=True, text=True, timeout=30)
         assert missing.returncode != 0 and "cannot read pid file" in missing.stderr
         assert "Traceback" not in missing.stderr
+        # A stale pid file: its pid gone, or reused by another program, which is not signalled.
+        stranger = subprocess.Popen(["sleep", "60"])
+        try:
+            stale = tmp_path / "stale.pid"
+            for stale_pid, why in ((stranger.pid, "is not a railcar master"),
+                                   (2 ** 22 + 1, "is not running")):
+                stale.write_text(f"{stale_pid}\n")
+                for command in (["restart"], ["stop"], ["stop", "--fast"]):
+                    result = subprocess.run(railcar_command() + [*command, "--pid-file",
+                                                                 str(stale)],
+                                            capture_output=True, text=True, timeout=30)
+                    assert result.returncode == 1, (command, result.stderr)
+                    assert f"pid {stale_pid} of {stale} {why}" in result.stderr
+                    assert "Traceback" not in result.stderr
+            assert stranger.poll() is None   # not signalled
+        finally:
+            stranger.kill()
+            stranger.wait()
     finally:
         stop = subprocess.run(railcar_command() + ["stop", "--admin-socket", admin],
                               capture_output=True, text=True, timeout=90)

@@ -136,7 +136,7 @@ def stop(admin_socket, pid_file, fast, timeout) -> None:
     """Stop the master and its workers (gracefully unless --fast)."""
     if pid_file and not admin_socket:
         pid = _read_pid_file(pid_file)
-        os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+        _signal(pid, signal.SIGQUIT if fast else signal.SIGTERM)
     else:
         pid = _call(admin_socket, "stop", graceful=not fast)["pid"]
     if not _wait_gone(pid, timeout):
@@ -145,10 +145,35 @@ def stop(admin_socket, pid_file, fast, timeout) -> None:
 
 
 def _read_pid_file(pid_file: str) -> int:
+    """The master's pid from its pid file, checked to be a running railcar: a stale file's
+    pid may have been reused by another process, which must not be signalled."""
+    import psutil
+
     try:
-        return int(open(pid_file).read().strip())
+        pid = int(open(pid_file).read().strip())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read pid file {pid_file}: {exc}") from None
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        raise click.ClickException(f"no railcar master: pid {pid} of {pid_file} is not running "
+                                   f"(a stale pid file)") from None
+    except psutil.AccessDenied:
+        return pid   # another account's process (hidepid): the signal says if it may
+    if "railcar" not in command:
+        raise click.ClickException(f"pid {pid} of {pid_file} is not a railcar master "
+                                   f"(a stale pid file?): {command[:80]}")
+    return pid
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        raise click.ClickException(f"no railcar master: pid {pid} is gone") from None
+    except PermissionError:
+        raise click.ClickException(f"not allowed to signal the railcar master {pid} "
+                                   f"(another account's)") from None
 
 
 def _print_restart(result: dict, err: bool = False) -> None:
@@ -167,7 +192,7 @@ def restart(app, admin_socket, pid_file) -> None:
     """Rolling restart of APP (default: every app); waits until done, non-zero on failure."""
     if pid_file and not admin_socket:
         pid = _read_pid_file(pid_file)
-        os.kill(pid, signal.SIGHUP)
+        _signal(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to {pid}; the outcome is in the server log")
         return
     result = _call(admin_socket, "restart", app=app,
