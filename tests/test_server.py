@@ -220,6 +220,9 @@ def test_daemon_pid_file_and_unix_socket(tmp_path, sleepy):
                                  capture_output=True, text=True, timeout=30)
         assert missing.returncode != 0 and "cannot read pid file" in missing.stderr
         assert "Traceback" not in missing.stderr
+        hup = subprocess.run(railcar_command() + ["restart", "--pid-file", str(pid_file)],
+                             capture_output=True, text=True, timeout=30)
+        assert hup.returncode == 0 and f"sent SIGHUP to {pid}" in hup.stdout, hup.stderr
         # A stale pid file: its pid gone, or reused by another program, which is not signalled.
         stranger = subprocess.Popen(["sleep", "60"])
         try:
