@@ -73,14 +73,23 @@ def test_killed_worker_is_respawned_and_others_unaffected(railcar, sleepy):
 
     def slow_request():
         try:
-            results.append(requests.get(server.url + "/sleep?1.5", timeout=10).text)
+            results.append(requests.get(server.url + "/sleep?3", timeout=10).text)
         except requests.RequestException as exc:
             results.append(exc)
 
-    threads = [threading.Thread(target=slow_request) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
+    # The kernel decides which worker accepts a connection: send slow requests until both
+    # workers have one in flight (bounded), so the survivor has requests to complete.
+    threads: list[threading.Thread] = []
+
+    def both_busy() -> bool:
+        busy = {w["pid"] for w in server.workers() if w.get("in_flight")}
+        return set(pids) <= busy
+
+    while len(threads) < 24 and not both_busy():
+        threads.append(threading.Thread(target=slow_request))
+        threads[-1].start()
+        time.sleep(0.05)
+    assert both_busy(), "slow requests never reached both workers"
     victim = pids[0]
     os.kill(victim, signal.SIGKILL)
     for thread in threads:
