@@ -5,7 +5,8 @@ examples/flaskapp onto it as a user would run them (README, "A Vagrant VM").
 Marker `vm`: not part of the main run; `pytest -m vm` runs it (.ci/run does, after the main
 suite). The tests share one VM, in order, and destroy it at the end. Skipped, with the reason,
 where libvirt cannot run a VM (not Linux, not root, a tool or the vagrant-libvirt plugin
-missing). Bounded: every command has a timeout and the whole module about 20 minutes.
+missing). Bounded: every command has a timeout; the module takes 15-30 minutes under QEMU
+emulation on a busy 2-core host (.ci/run stops it at 35).
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def test_systemctl_reload_is_a_rolling_restart(vm):
     try:
         time.sleep(2)
         vm.sudo(f"systemctl reload {UNIT}")
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             now = worker_pids(vm)
             if len(now) == 2 and not now & before:
@@ -225,7 +226,9 @@ def test_systemctl_reload_is_a_rolling_restart(vm):
         time.sleep(2)
     finally:
         load = Vm.stop_load(proc, stop)
-    assert len(now) == 2 and not now & before, (before, now)
+    if not (len(now) == 2 and not now & before):
+        journal = vm.sudo(f"journalctl -u {UNIT} --no-pager -o cat -n 40", check=False).stdout
+        raise AssertionError(f"workers before {before}, after {now}; the journal:\n{journal}")
     assert unit_properties(vm)["MainPID"] == master
     assert load["failures"] == 0 and load["requests"] > 0, load
 
