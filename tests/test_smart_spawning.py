@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import copy_example, gone, swap_current, wait_for
+from conftest import copy_example, gone, swap_current, wait_for, write_app
 from loadgen import Load
 from railcar.channel import Channel
 
@@ -192,3 +192,26 @@ def test_no_preloader_or_worker_outlives_the_master(railcar, releases, how):
         server.proc.wait(timeout=10)
     for proc in preloaders + workers:
         wait_for(lambda: gone(proc.pid), 30, what=f"{proc.pid} to exit after {how}")
+
+
+DIES_AFTER_FORK = '''import os
+os.register_at_fork(after_in_child=lambda: os._exit(3))
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def test_worker_gone_before_the_master_looks_is_a_boot_failure_with_its_cause(railcar, tmp_path):
+    """A forked worker that exits at once is reaped by its preloader, often before the master
+    has read the fork's answer: the failure still names the worker and its exit status."""
+    app = write_app(tmp_path / "dies", DIES_AFTER_FORK)
+    server = railcar().start(str(app), "--workers", "1", wait=False)
+    wait_for(lambda: server.log().count("failed to boot") >= 3, 30,
+             what="three boot failures")
+    failures = [line for line in server.log().splitlines() if "failed to boot" in line]
+    assert all("exit status 3" in line for line in failures), failures
+    assert "worker None" not in server.log()
+    assert "does not exist" not in server.log()
+    server.stop()

@@ -360,7 +360,13 @@ class ForkedProcess:
         self.pid = pid
         self.preloader = preloader
         self.returncode: int | None = None
-        self.pidfd, self.ps = _open_child(pid, preloader.pid)
+        try:
+            self.pidfd, self.ps = _open_child(pid, preloader.pid)
+        except ChildGone:
+            # It exited (and its preloader reaped it) before we looked, as a worker that
+            # fails its health check can: nothing left to verify or signal; its exit status
+            # comes from the preloader and its last words are in the pipes.
+            self.pidfd, self.ps = None, None
         self.stdout = gevent.fileobject.FileObject(output_fd, "rb")
 
     def wait(self) -> int | None:
@@ -379,6 +385,8 @@ class ForkedProcess:
         if self.pidfd is not None:
             gevent.socket.wait_read(self.pidfd)
             return
+        if self.ps is None:
+            return      # gone before it was opened
         while self.ps.is_running() and not _gone(self.pid):
             gevent.sleep(self.POLL_INTERVAL)
 
@@ -388,10 +396,15 @@ class ForkedProcess:
         try:
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, sig)
-            else:
+            elif self.ps is not None:
                 self.ps.send_signal(sig)
         except (ProcessLookupError, psutil.Error):
             pass    # gone already (its pid may belong to another process by now)
+
+
+class ChildGone(OSError):
+    """The pid a preloader reported names no process (any more): never opened, never
+    signalled."""
 
 
 def _open_child(pid: int, parent: int) -> tuple[int | None, psutil.Process]:
@@ -406,7 +419,7 @@ def _open_child(pid: int, parent: int) -> tuple[int | None, psutil.Process]:
         if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
             pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        raise OSError(f"the preloader reported pid {pid}, which does not exist") from None
+        raise ChildGone(f"the preloader reported pid {pid}, which does not exist") from None
     except OSError:
         pidfd = None        # a kernel without pidfds: psutil's start-time check instead
     try:
@@ -414,7 +427,11 @@ def _open_child(pid: int, parent: int) -> tuple[int | None, psutil.Process]:
         ok = ps.ppid() == parent
         if ok and pidfd is not None:
             signal.pidfd_send_signal(pidfd, 0)
-    except (psutil.Error, ProcessLookupError, PermissionError):
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        if pidfd is not None:
+            os.close(pidfd)
+        raise ChildGone(f"the preloader reported pid {pid}, which does not exist") from None
+    except (psutil.Error, PermissionError):
         ok = False
     if not ok:
         if pidfd is not None:
