@@ -50,10 +50,12 @@ class ServerKind:
 
 
 def _railcar(launch: Launch) -> list[str]:
+    # Run as root, the peers run their workers as root too: railcar needs saying so.
+    as_root = ["--allow-root"] if os.geteuid() == 0 else []
     return [launch.executable, "start", str(launch.app_dir), "--port", str(launch.port),
             "--workers", str(launch.workers),
             "--admin-socket", str(launch.tmp / "admin.sock"),
-            "--log-file", str(launch.tmp / "railcar.log")]
+            "--log-file", str(launch.tmp / "railcar.log"), *as_root]
 
 
 def _gunicorn(worker_class: str, *extra: str) -> Callable[[Launch], list[str]]:
