@@ -23,41 +23,38 @@ class ConfigError(Exception):
     """A configuration value is wrong; the message names the key and where it came from."""
 
 
-def _positive_int(value: Any) -> int:
+def _number(value: Any, convert, expected: str, out_of_range, message: str):
+    """`value` as `convert` (int or float), refused if `out_of_range(number)`.
+
+    A boolean is refused outright: YAML/TOML `true` would otherwise pass as 1.
+    """
     if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
+        raise ValueError(expected)
+    number = convert(value)
+    if out_of_range(number):
+        raise ValueError(message)
     return number
+
+
+def _positive_int(value: Any) -> int:
+    return _number(value, int, "expected a whole number", lambda n: n < 1,
+                   "must be at least 1")
 
 
 def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    number = int(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
+    return _number(value, int, "expected a whole number", lambda n: n < 0,
+                   "must not be negative")
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number of seconds")
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be more than 0 seconds")
-    return number
+    return _number(value, float, "expected a number of seconds", lambda n: n <= 0,
+                   "must be more than 0 seconds")
 
 
 def _seconds_or_off(value: Any) -> float:
     """Seconds, or 0 to turn the limit off."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number of seconds (0: off)")
-    number = float(value)
-    if number < 0:
-        raise ValueError("must not be negative (0: off)")
-    return number
+    return _number(value, float, "expected a number of seconds (0: off)", lambda n: n < 0,
+                   "must not be negative (0: off)")
 
 
 def _environment(value: Any) -> str:
@@ -237,12 +234,8 @@ def _statuses(value: Any) -> str:
 
 
 def _fraction(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number from 0 to 1")
-    number = float(value)
-    if not 0 <= number <= 1:
-        raise ValueError("must be from 0 to 1 (0.05 means 5%)")
-    return number
+    return _number(value, float, "expected a number from 0 to 1", lambda n: not 0 <= n <= 1,
+                   "must be from 0 to 1 (0.05 means 5%)")
 
 
 def _default_run_dir() -> str:
