@@ -206,8 +206,8 @@ def _no_stray_children():
 
 
 def write_app(directory: Path, source: str) -> Path:
-    """A one-file app: `directory/wsgi.py` holding `source`."""
-    directory.mkdir()
+    """A one-file app: `directory/wsgi.py` holding `source` (parents made as needed)."""
+    directory.mkdir(parents=True)
     (directory / "wsgi.py").write_text(source)
     return directory
 

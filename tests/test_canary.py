@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import free_port, railcar_command, swap_current, wait_for
+from conftest import free_port, railcar_command, swap_current, wait_for, write_app
 from loadgen import Load
 
 APP = '''
@@ -41,10 +41,7 @@ DURATION = 6.0
 
 
 def make_release(root: Path, name: str, fail_every: int = 0) -> Path:
-    release = root / "releases" / name
-    release.mkdir(parents=True)
-    (release / "wsgi.py").write_text(APP.format(name=name, fail_every=fail_every))
-    return release
+    return write_app(root / "releases" / name, APP.format(name=name, fail_every=fail_every))
 
 
 def served(release: Path) -> int:

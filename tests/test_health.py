@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, gone, railcar_command, root_opt_in, swap_current, wait_for
+from conftest import (free_port, gone, railcar_command, root_opt_in, swap_current, wait_for,
+                      write_app)
 from loadgen import Load
 
 APP = '''
@@ -51,10 +52,7 @@ def application(environ, start_response):
 
 
 def make_release(root: Path, name: str, health: str = "ok") -> Path:
-    release = root / "releases" / name
-    release.mkdir(parents=True)
-    (release / "wsgi.py").write_text(APP.format(name=name, health=health))
-    return release
+    return write_app(root / "releases" / name, APP.format(name=name, health=health))
 
 
 def served(release: Path) -> list[str]:
