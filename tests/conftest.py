@@ -104,6 +104,15 @@ class RailcarServer:
         return [w for app in data["apps"] for w in app["workers"]
                 if state is None or w["state"] == state]
 
+    def only_worker_pid(self) -> int:
+        """The pid of the one ready worker (asserts there is exactly one)."""
+        [worker] = self.workers()
+        return worker["pid"]
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A plain TCP connection to the server's port."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
     def ready_workers(self) -> int:
         if self.proc and self.proc.poll() is not None:
             raise AssertionError(f"railcar exited: {self.proc.returncode}\n{self.log()}")

@@ -7,7 +7,6 @@ a new connection is served."""
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -169,32 +168,23 @@ def server(tmp_path_factory):
     workdir.mkdir()
     server = RailcarServer(workdir)
     server.start(str(root), "--workers", "1")
-    server.pid = single_pid(server)
+    server.pid = server.only_worker_pid()
     yield server
     server.stop()
     server.kill_everything()
 
 
-def single_pid(server) -> int:
-    [worker] = server.workers()
-    return worker["pid"]
-
-
-def connect(server) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
 def raw_exchange(server, *requests: bytes) -> bytes:
     """Send the requests on one connection, the last one closing it; everything received."""
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(b"".join(requests))
         return read_until_close(sock)
 
 
 def assert_same_worker_serves(server):
     """The worker is the one that started, and a new connection is served by it."""
-    assert single_pid(server) == server.pid
-    with connect(server) as sock:
+    assert server.only_worker_pid() == server.pid
+    with server.connect() as sock:
         sock.sendall(request_bytes("GET", "/pid", headers=[("Connection", "close")]))
         response = Reader(sock).response()
     assert response.status == 200 and response.body == str(server.pid).encode()
@@ -231,7 +221,7 @@ def test_bad_status_or_header_is_a_logged_500_and_never_sent(server, path):
 
 
 def test_the_app_can_catch_a_bad_header_and_answer_otherwise(server):
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(request_bytes("GET", "/caught"))
         response = Reader(sock).response()
     assert response.status == 502 and response.headers["x-error"] == "ValueError"
@@ -239,7 +229,7 @@ def test_the_app_can_catch_a_bad_header_and_answer_otherwise(server):
 
 
 def test_tab_obs_text_and_repeated_equal_content_length_pass(server):
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(request_bytes("GET", "/fine") + request_bytes("GET", "/pid"))
         reader = Reader(sock)
         first, second = reader.response(), reader.response()
@@ -254,7 +244,7 @@ def test_tab_obs_text_and_repeated_equal_content_length_pass(server):
 def test_204_and_304_carry_no_body_and_no_framing_the_app_set(server, code, path):
     """Two requests on one connection: if any body byte or framing leaked into the first
     response, the second would not parse as the next response."""
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(request_bytes("GET", f"{path}?{code}") + request_bytes("GET", "/pid"))
         reader = Reader(sock)
         head = reader.read_until(b"\r\n\r\n")
@@ -269,7 +259,7 @@ def test_204_and_304_carry_no_body_and_no_framing_the_app_set(server, code, path
 
 
 def test_head_keeps_the_apps_content_length_without_the_body(server):
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(request_bytes("HEAD", "/head-length") + request_bytes("GET", "/pid"))
         reader = Reader(sock)
         head = reader.response(head=True)
@@ -287,7 +277,7 @@ def test_kept_write_raises_on_the_same_connection_and_writes_nothing(server):
 
 
 def test_kept_write_raises_on_another_connection(server):
-    with connect(server) as first:
+    with server.connect() as first:
         first.sendall(request_bytes("GET", "/keep-write"))
         assert Reader(first).response().body == b"kept"
         raw = raw_exchange(server, request_bytes("GET", "/use-kept",

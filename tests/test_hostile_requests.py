@@ -49,21 +49,12 @@ def server(tmp_path_factory):
     srv.kill_everything()
 
 
-def worker_pid(server) -> int:
-    [worker] = server.workers()
-    return worker["pid"]
-
-
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def connect(server, timeout=10.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
 
 
 def read_response(sock, timeout=10.0) -> tuple[int, dict, bytes]:
@@ -142,7 +133,7 @@ def status_of(raw: bytes) -> int:
 
 
 def get_json(server, path="/", host="hostile.test") -> dict:
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                      .encode())
         status, _, body = read_response(sock)
@@ -153,7 +144,7 @@ def get_json(server, path="/", host="hostile.test") -> dict:
 def assert_unharmed(server, pid):
     """The same worker serves a new connection, and logged no internal error."""
     assert get_json(server)["pid"] == pid
-    assert worker_pid(server) == pid
+    assert server.only_worker_pid() == pid
     assert "internal error" not in server.log()
 
 
@@ -172,9 +163,9 @@ def chunked_pieces(first_line: bytes, filler: bytes, total: int, rest: bytes = b
 @pytest.mark.parametrize("shape", ["extension", "extension_value", "extension_unread",
                                    "trailer", "many_trailers"])
 def test_8_mib_of_chunk_metadata_is_refused_in_bounded_memory(server, shape):
-    pid = worker_pid(server)
+    pid = server.only_worker_pid()
     # Warm up the paths a chunked upload takes, so that RSS growth is the attempt's own.
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(CHUNKED_HEAD + b"5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
         assert read_response(sock)[0] == 200
     before = rss_kib(pid)
@@ -191,7 +182,7 @@ def test_8_mib_of_chunk_metadata_is_refused_in_bounded_memory(server, shape):
     pieces = chunked_pieces(first, filler, 8 << 20, rest)
     if shape == "extension_unread":  # an app that answers without reading the body
         pieces = (piece.replace(b"POST /read ", b"POST / ") for piece in pieces)
-    with connect(server) as sock:
+    with server.connect() as sock:
         raw = send_while_reading(sock, pieces)
         if shape == "extension_unread" and status_of(raw) == 200:
             # The app answered from the head alone (the oversized line had not arrived in
@@ -206,11 +197,11 @@ def test_8_mib_of_chunk_metadata_is_refused_in_bounded_memory(server, shape):
 
 
 def test_chunk_extensions_with_optional_whitespace_are_accepted(server):
-    pid = worker_pid(server)
+    pid = server.only_worker_pid()
     body = (b"5 ; name = value\r\nhello\r\n"
             b"6\t;\tq = \"a \\\"quoted\\\" string\" ; flag\r\n world\r\n"
             b"0 ; last = yes\r\nX-Checksum: 1\r\n\r\n")
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(CHUNKED_HEAD + body)
         status, _, data = read_response(sock)
     assert status == 200, data
@@ -226,7 +217,7 @@ def test_a_large_chunked_upload_still_works(server):
         piece = payload[start:start + 100_000]
         pieces.append(b"%x;part=%d\r\n" % (len(piece), start) + piece + b"\r\n")
     pieces.append(b"0\r\n\r\n")
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(b"".join(pieces))
         status, _, data = read_response(sock)
     assert status == 200
@@ -237,13 +228,13 @@ def test_a_large_chunked_upload_still_works(server):
 
 @pytest.mark.parametrize("method", ["GET", "POST", "HEAD", "DELETE"])
 def test_asterisk_target_is_only_for_options(server, method):
-    pid = worker_pid(server)
-    with connect(server) as sock:
+    pid = server.only_worker_pid()
+    with server.connect() as sock:
         sock.sendall(f"{method} * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode())
         status, headers, _ = read_response(sock)
     assert status == 400
     assert headers.get("connection") == "close"
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
         status, _, data = read_response(sock)
     assert status == 200 and json.loads(data)["REQUEST_METHOD"] == "OPTIONS"
@@ -257,8 +248,8 @@ def test_asterisk_target_is_only_for_options(server, method):
     ("http://[::1]:8082/p", "[::1]:8082", "[::1]", "8082"),
 ])
 def test_absolute_form_target_decides_the_host(server, target, host, name, port):
-    pid = worker_pid(server)
-    with connect(server) as sock:
+    pid = server.only_worker_pid()
+    with server.connect() as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: conflicting.example\r\n\r\n".encode())
         status, _, data = read_response(sock)
     assert status == 200, data
@@ -272,9 +263,9 @@ def test_absolute_form_target_decides_the_host(server, target, host, name, port)
 # -- slow bodies (the module's server runs with --client-body-timeout 1) --------------------------
 
 def test_a_stalled_body_gets_408(server):
-    pid = worker_pid(server)
+    pid = server.only_worker_pid()
     started = time.monotonic()
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
         status, headers, _ = read_response(sock)
     assert status == 408 and headers.get("connection") == "close"
@@ -285,14 +276,14 @@ def test_a_stalled_body_gets_408(server):
 @pytest.mark.parametrize("chunked", [False, True])
 def test_a_body_trickling_a_byte_at_a_time_is_cut_off(server, chunked):
     """Each byte arrives well within client_body_timeout, but far below the minimum rate."""
-    pid = worker_pid(server)
+    pid = server.only_worker_pid()
     if chunked:
         head, unit = CHUNKED_HEAD, b"1\r\nx\r\n"
     else:
         head, unit = b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n", b"x"
     started = time.monotonic()
     answer = b""
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(head)
         sock.settimeout(0.4)
         for _ in range(60):  # at most 24 s
@@ -312,9 +303,9 @@ def test_a_body_trickling_a_byte_at_a_time_is_cut_off(server, chunked):
 
 def test_a_steady_slow_upload_is_not_cut_off(server):
     """3 s at ~4 KB/s: above the default minimum rate, each piece within the timeout."""
-    pid = worker_pid(server)
+    pid = server.only_worker_pid()
     pieces = 15
-    with connect(server) as sock:
+    with server.connect() as sock:
         sock.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
                      % (pieces * 800))
         for _ in range(pieces):
@@ -345,7 +336,7 @@ def test_a_flood_of_idle_sockets_does_not_starve_new_clients(railcar, tmp_path):
     idle: list[socket.socket] = []
     try:
         for i in range(2000):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock = server.connect()
             if i % 2:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             idle.append(sock)
@@ -355,7 +346,7 @@ def test_a_flood_of_idle_sockets_does_not_starve_new_clients(railcar, tmp_path):
         latencies = []
         for _ in range(10):
             started = time.monotonic()
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            with server.connect(timeout=5) as sock:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
                 status, _, data = read_response(sock, timeout=5)
             latencies.append(time.monotonic() - started)
@@ -372,10 +363,10 @@ def test_connections_mid_request_are_not_evicted(railcar, tmp_path):
     connection even when the worker is full."""
     app = write_app(tmp_path / "app", APP)
     server = railcar().start(str(app), "--workers", "1", "--worker-connections", "3")
-    busy = connect(server)
+    busy = server.connect()
     busy.sendall(b"POST /read HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
     time.sleep(0.2)
-    others = [connect(server) for _ in range(4)]  # each new one evicts an idle one
+    others = [server.connect() for _ in range(4)]  # each new one evicts an idle one
     try:
         time.sleep(0.3)
         for sock in others[-2:]:
