@@ -265,15 +265,7 @@ class Connection:
     def _body_timed_out(self):
         """The client stalled sending the body: 408 if the response has not started (the
         request was not served), then the connection ends; what the app writes is dropped."""
-        response = self.response
-        if not response.headers_sent:
-            response.headers_sent = True
-            response.code = 408
-            self._send_quietly(error_response(_BODY_TIMED_OUT,
-                                              "the request body arrived too slowly"))
-        response.broken = True
-        response.keep_alive = False
-        self.linger = False
+        self._abandon(_BODY_TIMED_OUT, "the request body arrived too slowly")
 
     def send_continue(self):
         """Send `100 Continue` (wsgi.input calls this on its first read of a waiting body)."""
@@ -430,16 +422,21 @@ class Connection:
         not started, then end the connection: kill its greenlet when called from the
         watchdog; when called from the greenlet itself, `_handle` returns False."""
         self.busy_since = 0.0
+        self._abandon(_TIMED_OUT, "the request took too long")
+        if self.greenlet is not None and self.greenlet is not getcurrent():
+            self.greenlet.kill(block=False)
+
+    def _abandon(self, status, detail):
+        """Give up on the request: answer `status` if the response has not started, drop
+        whatever the app still writes, and end the connection without lingering."""
         response = self.response
         if not response.headers_sent:
             response.headers_sent = True
-            response.code = 504
-            self._send_quietly(error_response(_TIMED_OUT, "the request took too long"))
+            response.code = int(status[:3])
+            self._send_quietly(error_response(status, detail))
         response.broken = True  # whatever the app still writes is dropped
         response.keep_alive = False
         self.linger = False
-        if self.greenlet is not None and self.greenlet is not getcurrent():
-            self.greenlet.kill(block=False)
 
     def _send_quietly(self, data):
         try:
