@@ -30,6 +30,7 @@ from .settings import (APP_KEYS, APP_NAME, BY_NAME, SERVER_KEYS, SETTINGS, Confi
                        coerce, default_admin_socket, default_run_dir, defaults)
 
 DEFAULT_PORT = 8000
+HEALTH_MARGIN = 1.0   # seconds the master waits past health_timeout before killing a worker
 
 
 @dataclass
@@ -57,10 +58,15 @@ class AppConfig:
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
 
     @property
+    def health_timeout(self) -> float:
+        """Seconds the health check has (0: no health check)."""
+        return self.health["timeout"] if self.health else 0.0
+
+    @property
     def ready_timeout(self) -> float:
         """Longest a new worker may take to be ready: the import, then its health check
-        (and the second the master grants past it: process.HEALTH_MARGIN)."""
-        return self.boot_timeout + (self.health["timeout"] + 1 if self.health else 0)
+        (and the margin the master grants past it)."""
+        return self.boot_timeout + (self.health_timeout + HEALTH_MARGIN if self.health else 0)
 
     def environment(self) -> dict[str, str]:
         """What the app's processes get on top of the master's environment: `env`, then the

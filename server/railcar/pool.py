@@ -129,9 +129,8 @@ class AppPool:
                 self.log.error("%s", preloader.failure_text())
                 return preloader, False
         worker = self.spawn_worker(release)
-        health_timeout = self.app.health["timeout"] if self.app.health else 0.0
         ok = worker.state != states.FAILED and \
-            worker.wait_ready(self.app.boot_timeout, health_timeout)
+            worker.wait_ready(self.app.boot_timeout, self.app.health_timeout)
         if ok:
             self.fallback.stop()
         else:

@@ -37,10 +37,10 @@ import psutil
 
 from . import replies, states
 from .channel import BadMessage, Channel
+from .config import HEALTH_MARGIN
 from .release import Release
 
 OUTPUT_TAIL_LINES = 200
-HEALTH_MARGIN = 1.0   # seconds the master waits past health_timeout before killing a worker
 READY_POLL = 0.25     # how often wait_ready looks whether the health check began
 MAX_OUTPUT_LINE = 16 * 1024     # bytes of one output line kept; the rest is dropped
 DROP_LOG_INTERVAL = 1.0         # at most one "dropped a message" line per process per second
