@@ -14,6 +14,7 @@ import resource
 import socket
 import sys
 from dataclasses import dataclass
+from operator import attrgetter
 from time import monotonic
 
 import gevent
@@ -221,11 +222,8 @@ class HTTPServer:
         """Close the connection idle the longest: a keep-alive connection between requests,
         or one that has not sent a byte yet. A flood of idle sockets thus cannot keep real
         clients out; a connection in the middle of a request is never chosen."""
-        oldest = None
-        for conn in self._conns:
-            if conn.idle and not conn.evicting and (oldest is None
-                                                    or conn.idle_since < oldest.idle_since):
-                oldest = conn
+        oldest = min((conn for conn in self._conns if conn.idle and not conn.evicting),
+                     key=_idle_since, default=None)
         if oldest is not None:
             self.evicted += 1
             oldest.evict()
@@ -281,6 +279,9 @@ class HTTPServer:
 
     def _kill_connections(self):
         gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
+
+
+_idle_since = attrgetter("idle_since")
 
 
 def _make_fd_room(connections):
