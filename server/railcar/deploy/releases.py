@@ -96,12 +96,6 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
     return Inventory(current, sorted(releases, key=lambda r: r.name), sorted(venvs))
 
 
-def current_name(remote: Remote, paths: Paths) -> str | None:
-    """The release `current` points to, or None."""
-    result = remote.run(["readlink", paths.current], check=False)
-    return posixpath.basename(result.stdout.strip().rstrip("/")) if result.ok else None
-
-
 def inventory(remote: Remote, paths: Paths) -> list[Release]:
     """Every release, oldest first."""
     return read_inventory(remote, paths).releases
