@@ -336,9 +336,7 @@ def inventory(paths: Paths) -> rel.Inventory:
         directory = paths.release(name)
         if not os.path.isdir(directory) or os.path.islink(directory):
             continue
-        state = _first_line(posixpath.join(directory, STATE_FILE)) or rel.INCOMPLETE
-        if state not in (rel.GOOD, rel.FAILED, rel.PUBLISHING):
-            state = rel.INCOMPLETE
+        state = rel.known_state(_first_line(posixpath.join(directory, STATE_FILE)))
         try:
             venv = posixpath.basename(os.readlink(posixpath.join(directory, VENV_LINK)))
         except OSError:

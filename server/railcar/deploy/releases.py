@@ -23,6 +23,12 @@ __all__ = ["PUBLISH_LOG", "STATE_FILE"]
 
 GOOD, FAILED, INCOMPLETE, PUBLISHING = "good", "failed", "incomplete", "publishing"
 
+
+def known_state(text: str) -> str:
+    """A state file's first line as a state: anything but good/failed/publishing (absent,
+    empty, garbled) is incomplete."""
+    return text if text in (GOOD, FAILED, PUBLISHING) else INCOMPLETE
+
 # One remote round trip: where `current` points, every release with its state, REVISION and
 # venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir.
 LIST_SCRIPT = r'''
@@ -90,8 +96,7 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
         elif kind == "release":
             name, state, mtime, venv, revision = (rest.split("\t", 4) + [""] * 5)[:5]
             rows.append((name, state.strip(), int(mtime or 0), venv.strip(), revision.strip()))
-    releases = [Release(name, state if state in (GOOD, FAILED, PUBLISHING) else INCOMPLETE, mtime,
-                        revision, name == current, venv)
+    releases = [Release(name, known_state(state), mtime, revision, name == current, venv)
                 for name, state, mtime, venv, revision in rows]
     return Inventory(current, sorted(releases, key=lambda r: r.name), sorted(venvs))
 
