@@ -57,16 +57,16 @@ class Paths:
 
     @property
     def railcar(self) -> str:
-        return self._join("railcar", "bin", "railcar")
+        return posixpath.join(self.server_venv, "bin", "railcar")
 
     @property
     def server_python(self) -> str:
-        return self._join("railcar", "bin", "python")
+        return posixpath.join(self.server_venv, "bin", "python")
 
     @property
     def server_marker(self) -> str:
         """The wheel_id of the railcar installed in the server venv."""
-        return self._join("railcar", ".railcar-wheel")
+        return posixpath.join(self.server_venv, ".railcar-wheel")
 
     @property
     def wheels(self) -> str:
@@ -116,11 +116,11 @@ class Paths:
     @property
     def placeholder(self) -> str:
         """The app `current` points to before the first release: it answers 503."""
-        return self._join("railcar", NO_RELEASE)
+        return posixpath.join(self.server_venv, NO_RELEASE)
 
     @property
     def env_file(self) -> str:
-        return self._join("shared", "railcar.env")
+        return posixpath.join(self.shared, "railcar.env")
 
     @property
     def env_sum(self) -> str:
