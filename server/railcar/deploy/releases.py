@@ -29,6 +29,7 @@ def known_state(text: str) -> str:
     empty, garbled) is incomplete."""
     return text if text in (GOOD, FAILED, PUBLISHING) else INCOMPLETE
 
+
 # One remote round trip: where `current` points, every release with its state, REVISION and
 # venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir.
 LIST_SCRIPT = r'''
@@ -45,14 +46,6 @@ if cd "$2" 2>/dev/null; then
 fi
 for v in "$3"/*/; do [ -d "$v" ] && v=${v%/} && printf 'venv\t%s\n' "${v##*/}"; done
 true
-'''
-
-# $1 release dir, $2 its state file, $3 state, $4 revisions log, $5 line to append (or "").
-MARK_SCRIPT = r'''
-if [ -d "$1" ]; then
-  printf '%s\n' "$3" > "$2.tmp" && mv -f "$2.tmp" "$2" || exit 1
-fi
-if [ -n "$5" ]; then printf '%s\n' "$5" >> "$4"; fi
 '''
 
 
@@ -104,14 +97,6 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
 def inventory(remote: Remote, paths: Paths) -> list[Release]:
     """Every release, oldest first."""
     return read_inventory(remote, paths).releases
-
-
-def mark(remote: Remote, paths: Paths, name: str, state: str, log_line: str = "") -> None:
-    """Record a release's state (idempotent; a missing release is left alone) and append
-    `log_line` to the revisions log, in one round trip."""
-    release = paths.release(name)
-    remote.script(MARK_SCRIPT, release, posixpath.join(release, STATE_FILE), state,
-                  paths.revisions_log, log_line, label="mark-release")
 
 
 def previous_good(releases: list[Release], before: str | None = None) -> Release | None:
