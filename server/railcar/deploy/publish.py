@@ -228,17 +228,21 @@ class Publish:
 
         admin, app = self.spec.get("admin_socket"), self.spec.get("app")
         if not (admin and app and os.path.exists(admin)):
-            return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+            return self.service_restart()
         said: list[str] = []
         try:
             result = call(admin, "restart", app=app, on_progress=said.append)
         except ControlError as exc:
             if str(exc).startswith(("no railcar master", "cannot reach the railcar master")):
-                return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
+                return self.service_restart()
             raise Failed("\n".join([*said[-20:], *([exc.detail] if exc.detail else []),
                                     f"Error: {exc}"])) from None
         done = [a for a in result.get("apps", []) if a.get("name") == app] or [{}]
         return f"{app}: restarted, release {done[0].get('release', '?')}"
+
+    def service_restart(self) -> str:
+        """The service's restart command (it starts the server): its last line of output."""
+        return (run_command(self.spec["restart"]).splitlines() or [""])[-1]
 
     def do_swap(self) -> str:
         swap(self.paths, self.target_dir)
