@@ -138,7 +138,7 @@ def read_current(paths: Paths) -> str | None:
 
 
 def swap(paths: Paths, release_dir: str) -> None:
-    """Atomic: a symlink under a temp name renamed over `current` (like the SWAP script)."""
+    """Atomic: a symlink under a temp name renamed over `current`."""
     temp = f"{paths.current}.tmp"
     try:
         os.unlink(temp)
