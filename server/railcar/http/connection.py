@@ -9,7 +9,6 @@ responses, application errors 500s, and socket errors a quiet close.
 import socket
 import sys
 import traceback
-from bisect import bisect_left
 from time import monotonic, strftime
 
 from gevent import GreenletExit, getcurrent, sleep
@@ -18,10 +17,10 @@ from gevent.hub import get_hub
 from .deadline import RequestTimeout
 from .parser import HTTPError, Request, RequestParser
 from .proxies import apply_forwarded
+from .state import RECV_SIZE
 from .wsgi import (EMPTY_INPUT, ClientDisconnected, Input, Response, build_environ,
                    error_response, send_all)
 
-RECV_SIZE = 65536
 # A connection yields to the others after every 8 requests it serves. Hello bench, 64
 # connections, 2 workers, same run conditions: never 47k req/s with p99 36 ms; every request
 # 35k with p99 7.9 ms; every 8 requests 40k with p99 15 ms.
@@ -35,9 +34,6 @@ _OVERLOADED = "503 Service Unavailable"
 _TIMED_OUT = "504 Gateway Timeout"
 _BODY_TIMED_OUT = "408 Request Timeout"
 
-# Upper bounds (seconds) of the request latency histogram buckets; one more bucket is +Inf.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
 
 class _IdleRetire(Exception):
     """Thrown into a connection greenlet blocked between requests when the server retires."""
@@ -49,16 +45,22 @@ class _Evicted(Exception):
 
 
 class Connection:
-    """One client connection, served by its own greenlet (`run`) request after request."""
+    """One client connection, served by its own greenlet (`run`) request after request.
 
-    __slots__ = ("server", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
+    Given what it serves with (`service`: app, limits, access log, proxies, deadline) and the
+    server's `state`, whose counters it updates and whose `retiring` flag it obeys; it
+    removes itself from `state` when it ends. It knows nothing else of the server.
+    """
+
+    __slots__ = ("service", "state", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
                  "busy_since", "body_waited", "body_received", "idle_since", "evicting")
 
-    def __init__(self, server, sock, remote_addr, remote_port, base):
-        limits = server.limits
-        self.server = server
+    def __init__(self, service, state, sock, remote_addr, remote_port, base):
+        limits = service.limits
+        self.service = service
+        self.state = state
         self.sock = sock
         self.remote_addr = remote_addr
         self.remote_port = remote_port
@@ -73,11 +75,11 @@ class Connection:
         self.response = None
         self.expecting = False  # the client awaits "100 Continue" we have not sent
         self.linger = False  # close with unread input: discard it first (see _linger)
-        self.proxied = server.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
+        self.proxied = service.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
         self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
         self.body_waited = 0.0  # seconds spent waiting for this request's body
         self.body_received = 0  # bytes received while reading this request's body
-        self.idle_since = 0  # server.idle_ticks when the idle wait began (orders evictions)
+        self.idle_since = 0  # state.idle_ticks when the idle wait began (orders evictions)
         self.evicting = False  # chosen to be closed to make room for a new connection
 
     def run(self):
@@ -96,7 +98,7 @@ class Connection:
             if self.linger:
                 self._linger()
             self.sock.close()
-            self.server._connection_closed(self)
+            self.state.closed(self)
 
     def _linger(self):
         """Half-close, then read and discard for a bounded time before closing.
@@ -114,7 +116,7 @@ class Connection:
                 if remaining <= 0:
                     break
                 self.sock.settimeout(remaining)
-                n = self.sock.recv_into(self.server.recv_buffer)
+                n = self.sock.recv_into(self.service.recv_buffer)
                 if not n:
                     break
                 total += n
@@ -163,15 +165,15 @@ class Connection:
 
     def _wait_first_bytes(self):
         """Wait, idle, for the start of the next request. False: close the connection."""
-        if self.server.retiring:
+        state = self.state
+        if state.retiring:
             timeout = _RETIRE_IDLE
         elif self.served:
             timeout = self.limits.keepalive_timeout
         else:
             timeout = self.limits.header_timeout
-        server = self.server
-        server.idle_ticks += 1
-        self.idle_since = server.idle_ticks
+        state.idle_ticks += 1
+        self.idle_since = state.idle_ticks
         self.idle = True
         try:
             return self._fill_quietly(timeout)
@@ -214,7 +216,7 @@ class Connection:
         if timeout != self.timeout:
             self.sock.settimeout(timeout)
             self.timeout = timeout
-        buf = self.server.recv_buffer
+        buf = self.service.recv_buffer
         n = self.sock.recv_into(buf)
         if n:
             self.parser.feed(buf, n)
@@ -277,8 +279,8 @@ class Connection:
 
     def _handle(self, request):
         """Run the application for `request`; True if the connection can serve another."""
-        server = self.server
-        log = server.access_log
+        service = self.service
+        state = self.state
         started = monotonic()
         try:
             if request.error is not None:  # the body is already known to be bad
@@ -286,12 +288,12 @@ class Connection:
             environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
                                     self.limits.max_body_size)
             if self.proxied:
-                apply_forwarded(environ, server.trusted_proxies)
+                apply_forwarded(environ, service.trusted_proxies)
         except HTTPError as error:
             self._refuse(error, request)
             return False
         http11 = request.version == "1.1"
-        response = Response(self.sock, server, request, http11)
+        response = Response(self.sock, state, request, http11)
         self.response = response
         self.expecting = False
         self.body_waited = 0.0
@@ -304,29 +306,26 @@ class Connection:
             self.expecting = expect
             environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
                                           else None)
-        if server.in_flight >= server.max_in_flight:
-            server.overloaded += 1
+        if state.in_flight >= state.max_in_flight:
+            state.overloaded += 1
             self._refuse(HTTPError(_OVERLOADED, "too many requests in progress; retry later"),
                          request, "Retry-After: 1\r\n")
             return False
-        server.in_flight += 1
+        state.in_flight += 1
         self.busy_since = started
         try:
             ok = self._run_app(environ, response)
         except RequestTimeout as timeout:  # past max_request_time, interrupted (deadline.py)
             self.busy_since = 0.0  # first: the CPU timer must not interrupt us again
             if not timeout.answered:
-                server.deadline.expire(self, frame=timeout.frame)
+                service.deadline.expire(self, frame=timeout.frame)
             ok = False
         finally:
             self.busy_since = 0.0
-            server.in_flight -= 1
-            server.requests += 1
-        elapsed = monotonic() - started
-        server.status_counts[response.code // 100 % 6] += 1
-        server.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        server.latency_sum += elapsed
-        if log is not None:
+            state.in_flight -= 1
+            state.requests += 1
+        state.answered(response.code, monotonic() - started)
+        if service.access_log is not None:
             self._log(request, response.code, response.sent, started)
         return ok and response.keep_alive and (request.complete or self._drain(request)) \
             and request.error is None
@@ -335,7 +334,7 @@ class Connection:
         """Call the app and write its response; False if the connection must close."""
         result = None
         try:
-            result = self.server.app(environ, response.start_response)
+            result = self.service.app(environ, response.start_response)
             if type(result) is list and not response.headers_sent:
                 response.send_whole(result[0] if len(result) == 1 and type(result[0]) is bytes
                                     else b"".join(result))
@@ -406,8 +405,8 @@ class Connection:
         self.linger = True
         self._send_quietly(error_response(error.status, error.detail, headers))
         code = int(error.status[:3])
-        self.server.status_counts[code // 100] += 1
-        if self.server.access_log is not None:
+        self.state.refused(code)
+        if self.service.access_log is not None:
             self._log(request, code, 0, monotonic())
 
     def describe_request(self, now):
@@ -451,7 +450,7 @@ class Connection:
         else:
             line = f"{request.method} {request.url.decode('latin-1')} HTTP/{request.version}"
         stamp = strftime("%d/%b/%Y:%H:%M:%S %z")
-        self.server.access_log(f'{self.remote_addr or "-"} - - [{stamp}] "{line}" {code} {sent} '
+        self.service.access_log(f'{self.remote_addr or "-"} - - [{stamp}] "{line}" {code} {sent} '
                                f"{millis:.1f}")
 
 

@@ -53,15 +53,17 @@ class RequestTimeout(BaseException):
 
 
 class Deadline:
-    """Enforces `limit` seconds per request over `server`'s connections (see the module doc).
+    """Enforces `limit` seconds per request over the connections of `state` (a ServerState,
+    whose `timed_out` it counts) and calls `on_timeout(description)` (if given) for each
+    request it ends (see the module doc).
 
-    `server` provides `connections()`, `timed_out` (a counter) and `on_timeout`; a connection
-    provides `greenlet`, `busy_since` (monotonic start of the app call, 0.0 between requests),
-    `describe_request(now)` and `time_out()`.
+    A connection provides `greenlet`, `busy_since` (monotonic start of the app call, 0.0
+    between requests), `describe_request(now)` and `time_out()`.
     """
 
-    def __init__(self, server, limit):
-        self.server = server
+    def __init__(self, state, limit, on_timeout=None):
+        self.state = state
+        self.on_timeout = on_timeout
         self.limit = limit
         self.interval = min(1.0, limit / 4)
         self.watchdog = None
@@ -96,7 +98,7 @@ class Deadline:
             late_before, expected = late, now + interval
             if late:  # the loop was stalled: let the requests that only waited run first
                 continue
-            for conn in self.server.connections():
+            for conn in list(self.state.connections):
                 if conn.busy_since and now - conn.busy_since > limit:
                     self.expire(conn, now)
 
@@ -107,7 +109,7 @@ class Deadline:
         raises in the one case it must.
         """
         current = getcurrent()
-        for conn in self.server.connections():
+        for conn in list(self.state.connections):
             if conn.greenlet is current:
                 if conn.busy_since and monotonic() - conn.busy_since > self.limit:
                     request = (conn, conn.busy_since)
@@ -132,7 +134,7 @@ class Deadline:
         description = (f"{info['method']} {info['path']} from {info['client']} ran past "
                        f"max_request_time ({self.limit:g} s)")
         sys.stderr.write(f"railcar: {description}; its stack:\n{stack}")
-        self.server.timed_out += 1
+        self.state.timed_out += 1
         conn.time_out()
-        if self.server.on_timeout is not None:
-            self.server.on_timeout(description)
+        if self.on_timeout is not None:
+            self.on_timeout(description)

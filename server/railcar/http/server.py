@@ -1,4 +1,4 @@
-"""The worker's HTTP server: accept loop, per-connection handler, graceful retire, stats.
+"""The worker's HTTP server: accept loop, graceful retire, stats.
 
 Runs in a worker process that is already gevent monkey-patched. The listening sockets are
 inherited from the master, which keeps its own copies open across restarts; closing ours only
@@ -7,6 +7,10 @@ stops this worker from accepting, so queued connections go to the other workers.
 One greenlet accepts per listener; one greenlet serves each connection, request after request
 (keep-alive, pipelining). No exception escapes a connection greenlet: protocol errors become
 4xx/505 responses, application errors 500s, and socket errors a quiet close.
+
+The server owns a ServerState (state.py: counters, the retiring flag, the open connections)
+and hands it, with a Service (what connections serve with), to each Connection it accepts;
+connections update the state and never reach back into the server.
 """
 
 import errno
@@ -18,13 +22,13 @@ from operator import attrgetter
 from time import monotonic
 
 import gevent
-from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.socket import socket as gsocket
 
-from .connection import LATENCY_BUCKETS, RECV_SIZE, Connection
+from .connection import Connection
 from .deadline import Deadline
 from .proxies import TrustedProxies
+from .state import ServerState, Service
 from .wsgi import base_environ
 
 __all__ = ["HTTPServer", "Limits"]
@@ -65,40 +69,22 @@ class HTTPServer:
     `limits.max_request_time` and was answered 504 (its stack is written to stderr first),
     whether it was blocked or computing without a pause (see deadline.py).
 
-    Counters for metrics are plain ints updated in place: `status_counts[code // 100]`,
-    `latency_counts[i]` (requests that took at most LATENCY_BUCKETS[i] seconds, the last one
-    +Inf, not cumulative) and `latency_sum`.
+    `state` (a ServerState) holds the counters its connections update; `stats()` reads them.
     """
 
     def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
                  on_timeout=None):
         self.listeners = list(listeners)
-        self.app = app
-        self.limits = limits or Limits()
-        self.access_log = access_log
+        self.limits = limits = limits or Limits()
         self.extra_environ = dict(base_environ or {})
-        self.trusted_proxies = TrustedProxies(self.limits.trusted_proxies)
-        self.on_timeout = on_timeout
-        self.requests = 0
-        self.in_flight = 0
-        self.max_in_flight = self.limits.max_concurrent_requests or sys.maxsize
-        self.overloaded = 0  # requests answered 503 over max_concurrent_requests
-        self.timed_out = 0  # requests answered (or cut off) past max_request_time
-        self.status_counts = [0] * 6
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.retiring = False
-        self.evicted = 0  # idle connections closed to make room at worker_connections
-        self.idle_ticks = 0  # counts idle waits begun: orders idle connections by age
-        self.recv_buffer = bytearray(RECV_SIZE)  # shared: filled and parsed without a switch
-        self._conns = set()
-        self._acceptors = []
-        self._room = Event()  # set while under worker_connections
-        self._room.set()
-        self._all_closed = Event()
+        self.state = state = ServerState(limits.worker_connections,
+                                         limits.max_concurrent_requests)
         # max_request_time: a watchdog for blocked requests, a CPU timer for busy ones.
-        self.deadline = (Deadline(self, self.limits.max_request_time)
-                         if self.limits.max_request_time else None)
+        self.deadline = (Deadline(state, limits.max_request_time, on_timeout)
+                         if limits.max_request_time else None)
+        self.service = Service(app, limits, access_log, TrustedProxies(limits.trusted_proxies),
+                               self.deadline)
+        self._acceptors = []
 
     # -- public interface ---------------------------------------------------------------------
 
@@ -112,22 +98,16 @@ class HTTPServer:
 
     def stats(self):
         """Requests served in total, requests in flight, open connections, and the counters."""
-        return {"requests": self.requests, "in_flight": self.in_flight,
-                "connections": len(self._conns), "overloaded": self.overloaded,
-                "evicted": self.evicted,
-                "timed_out": self.timed_out,
-                "status_counts": {f"{i}xx": n for i, n in enumerate(self.status_counts) if i},
-                "latency": {"buckets": list(LATENCY_BUCKETS), "counts": self.latency_counts,
-                            "sum": self.latency_sum}}
+        return self.state.stats()
 
     def connections(self):
         """The open connections, as a list (safe to iterate while connections come and go)."""
-        return list(self._conns)
+        return list(self.state.connections)
 
     def requests_in_flight(self):
         """One dict per request being served: method, path, client, age (seconds)."""
         now = monotonic()
-        return [conn.describe_request(now) for conn in list(self._conns) if conn.busy_since]
+        return [conn.describe_request(now) for conn in self.connections() if conn.busy_since]
 
     def retire(self, grace=30.0):
         """Graceful stop; blocks the calling greenlet until done. Returns True if every
@@ -138,12 +118,13 @@ class HTTPServer:
         ~1 s (its client may be mid-send), then it is closed. After `grace`, what is left
         is killed.
         """
-        self.retiring = True
+        state = self.state
+        state.retiring = True
         self._close_listeners()
-        for conn in list(self._conns):
+        for conn in self.connections():
             conn.wake_if_idle()
         try:
-            if self._conns and not self._all_closed.wait(grace):
+            if state.connections and not state.all_closed.wait(grace):
                 self._kill_connections()
                 return False
             return True
@@ -152,7 +133,7 @@ class HTTPServer:
 
     def stop(self):
         """Immediate stop: close the listeners and every connection."""
-        self.retiring = True
+        self.state.retiring = True
         self._close_listeners()
         self._kill_connections()
         self._stop_deadline()
@@ -190,10 +171,12 @@ class HTTPServer:
             base = base_environ(host, str(port), self.extra_environ)
         hub = get_hub()
         watcher = hub.loop.io(raw.fileno(), 1)
+        state = self.state
+        room = state.room
         try:
-            while not self.retiring:
-                if not self._room.is_set() and not self._can_evict():
-                    self._room.wait(_EVICT_POLL)
+            while not state.retiring:
+                if not room.is_set() and not self._can_evict():
+                    room.wait(_EVICT_POLL)
                     continue
                 for _ in range(self._accept_budget()):
                     try:
@@ -207,25 +190,25 @@ class HTTPServer:
                         break
                     self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
                                            addr, base)
-                    if len(self._conns) > self.limits.worker_connections:
+                    if len(state.connections) > self.limits.worker_connections:
                         self._evict_oldest_idle()
-                    if not self._room.is_set():
+                    if not room.is_set():
                         break
         finally:
             watcher.close()
 
     def _can_evict(self):
         """At worker_connections: is there an idle connection to close for a new one?"""
-        return any(conn.idle and not conn.evicting for conn in self._conns)
+        return any(conn.idle and not conn.evicting for conn in self.state.connections)
 
     def _evict_oldest_idle(self):
         """Close the connection idle the longest: a keep-alive connection between requests,
         or one that has not sent a byte yet. A flood of idle sockets thus cannot keep real
         clients out; a connection in the middle of a request is never chosen."""
-        oldest = min((conn for conn in self._conns if conn.idle and not conn.evicting),
-                     key=_idle_since, default=None)
+        oldest = min((conn for conn in self.state.connections
+                      if conn.idle and not conn.evicting), key=_idle_since, default=None)
         if oldest is not None:
-            self.evicted += 1
+            self.state.evicted += 1
             oldest.evict()
 
     def _accept_budget(self):
@@ -233,7 +216,7 @@ class HTTPServer:
         take it, or, when this worker's loop stayed busy for `_ACCEPT_DEFER` (every worker is
         busy, or there is no other), a burst, so that a burst of new connections waits for
         one deferral rather than one each."""
-        if not self._conns:
+        if not self.state.connections:
             return 1
         with gevent.Timeout(_ACCEPT_DEFER, False):
             gevent.idle()
@@ -244,7 +227,7 @@ class HTTPServer:
         """Handle an accept() error; False when the listener is unusable."""
         if exc.errno in (errno.EINTR, errno.ECONNABORTED, errno.EPROTO):
             return True  # that one connection is gone; carry on
-        if self.retiring:
+        if self.state.retiring:
             return False
         sys.stderr.write(f"railcar: accept() on {listener!r} failed: {exc}\n")
         if exc.errno in _ACCEPT_RETRY:
@@ -258,17 +241,9 @@ class HTTPServer:
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             remote_addr, remote_port = addr[0], str(addr[1])
-        conn = Connection(self, sock, remote_addr, remote_port, base)
-        self._conns.add(conn)
-        if len(self._conns) >= self.limits.worker_connections:
-            self._room.clear()
+        conn = Connection(self.service, self.state, sock, remote_addr, remote_port, base)
+        self.state.opened(conn)
         conn.greenlet = gevent.spawn(conn.run)
-
-    def _connection_closed(self, conn):
-        self._conns.discard(conn)
-        self._room.set()
-        if self.retiring and not self._conns:
-            self._all_closed.set()
 
     def _close_listeners(self):
         """Stop the accept greenlets (which stops their fd watchers), then close our fds."""
@@ -278,7 +253,8 @@ class HTTPServer:
             listener.close()
 
     def _kill_connections(self):
-        gevent.killall([conn.greenlet for conn in self._conns if conn.greenlet], timeout=5)
+        gevent.killall([conn.greenlet for conn in self.connections() if conn.greenlet],
+                       timeout=5)
 
 
 _idle_since = attrgetter("idle_since")

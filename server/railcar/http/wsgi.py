@@ -383,7 +383,7 @@ class Response:
     """The response to one request: start_response, write, and framing decisions.
 
     `keep_alive` starts as what the request allows and may only drop: when the server
-    (anything with a `retiring` flag) retires, when the application says `Connection: close`,
+    retires (`state.retiring`, read from the server's ServerState), when the application says `Connection: close`,
     when the body cannot be framed (HTTP/1.0 without Content-Length), when fewer bytes than
     Content-Length were sent, or when too much of the request body is left unread to discard
     (`body_drainable`).
@@ -392,14 +392,14 @@ class Response:
     request whatever happened), `start_response` and `write` raise RuntimeError.
     """
 
-    __slots__ = ("sock", "server", "request", "head_only", "http11", "keep_alive",
+    __slots__ = ("sock", "state", "request", "head_only", "http11", "keep_alive",
                  "body_drainable", "status", "code", "fields", "length", "add_date",
                  "add_server", "app_close", "headers_sent", "chunked", "remaining", "sent",
                  "broken", "finished")
 
-    def __init__(self, sock, server, request, http11):
+    def __init__(self, sock, state, request, http11):
         self.sock = sock
-        self.server = server
+        self.state = state
         self.request = request
         self.head_only = request.method == "HEAD"
         self.http11 = http11
@@ -454,7 +454,7 @@ class Response:
             raise AssertionError("the application did not call start_response")
         lines = ["HTTP/1.1 ", self.status, "\r\n", self.fields]
         code = self.code
-        if self.app_close or code < 200 or self.server.retiring:
+        if self.app_close or code < 200 or self.state.retiring:
             # Interim statuses cannot end a response (upgrades are not supported); a retiring
             # server tells every client it is closing.
             self.keep_alive = False
