@@ -8,7 +8,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from railcar.http.parser import HTTPError, Request, RequestParser  # noqa: E402
-from railcar.http.wsgi import Input, base_environ, build_environ  # noqa: E402
+from railcar.http.body import Input  # noqa: E402
+from railcar.http.environ import base_environ, build_environ  # noqa: E402
 from tests.http.support import load_cases  # noqa: E402
 
 CASES = load_cases()

@@ -4,7 +4,7 @@ Runs in the worker (gevent-patched), after the app imported and before the worke
 accepting from the listeners it shares with the other workers, so no client request can reach
 a worker that has not passed it. The request never touches a socket: the app is called
 in-process with the environ a real `GET PATH` with `Host: HOST` would get (built by the same
-http.wsgi.build_environ), so it does not count as a served request, is not in the access log
+http.environ.build_environ), so it does not count as a served request, is not in the access log
 and cannot be answered by another worker.
 
 `check(app, health)` takes the app's `health` dict (config.health_check: path, host,
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import gevent
 
-from .http.wsgi import base_environ, build_environ
+from .http.environ import base_environ, build_environ
 from .settings import status_ranges
 
 BODY_PREVIEW = 500           # characters of the body quoted in a failure

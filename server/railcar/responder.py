@@ -18,7 +18,7 @@ from typing import Callable
 
 import gevent
 
-from .http.wsgi import date_header
+from .http.wire import date_header
 
 MAX_CONNECTIONS = 100
 DEADLINE = 10.0          # seconds for a whole exchange: request head in, answer out

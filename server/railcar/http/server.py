@@ -29,7 +29,7 @@ from .connection import Connection
 from .deadline import Deadline
 from .proxies import TrustedProxies
 from .state import ServerState, Service
-from .wsgi import base_environ
+from .environ import base_environ
 
 __all__ = ["HTTPServer", "Limits"]
 

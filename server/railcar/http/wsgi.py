@@ -1,8 +1,8 @@
-"""PEP 3333 glue: the environ, wsgi.input, start_response and response writing.
+"""The WSGI response (PEP 3333): start_response, write, and how the response is framed.
 
-Runs in a worker process. The connection (server.py) owns the socket and the parser; this
-module turns one parsed `Request` into an environ, gives the application a `Response` whose
-`start_response` and `write` it calls, and frames what the application produces:
+Runs in a worker process (and in the master's own listeners). The connection (connection.py)
+gives the application a `Response`, whose `start_response` and `write` it calls, and frames
+what the application produces:
 
 - a list or tuple body is sent with a computed Content-Length in a single `sendall`, status line
   and headers included (the hello-world hot path);
@@ -22,312 +22,31 @@ character but tab (no NUL, CR, LF, DEL), Content-Length is plain decimal digits 
 Content-Length fields must agree. A response is used once: `start_response` and `write`
 called after it finished raise RuntimeError and send nothing, so a `write` kept by the
 application can never put bytes into a later response.
+
+The environ is built in environ.py, wsgi.input in body.py, the bytes sent in wire.py.
 """
 
 import re
-import sys
-from email.utils import formatdate
-from time import time
-from urllib.parse import unquote_to_bytes
-from wsgiref.util import FileWrapper
 
-import httptools
+from .wire import SERVER, ClientDisconnected, date_header, send_all
 
-from .parser import BAD_REQUEST, BODY_TOO_LARGE, HTTPError
+__all__ = ["Response"]
 
-__all__ = ["ClientDisconnected", "Input", "EMPTY_INPUT", "Response", "base_environ",
-           "build_environ", "error_response"]
-
-
-class ClientDisconnected(OSError):
-    """The client went away (or stalled past a timeout) while we read from or wrote to it."""
-
-
-def base_environ(server_name, server_port, extra=None):
-    """The per-listener constant part of every environ, copied for each request."""
-    environ = {
-        "SCRIPT_NAME": "",
-        "SERVER_NAME": server_name,
-        "SERVER_PORT": server_port,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": FileWrapper,
-    }
-    if extra:
-        environ.update(extra)
-    return environ
-
-
-# Header name (bytes, as received) -> environ key, or None for names we drop. Bounded so that a
-# client sending endless distinct names cannot grow it without limit.
-_KEYS = {b"Content-Type": "CONTENT_TYPE", b"Content-Length": "CONTENT_LENGTH"}
-_KEYS_MAX = 2048
-
-
-def _environ_key(name):
-    key = _KEYS.get(name)
-    if key is None and name not in _KEYS:
-        if b"_" in name:
-            # Dropped as nginx and gunicorn do: "X_Foo" would otherwise pose as "X-Foo".
-            key = None
-        else:
-            key = name.decode("latin-1").upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-        if len(_KEYS) < _KEYS_MAX:
-            _KEYS[name] = key
-    return key
-
-
-def build_environ(base, request, remote_addr, remote_port, max_body_size=0):
-    """Return the environ for `request` (without wsgi.input). Raises HTTPError for a request
-    that is well-formed HTTP but unacceptable: missing or repeated Host in HTTP/1.1, a bad
-    request target, or a Content-Length over `max_body_size`.
-    """
-    environ = base.copy()
-    environ["REQUEST_METHOD"] = request.method
-    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
-    environ["REMOTE_ADDR"] = remote_addr
-    environ["REMOTE_PORT"] = remote_port
-    authority = _set_target(environ, request.url, request.method)
-    for name, value in request.headers:
-        key = _KEYS.get(name) or _environ_key(name)
-        if key is None:
-            continue
-        value = value.rstrip(b" \t").decode("latin-1")
-        if key in environ:
-            if key == "HTTP_HOST":
-                raise HTTPError(BAD_REQUEST, "more than one Host header")
-            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
-        environ[key] = value
-    if "HTTP_HOST" not in environ and request.version == "1.1":
-        raise HTTPError(BAD_REQUEST, "missing Host header")
-    if max_body_size and int(environ.get("CONTENT_LENGTH", 0)) > max_body_size:
-        raise HTTPError(BODY_TOO_LARGE, "request body too large")
-    if authority is not None:
-        # RFC 9112 3.2.2: an absolute-form target decides the host; Host is ignored.
-        environ["HTTP_HOST"] = authority[0]
-        _server_from_host(environ, authority[1])
-    elif not environ["SERVER_NAME"]:
-        _server_from_host(environ)
-    return environ
-
-
-def _set_target(environ, url, method):
-    """Set PATH_INFO (percent-decoded, latin-1), QUERY_STRING and RAW_URI from the target.
-    Returns (authority, default port) of an absolute-form target, else None. The target's
-    scheme does not change wsgi.url_scheme: that is the connection's (or a trusted proxy's)."""
-    raw = url.decode("latin-1")
-    environ["RAW_URI"] = raw
-    authority = None
-    if url[:1] == b"/":
-        path, _, query = url.partition(b"?")
-        if b"#" in path or b"#" in query:
-            path = path.partition(b"#")[0]
-            query = query.partition(b"#")[0]
-    elif url == b"*":  # OPTIONS * (the parser refused it with any other method)
-        path = query = b""
-    else:  # absolute-form or CONNECT's authority-form
-        try:
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserInvalidURLError:
-            raise HTTPError(BAD_REQUEST, "invalid request target") from None
-        path, query = parsed.path or b"", parsed.query or b""
-        if method != "CONNECT":
-            authority = _authority(url, parsed)
-    if b"%" in path:
-        path = unquote_to_bytes(path)
-    environ["PATH_INFO"] = path.decode("latin-1")
-    environ["QUERY_STRING"] = query.decode("latin-1")
-    return authority
-
-
-def _authority(url, parsed):
-    """host[:port] of an absolute-form target, as written; 400 unless it is an http(s) URI
-    with a host and no userinfo (RFC 9110 4.2.4: userinfo in an http URI is an error)."""
-    scheme = (parsed.schema or b"").lower()
-    if scheme not in (b"http", b"https") or not parsed.host or parsed.userinfo \
-            or url[len(scheme):len(scheme) + 3] != b"://":
-        raise HTTPError(BAD_REQUEST, "invalid absolute-form request target")
-    rest = url[len(scheme) + 3:]
-    for stop in (b"/", b"?", b"#"):
-        rest = rest.partition(stop)[0]
-    return rest.decode("latin-1"), "443" if scheme == b"https" else "80"
-
-
-def _server_from_host(environ, default_port="80"):
-    """SERVER_NAME/PORT from HTTP_HOST: for listeners without an address of their own (unix
-    sockets), and for absolute-form targets."""
-    host = environ.get("HTTP_HOST", "")
-    name, sep, port = host.rpartition(":")
-    if not sep or "]" in port:  # no port, or a bare IPv6 literal
-        name, port = host, default_port
-    environ["SERVER_NAME"] = name or "localhost"
-    environ["SERVER_PORT"] = port
-
-
-class EmptyInput:
-    """wsgi.input for a request whose body is known to be empty: stateless, shared."""
-
-    __slots__ = ()
-
-    def read(self, size=-1):
-        return b""
-
-    def readline(self, size=-1):
-        return b""
-
-    def readlines(self, hint=-1):
-        return []
-
-    def __iter__(self):
-        return iter(())
-
-
-EMPTY_INPUT = EmptyInput()
-
-
-class Input:
-    """wsgi.input: the request body, pulled from the socket only as the application reads.
-
-    `pull()` (the connection's) receives more bytes and feeds the parser, which appends body
-    chunks to `request.body`; before the first pull, `expect_continue()` sends the interim
-    `100 Continue` the client may be waiting for. `read(n)` returns exactly n bytes unless the
-    body ends first. A body error (bad chunk, too large) raises HTTPError; a client that goes
-    away raises ClientDisconnected.
-    """
-
-    __slots__ = ("_request", "_pull", "_continue", "_pending")
-
-    def __init__(self, request, pull, expect_continue=None):
-        self._request = request
-        self._pull = pull
-        self._continue = expect_continue
-        self._pending = b""
-
-    def _chunk(self):
-        """The next body chunk, or b"" at the end of the body."""
-        if self._pending:
-            chunk, self._pending = self._pending, b""
-            return chunk
-        request = self._request
-        body = request.body
-        while not body:
-            if request.complete:
-                if request.error is not None:
-                    raise request.error
-                return b""
-            if self._continue is not None:
-                self._continue, send_continue = None, self._continue
-                send_continue()
-            self._pull()
-        return body.popleft()
-
-    def read(self, size=-1):
-        if size is None or size < 0:
-            return b"".join(iter(self._chunk, b""))
-        parts = []
-        while size > 0:
-            chunk = self._chunk()
-            if not chunk:
-                break
-            if len(chunk) > size:
-                chunk, self._pending = chunk[:size], chunk[size:]
-            parts.append(chunk)
-            size -= len(chunk)
-        return b"".join(parts)
-
-    def readline(self, size=-1):
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        while size > 0:
-            chunk = self._chunk()
-            if not chunk:
-                break
-            end = chunk.find(b"\n", 0, size) + 1 or min(len(chunk), size)
-            if end < len(chunk):
-                chunk, self._pending = chunk[:end], chunk[end:]
-            parts.append(chunk)
-            size -= len(chunk)
-            if chunk[-1:] == b"\n":
-                break
-        return b"".join(parts)
-
-    def readlines(self, hint=-1):
-        lines, total = [], 0
-        for line in self:
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self):
-        return iter(self.readline, b"")
-
-
-_SERVER = "Server: railcar\r\n"
 # RFC 9110: a status code is 3 digits; field names are tokens; a reason phrase and field
 # values are visible characters, obs-text, space and tab. [0-9] rather than \d: only ASCII.
 _STATUS = re.compile(r"[1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Header names already found to be tokens -> lower-cased; bounded like wsgi._KEYS.
+# Header names already found to be tokens -> lower-cased; bounded like environ._KEYS.
 _NAMES = {}
 _NAMES_MAX = 1024
 # Status lines already found valid -> their code.
 _STATUSES = {}
 _STATUSES_MAX = 256
-_SEND_CHUNK = 1 << 20
 _NO_BODY_CODES = frozenset((204, 304))
 # Response header names (lower-cased) that change framing or that we add ourselves.
 _SPECIAL = frozenset(("content-length", "date", "server", "connection", "transfer-encoding",
                       "keep-alive"))
-_date_cache = [0, ""]
-
-
-def date_header():
-    """The Date header line, formatted at most once per second."""
-    now = int(time())
-    if now != _date_cache[0]:
-        _date_cache[1] = "Date: " + formatdate(now, usegmt=True) + "\r\n"
-        _date_cache[0] = now
-    return _date_cache[1]
-
-
-def error_response(status, detail="", headers=""):
-    """A complete plain-text response carrying `Connection: close`, as bytes. `headers`:
-    extra header lines, each ending in CRLF."""
-    body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
-    head = (f"HTTP/1.1 {status}\r\n{date_header()}{_SERVER}{headers}Content-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("latin-1") + body
-
-
-def send_all(sock, data):
-    """Send all of `data` on a gevent socket, or raise ClientDisconnected.
-
-    The socket's timeout bounds each wait for the client to accept more bytes, not the whole
-    transfer (gevent's own sendall gives the whole call one deadline, which would cut off a
-    large body sent to a slow but live client). Small writes take one direct send().
-    """
-    try:
-        try:
-            sent = sock._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(data):
-            view = memoryview(data)
-            while sent < len(view):
-                sent += sock.send(view[sent:sent + _SEND_CHUNK])
-    except OSError as exc:
-        raise ClientDisconnected(str(exc)) from exc
 
 
 def _app_fields(headers):
@@ -479,7 +198,7 @@ class Response:
         if self.add_date:
             lines.append(date_header())
         if self.add_server:
-            lines.append(_SERVER)
+            lines.append(SERVER)
         if not self.keep_alive:
             lines.append("Connection: close\r\n\r\n")
         elif not self.http11:

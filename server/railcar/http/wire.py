@@ -1,0 +1,58 @@
+"""Bytes to the client: sending on a gevent socket, the Date header, whole close responses.
+
+Runs in a worker process (and in the master's own listeners). `send_all` is the one way
+response bytes reach a socket (ClientDisconnected when the client is gone); `error_response`
+is the one builder of a whole response that ends the connection (an error the server
+answers itself: 4xx, 503, 504, 500), used wherever the server answers without the app.
+"""
+
+from email.utils import formatdate
+from time import time
+
+__all__ = ["SERVER", "ClientDisconnected", "date_header", "error_response", "send_all"]
+
+SERVER = "Server: railcar\r\n"
+_SEND_CHUNK = 1 << 20
+_date_cache = [0, ""]
+
+
+class ClientDisconnected(OSError):
+    """The client went away (or stalled past a timeout) while we read from or wrote to it."""
+
+
+def date_header():
+    """The Date header line, formatted at most once per second."""
+    now = int(time())
+    if now != _date_cache[0]:
+        _date_cache[1] = "Date: " + formatdate(now, usegmt=True) + "\r\n"
+        _date_cache[0] = now
+    return _date_cache[1]
+
+
+def error_response(status, detail="", headers=""):
+    """A complete plain-text response carrying `Connection: close`, as bytes. `headers`:
+    extra header lines, each ending in CRLF."""
+    body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
+    head = (f"HTTP/1.1 {status}\r\n{date_header()}{SERVER}{headers}Content-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def send_all(sock, data):
+    """Send all of `data` on a gevent socket, or raise ClientDisconnected.
+
+    The socket's timeout bounds each wait for the client to accept more bytes, not the whole
+    transfer (gevent's own sendall gives the whole call one deadline, which would cut off a
+    large body sent to a slow but live client). Small writes take one direct send().
+    """
+    try:
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            view = memoryview(data)
+            while sent < len(view):
+                sent += sock.send(view[sent:sent + _SEND_CHUNK])
+    except OSError as exc:
+        raise ClientDisconnected(str(exc)) from exc
