@@ -52,7 +52,7 @@ class Fleet:
 
     def create(self) -> None:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir",
-                        str(self.wheels), str(REPO), "virtualenv"], check=True, timeout=900)
+                        str(self.wheels), f"{REPO}[server]", "virtualenv"], check=True, timeout=900)
         self.app.mkdir()
         self.project.mkdir()
         subprocess.run(["git", "init", "-q", str(self.app)], check=True)

@@ -85,7 +85,7 @@ def _waitress(launch: Launch) -> list[str]:
 
 
 KINDS = {kind.name: kind for kind in [
-    ServerKind("railcar", "railcar", _railcar, "pip install -e .",
+    ServerKind("railcar", "railcar", _railcar, "pip install -e '.[server]'",
                "master + N gevent workers"),
     ServerKind("gunicorn-gevent", "gunicorn", _gunicorn("gevent"), "pip install gunicorn",
                "-k gevent, worker_connections 1000"),

@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     python3 -m venv .venv
 fi
-echo "==> pip install -e '.[deploy]'"
-.venv/bin/pip install -q -e '.[deploy]'
+echo "==> pip install -e '.[server,deploy]'"
+.venv/bin/pip install -q -e '.[server,deploy]'
 
 exec .venv/bin/python demo/demo.py "$@"

@@ -132,8 +132,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 @pytest.fixture(scope="session")
 def shared_venv(wheelhouse):
-    """A virtualenv with railcar that every account can run: built from the system's python3
-    (this run's own interpreter may live under /root), in a directory all can reach."""
+    """A virtualenv with railcar[server] (a master's) that every account can run: built from
+    the system's python3 (this run's own interpreter may live under /root), in a directory all
+    can reach."""
     base = Path(tempfile.mkdtemp(prefix="railcar-venv-"))
     os.chmod(base, 0o755)
     python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
@@ -141,7 +142,7 @@ def shared_venv(wheelhouse):
     subprocess.run([sys.executable, "-m", "virtualenv", "-q", "--no-download", "-p", python,
                     str(venv)], check=True, timeout=300)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
-                    "--find-links", str(wheelhouse), "railcar"], check=True, timeout=600)
+                    "--find-links", str(wheelhouse), "railcar[server]"], check=True, timeout=600)
     yield venv
     shutil.rmtree(base, ignore_errors=True)
 

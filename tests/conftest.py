@@ -174,10 +174,12 @@ def railcar(tmp_path):
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory) -> Path:
-    """railcar's wheel and its dependencies, so test virtualenvs install without a registry."""
+    """railcar's wheel and its dependencies, with those of its server extra, so test
+    virtualenvs install without a registry: `railcar` for an app's, `railcar[server]` for a
+    master's."""
     house = tmp_path_factory.mktemp("wheelhouse")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
-                    str(REPO)], check=True, timeout=600)
+                    f"{REPO}[server]"], check=True, timeout=600)
     return house
 
 

@@ -239,6 +239,14 @@ def test_first_deploy_serves(site):
     assert not (current / "uncommitted.txt").exists()
     assert (current / "log").resolve() == site.root() / "shared" / "log"
     assert site.current().endswith("-" + sha[:7])
+    # the app's venv got plain railcar (what workers import), the server's railcar[server]
+    libraries = "import importlib.util as u; print(*[u.find_spec(m) is not None for m in " \
+                "('railcar', 'gevent', 'psutil', 'jinja2', 'prometheus_client')])"
+    for venv, expected in ((current / ".venv", "True True False False False"),
+                           (site.root() / "railcar", "True True True True True")):
+        found = subprocess.run([str(venv / "bin" / "python"), "-c", libraries],
+                               capture_output=True, text=True, timeout=60, check=True)
+        assert found.stdout.split() == expected.split(), venv
 
 
 def test_second_deploy_under_load_reuses_the_venv(site):

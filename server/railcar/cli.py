@@ -12,10 +12,14 @@ import signal
 import sys
 import time
 
-import click
+from .extras import require_server
 
-from . import __version__
-from .settings import SETTINGS, ConfigError, default_admin_socket
+require_server()    # before click: without railcar[server], one line naming it, no traceback
+
+import click  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .settings import SETTINGS, ConfigError, default_admin_socket  # noqa: E402
 
 
 METAVARS = {"_positive_int": "N", "_non_negative_int": "N", "_seconds": "SECONDS",

@@ -121,7 +121,7 @@ def wheelhouse(tmp_path_factory) -> Path:
     network, the deploy installs from these (pip --no-index --find-links)."""
     house = tmp_path_factory.mktemp("vm-wheels")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
-                    str(REPO), "-r", str(REPO / "examples" / "flaskapp" / "requirements.txt"),
+                    f"{REPO}[server]", "-r", str(REPO / "examples" / "flaskapp" / "requirements.txt"),
                     "virtualenv"], check=True, timeout=900)
     return house
 

@@ -31,6 +31,9 @@ from .remote import Remote, RemoteError
 from .settings import DeployConfig
 
 SERVER_PACKAGES = ("virtualenv",)   # the server venv builds the app venvs with it
+# The server venv runs the master: railcar with its `server` extra (click, psutil, jinja2,
+# prometheus-client). App venvs (venvs.py) get plain railcar, which is all a worker imports.
+SERVER_EXTRA = "[server]"
 
 
 def wheel_id(path: str) -> str:
@@ -133,8 +136,8 @@ def upload_wheels(remote: Remote, paths: Paths, wheels: list[str], known: Facts)
 
 
 # $1 host python, $2 server venv, $3 marker, $4 marker text, $5 the railcar wheel; then the
-# `pip install` arguments. The railcar wheel is reinstalled even at the same version, since
-# its bytes changed.
+# `pip install` arguments (the wheel with its server extra among them). The railcar wheel is
+# reinstalled even at the same version, since its bytes changed.
 SERVER_VENV = r'''
 set -e
 python=$1 venv=$2 marker=$3 text=$4 wheel=$5
@@ -155,8 +158,8 @@ def ensure_server_venv(remote: Remote, paths: Paths, config: DeployConfig, wheel
         return False
     target = posixpath.join(paths.wheels, os.path.basename(wheel))
     remote.script(SERVER_VENV, config.python, paths.server_venv, paths.server_marker, wanted,
-                  target, *config.pip_args, "--find-links", paths.wheels, target,
-                  *SERVER_PACKAGES, label="server-venv")
+                  target, *config.pip_args, "--find-links", paths.wheels,
+                  target + SERVER_EXTRA, *SERVER_PACKAGES, label="server-venv")
     return True
 
 
