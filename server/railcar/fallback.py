@@ -29,26 +29,30 @@ In production the client gets a plain 503 and the error goes only to the log.</p
 
 
 class BootErrorResponder:
-    def __init__(self, pool, development: bool):
-        self.pool = pool
+    """`snapshot()` gives the app's current pool.snapshot(): the page shows its error."""
+
+    def __init__(self, app_name: str, listeners, log, snapshot, development: bool):
+        self.app_name = app_name
+        self.listeners = listeners
+        self.snapshot = snapshot
         self.development = development
-        self.responder = Responder(f"{pool.app.name}: the answer while the app is down",
-                                   self.answer, pool.log)
+        self.responder = Responder(f"{app_name}: the answer while the app is down",
+                                   self.answer, log)
 
     @property
     def running(self) -> bool:
         return self.responder.running
 
     def start(self) -> None:
-        self.responder.start(self.pool.listeners)
+        self.responder.start(self.listeners)
 
     def stop(self) -> None:
         self.responder.stop()
 
     def answer(self, request: Request) -> bytes:
-        error = self.pool.last_error or "the app is not ready"
+        error = self.snapshot().error or "the app is not ready"
         if self.development:
-            body = PAGE.format(app=html.escape(self.pool.app.name),
+            body = PAGE.format(app=html.escape(self.app_name),
                                error=html.escape(error)).encode("utf-8")
             content_type = "text/html; charset=utf-8"
         else:

@@ -73,23 +73,24 @@ def _report_first_boot(master, notify_socket: str | None = None) -> None:
 
     limit = time.monotonic() + max(app.ready_timeout for app in master.config.apps) + 10
     while time.monotonic() < limit:
-        pending = [p for p in master.pools
-                   if len(p.serving()) < p.app.workers and not p.last_error
-                   or any(w.state == "booting" for w in p.workers)]
+        views = [p.snapshot() for p in master.pools]
+        pending = [v for v in views
+                   if len(v.serving) < v.min_workers and not v.error or v.booting]
         if not pending:
             break
         gevent.sleep(READY_POLL)
-    failed = [p for p in master.pools if p.last_error and not p.current_release()]
+    views = [p.snapshot() for p in master.pools]
+    failed = [v for v in views if v.error and not v.release]
     lines = [f"railcar master {master.pid} started; admin socket {master.config.admin_socket}"]
     if master.config.log_file:
         lines.append(f"log: {master.config.log_file}")
-    for pool in master.pools:
-        if pool in failed:
-            lines.append(f"{pool.app.name}: FAILED to boot (retrying):\n{pool.last_error}")
+    for view in views:
+        if any(view is v for v in failed):
+            lines.append(f"{view.name}: FAILED to boot (retrying):\n{view.error}")
         else:
-            lines.append(f"{pool.app.name}: serving on {' '.join(pool.app.binds)}")
+            lines.append(f"{view.name}: serving on {' '.join(view.binds)}")
     _report("\n".join(lines) + "\n", ok=not failed)
-    summary = ("apps failed to boot: " + ", ".join(p.app.name for p in failed) if failed
+    summary = ("apps failed to boot: " + ", ".join(v.name for v in failed) if failed
                else f"serving {len(master.pools)} app(s)")
     notify_systemd(notify_socket, "READY=1", f"STATUS={summary}", f"MAINPID={master.pid}")
 

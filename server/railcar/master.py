@@ -118,8 +118,7 @@ class Master:
     def handle_usr1(self) -> None:
         logs.reopen(self.log)
         for pool in self.pools:
-            for worker in pool.workers:
-                worker.tell("reopen_logs")
+            pool.tell_all("reopen_logs")
         self.log.info("log files reopened")
 
     # --- what the admin socket asks for ---------------------------------------------------

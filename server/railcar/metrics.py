@@ -1,8 +1,8 @@
 """Prometheus metrics, served by the master at http://METRICS_BIND/metrics (off by default).
 
-Runs in the master. Nothing is measured at scrape time: the collector reads what each pool
-already sampled in the last tick (workers' counters from their `stats` replies, RSS and CPU
-from psutil), so a scrape never waits on a worker and workers never run prometheus-client.
+Runs in the master. Nothing is measured at scrape time: the collector reads each pool's
+snapshot (pool.snapshot()), which holds what the pool sampled in the last tick (workers'
+counters from their `stats` replies, RSS and CPU from psutil), so a scrape never waits on a worker and workers never run prometheus-client.
 Counters are the pools' sums over past and present workers, so they only grow.
 """
 
@@ -66,45 +66,44 @@ class RailcarCollector:
         cpu = GaugeMetricFamily("railcar_worker_cpu_percent",
                                 "CPU use of each worker over the last second.",
                                 labels=["app", "pid"])
-        for pool in self.master.pools:
-            app, counters = pool.app.name, pool.counters
-            for status, count in sorted(counters.status.items()):
+        for view in (pool.snapshot() for pool in self.master.pools):
+            app, totals = view.name, view.totals
+            for status, count in sorted(totals.status.items()):
                 requests.add_metric([app, status], count)
-            overloaded.add_metric([app], counters.overloaded)
-            timed_out.add_metric([app], counters.timed_out)
-            if counters.buckets:
+            overloaded.add_metric([app], totals.overloaded)
+            timed_out.add_metric([app], totals.timed_out)
+            if totals.buckets:
                 cumulative, buckets = 0, []
-                for bound, count in zip(counters.buckets + [float("inf")],
-                                        counters.latency_counts):
+                for bound, count in zip(totals.buckets + (float("inf"),),
+                                        totals.latency_counts):
                     cumulative += count
                     buckets.append(("+Inf" if bound == float("inf") else repr(bound),
                                     cumulative))
-                latency.add_metric([app], buckets, counters.latency_sum)
-            samples = dict(pool.samples)
-            in_flight.add_metric([app], sum((s.stats or {}).get("in_flight", 0)
-                                            for w, s in samples.items()
+                latency.add_metric([app], buckets, totals.latency_sum)
+            sampled = [w for w in view.workers if w.sampled]
+            in_flight.add_metric([app], sum(w.counters.get("in_flight", 0) for w in sampled
                                             if w.state in WORKER_STATES))
             for state in WORKER_STATES:
-                workers.add_metric([app, state], sum(w.state == state for w in pool.workers))
+                workers.add_metric([app, state], sum(w.state == state for w in view.workers))
             for outcome in ("ok", "failed"):
-                restarts.add_metric([app, outcome], pool.restarts[outcome])
-            for limit, count in sorted(pool.replacements.items()):
+                restarts.add_metric([app, outcome], view.restarts.get(outcome, 0))
+            for limit, count in sorted(view.replacements.items()):
                 replaced.add_metric([app, limit], count)
-            canary = pool.canary
+            canary = view.canary
             canary_active.add_metric([app], int(canary is not None
-                                                and canary.state == canary_states.WATCHING))
-            canary_requests.add_metric([app], canary.requests if canary else 0)
-            canary_errors.add_metric([app], canary.errors if canary else 0)
+                                                and canary["state"] == canary_states.WATCHING))
+            canary_requests.add_metric([app], canary["requests"] if canary else 0)
+            canary_errors.add_metric([app], canary["errors"] if canary else 0)
             for outcome in (canary_states.PASSED, canary_states.FAILED):
-                canaries.add_metric([app, outcome], pool.canaries[outcome])
-            health_failures.add_metric([app], pool.health_failures)
-            for worker, sample in samples.items():
-                if sample.rss is not None:
-                    rss.add_metric([app, str(worker.pid)], sample.rss)
-                if sample.uss is not None:
-                    uss.add_metric([app, str(worker.pid)], sample.uss)
-                if sample.cpu is not None:
-                    cpu.add_metric([app, str(worker.pid)], sample.cpu)
+                canaries.add_metric([app, outcome], view.canaries.get(outcome, 0))
+            health_failures.add_metric([app], view.health_failures)
+            for worker in sampled:
+                if worker.rss is not None:
+                    rss.add_metric([app, str(worker.pid)], worker.rss)
+                if worker.uss is not None:
+                    uss.add_metric([app, str(worker.pid)], worker.uss)
+                if worker.cpu is not None:
+                    cpu.add_metric([app, str(worker.pid)], worker.cpu)
         return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
                 replaced, canary_active, canary_requests, canary_errors, canaries,
                 health_failures, rss, uss, cpu]

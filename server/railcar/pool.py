@@ -33,8 +33,8 @@ from .config import AppConfig
 from .settings import ConfigError
 from .fallback import BootErrorResponder
 from .process import WorkerProcess
+from .snapshot import PoolSnapshot, WorkerView, frozen
 
-MAX_BACKOFF = 60.0
 CANARY_POLL = 0.5      # seconds between looks at the canary's counters
 
 
@@ -62,8 +62,7 @@ class AppPool:
         self.workers: list[WorkerProcess] = []
         self.lock = gevent.lock.Semaphore()
         self.stopping = False
-        self.boot_failures = 0          # consecutive failed spawns, for backoff
-        self.next_spawn_at = 0.0
+        self.spawning = states.Spawning()   # RUNNING, or BACKOFF after failed spawns
         self.last_error: str | None = None
         self.last_restart: RestartOutcome | None = None
         self.restart_txt_mtime = self._restart_txt_mtime()
@@ -82,7 +81,8 @@ class AppPool:
         self.preloaders: list[WorkerProcess] = []     # alive (smart spawning)
         self.preloader: WorkerProcess | None = None  # the one new workers fork from
         self.fallback = BootErrorResponder(
-            self, app.supervision.get("environment") == "development")
+            app.name, listeners, log, self.snapshot,
+            app.supervision.get("environment") == "development")
 
     # --- views ----------------------------------------------------------------------------
     def serving(self) -> list[WorkerProcess]:
@@ -91,6 +91,58 @@ class AppPool:
     def current_release(self) -> str | None:
         ready = [w for w in self.workers if w.state == states.READY]
         return ready[-1].release.path if ready else None
+
+    def snapshot(self, resources: bool = False) -> PoolSnapshot:
+        """An immutable view of the app and its processes now (railcar.snapshot).
+
+        Per worker, RSS/USS/CPU come from the master's last sample; with `resources`, a
+        worker not sampled yet is read now (psutil) instead of showing none."""
+        canary = self.canary.as_dict() if self.canary else None
+        return PoolSnapshot(
+            name=self.app.name, root=self.app.root, binds=tuple(self.app.binds),
+            release=self.current_release(), wanted=self.wanted, min_workers=self.app.workers,
+            max_workers=max(self.app.supervision.get("max_workers") or 0, self.app.workers),
+            error=self.last_error, spawning=self.spawning,
+            last_restart=frozen(self.last_restart.as_dict()) if self.last_restart else None,
+            restarts=frozen(self.restarts), replacements=frozen(self.replacements),
+            last_replacement=frozen(self.last_replacement) if self.last_replacement else None,
+            canary=frozen(canary) if canary else None, canaries=frozen(self.canaries),
+            health=frozen(self.app.health) if self.app.health else None,
+            health_failures=self.health_failures, canary_settings=frozen(self.app.canary),
+            spawn_method=self.app.supervision.get("spawn_method"), stopping=self.stopping,
+            workers=tuple(self._view(w, resources) for w in list(self.workers)),
+            preloaders=tuple(self._view(p, False) for p in list(self.preloaders)),
+            totals=self.counters.totals())
+
+    def _view(self, process: WorkerProcess, resources: bool) -> WorkerView:
+        sample = self.samples.get(process)
+        stats = (sample.stats if sample else None) or {}
+        measured: dict = {"sampled": sample is not None}
+        if sample is not None and sample.rss is not None:
+            measured.update(rss=sample.rss, uss=sample.uss, cpu=sample.cpu)
+        elif resources and process.kind == "worker":
+            measured.update(process.resources())
+        return WorkerView(
+            pid=process.pid, kind=process.kind, release=process.release.path,
+            python=process.release.python, state=process.state,
+            started_at=process.started_at, ready_at=process.ready_at,
+            replacing=process in self.replacing, current=process is self.preloader,
+            counters=frozen({k: v for k, v in stats.items() if type(v) is int}),
+            stats=frozen(stats), **measured)
+
+    def ask(self, call: str, timeout: float, pids=None) -> dict[int, dict | None]:
+        """Ask every worker (those in `pids` if given) `call` over its channel, all at once;
+        {pid: its checked reply, None if it did not answer in time}. Blocks up to `timeout`."""
+        targets = [w for w in list(self.workers)
+                   if w.pid is not None and (pids is None or w.pid in pids)]
+        jobs = [gevent.spawn(w.call, call, timeout) for w in targets]
+        gevent.joinall(jobs)
+        return {w.pid: job.value for w, job in zip(targets, jobs)}
+
+    def tell_all(self, call: str) -> None:
+        """Send `call` to every worker without waiting for answers."""
+        for worker in list(self.workers):
+            worker.tell(call)
 
     # --- spawning -------------------------------------------------------------------------
     def _worker_spec(self) -> dict:
@@ -201,7 +253,7 @@ class AppPool:
         if missing < 0:
             for worker in sorted(serving, key=lambda w: w.started_at)[:-missing]:
                 worker.retire()
-        elif missing > 0 and time.monotonic() >= self.next_spawn_at:
+        elif missing > 0 and self.spawning.may_spawn(time.monotonic()):
             gevent.spawn(self._fill, missing)
 
     def _fill(self, count: int) -> None:
@@ -218,15 +270,14 @@ class AppPool:
                 if not ok:
                     self._boot_failed(worker.failure_text())
                     return
-                self.boot_failures = 0
+                self.spawning = self.spawning.succeeded()
                 self.last_error = None
 
     def _boot_failed(self, error: str) -> None:
         self.last_error = error
-        self.boot_failures += 1
-        delay = min(2.0 ** (self.boot_failures - 1), MAX_BACKOFF)
-        self.next_spawn_at = time.monotonic() + delay
-        self.log.error("%s: could not start a worker; next try in %.0f s", self.app.name, delay)
+        self.spawning = self.spawning.failed(time.monotonic())     # -> BACKOFF
+        self.log.error("%s: could not start a worker; next try in %.0f s", self.app.name,
+                       self.spawning.delay)
         self._answer_while_down()
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
@@ -293,7 +344,7 @@ class AppPool:
                 old[index].retire()
                 retired.append(old[index])
         self._wait_exited(retired)
-        self.boot_failures, self.last_error = 0, None
+        self.spawning, self.last_error = self.spawning.succeeded(), None
         outcome.ok = True
         self.log.info("%s: rolling restart done, serving %s", self.app.name, release.path)
         return outcome
@@ -395,9 +446,9 @@ class AppPool:
             self.log.warning("%s: worker %s is over memory_limit before serving any request "
                              "(%s); the app needs more than that to boot, so it is not "
                              "replaced until it has served one", self.app.name, worker.pid,
-                             over.partition(": ")[2])
+                             over.detail)
 
-    def replace_worker(self, worker: WorkerProcess, reason: str) -> None:
+    def replace_worker(self, worker: WorkerProcess, reason: supervision.Replacement) -> None:
         """Swap `worker` for a new one of the current release, without dropping a request:
         the new worker is started and ready before the old one retires gracefully. If the new
         one fails to boot, the old one keeps serving (and is tried again after the backoff).
@@ -407,16 +458,16 @@ class AppPool:
         self.replacing.add(worker)
         gevent.spawn(self._replace, worker, reason)
 
-    def _replace(self, worker: WorkerProcess, reason: str) -> None:
+    def _replace(self, worker: WorkerProcess, reason: supervision.Replacement) -> None:
         try:
-            if time.monotonic() < self.next_spawn_at:
+            if not self.spawning.may_spawn(time.monotonic()):
                 return
             with self.lock:
                 if self.stopping or worker.state != states.READY:
                     return
                 self.log.warning("%s: replacing worker %s: %s", self.app.name, worker.pid,
                                  reason)
-                if reason.startswith("max_request_time: the worker has not answered"):
+                if reason.unresponsive:
                     worker.kill(signal.SIGUSR2)     # its stacks go to the log
                 try:
                     fresh, ok = self._spawn_ready(self._resolve())
@@ -427,7 +478,7 @@ class AppPool:
                     self._boot_failed(fresh.failure_text() if fresh else self.last_error)
                     return
                 worker.retire()
-                self.replacements[supervision.reason_kind(reason)] += 1
+                self.replacements[reason.limit.value] += 1
                 self.last_replacement = {"pid": worker.pid, "new_pid": fresh.pid,
                                          "reason": reason, "at": time.time()}
             self._wait_exited([worker])

@@ -9,8 +9,11 @@ Prometheus counters must). Pure functions and plain objects: no process is touch
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass, field
+
+from .snapshot import Totals, frozen
 
 MIB = 1024 * 1024
 # How old a worker's USS may get before it is read again (reading it costs milliseconds).
@@ -59,15 +62,47 @@ def request_budget(policy: dict) -> int | None:
     return policy["max_requests"] + random.randint(0, policy.get("max_requests_jitter") or 0)
 
 
+class Limit(enum.StrEnum):
+    """The limits a worker is replaced over; the value keys the app's replacement counts."""
+
+    MAX_REQUESTS = "max_requests"
+    MEMORY_LIMIT = "memory_limit"
+    MAX_REQUEST_TIME = "max_request_time"
+
+
+class Replacement(str):
+    """Why a worker must be replaced: the text "LIMIT: detail" (what the log and status show)
+    carrying its `limit` (a Limit) and `detail`. `unresponsive`: the worker stopped answering
+    the master (max_request_time found by the master, not reported by the worker), so its
+    stacks are asked for (SIGUSR2) before it goes."""
+
+    limit: Limit
+    detail: str
+    unresponsive: bool
+
+    def __new__(cls, limit: Limit, detail: str, unresponsive: bool = False) -> Replacement:
+        self = super().__new__(cls, f"{limit}: {detail}")
+        self.limit, self.detail, self.unresponsive = Limit(limit), detail, unresponsive
+        return self
+
+    @classmethod
+    def reported(cls, text: str) -> Replacement:
+        """A worker's own `replace` in its stats ("LIMIT: detail", its LIMIT checked by
+        railcar.replies against WORKER_LIMITS)."""
+        limit, _, detail = text.partition(":")
+        return cls(Limit(limit), detail.strip())
+
+
 def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
-                   now: float) -> str | None:
-    """Why the worker must be replaced ("LIMIT: detail"), or None."""
+                   now: float) -> Replacement | None:
+    """Why the worker must be replaced, or None."""
     stats = sample.stats or {}
     if stats.get("replace"):
-        return stats["replace"]
+        return Replacement.reported(stats["replace"])
     budget = sample.request_budget
     if budget is not None and stats.get("requests", 0) >= budget:
-        return f"max_requests: served {stats['requests']} requests (limit {budget})"
+        return Replacement(Limit.MAX_REQUESTS,
+                           f"served {stats['requests']} requests (limit {budget})")
     # Only once it has served a request: a worker over the limit from its boot on would be
     # replaced by another just like it, again and again (see memory_over_at_boot).
     over = memory_over(sample, policy)
@@ -76,32 +111,30 @@ def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
     if max_request_time:
         silent = now - (sample.answered_at or sample.first_seen)
         if silent > max(max_request_time, UNRESPONSIVE_MIN):
-            return f"max_request_time: the worker has not answered for {silent:.0f} s"
+            return Replacement(Limit.MAX_REQUEST_TIME,
+                               f"the worker has not answered for {silent:.0f} s",
+                               unresponsive=True)
     return None
 
 
-def memory_over(sample: Sample, policy: dict) -> str | None:
-    """"memory_limit: ..." if the worker owns more than memory_limit, else None.
+def memory_over(sample: Sample, policy: dict) -> Replacement | None:
+    """A memory_limit Replacement if the worker owns more than memory_limit, else None.
 
     What it owns is its USS, not its RSS: pages shared with the preloader and the other
     workers are freed with none of them. RSS only where USS cannot be read."""
     limit = policy.get("memory_limit")
     owned, measure = (sample.uss, "USS") if sample.uss is not None else (sample.rss, "RSS")
     if limit and owned and owned > limit * MIB:
-        return f"memory_limit: {measure} {owned / MIB:.0f} MiB is over {limit} MiB"
+        return Replacement(Limit.MEMORY_LIMIT,
+                           f"{measure} {owned / MIB:.0f} MiB is over {limit} MiB")
     return None
 
 
-def memory_over_at_boot(sample: Sample, policy: dict) -> str | None:
+def memory_over_at_boot(sample: Sample, policy: dict) -> Replacement | None:
     """The memory_limit reason for a worker that has served nothing yet: the app needs more
     than the limit to boot, so replacing the worker cannot help."""
     stats = sample.stats or {}
     return memory_over(sample, policy) if stats and not stats.get("requests") else None
-
-
-def reason_kind(reason: str) -> str:
-    """The limit's name from a reason text ("memory_limit: ..." -> "memory_limit")."""
-    return reason.partition(":")[0]
 
 
 @dataclass
@@ -139,6 +172,13 @@ class AppCounters:
             for index, count in enumerate(latency["counts"]):
                 self.latency_counts[index] += _delta(count, last_latency["counts"][index])
             self.latency_sum += _delta(latency["sum"], last_latency["sum"])
+
+    def totals(self) -> Totals:
+        """An immutable copy of the sums (railcar.snapshot)."""
+        return Totals(requests=self.requests, overloaded=self.overloaded,
+                      timed_out=self.timed_out, status=frozen(self.status),
+                      buckets=tuple(self.buckets), latency_counts=tuple(self.latency_counts),
+                      latency_sum=self.latency_sum)
 
     def forget(self, pid: int) -> None:
         self.seen.pop(pid, None)

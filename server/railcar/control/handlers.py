@@ -18,52 +18,52 @@ def do_ping(master, progress) -> dict:
                              "started_at": master.started_at})
 
 
-def _worker_status(pool, worker, canary_pid: int | None) -> dict:
-    stats = worker.call("stats", timeout=1.0) or {}
+def _worker_row(worker, stats: dict | None, canary_pid: int | None) -> dict:
+    """A `status --json` worker row: the process, its counters (every count it reports, as
+    it answers now), its resources as last sampled."""
     row = worker.describe()
-    row.update(requests=stats.get("requests"), in_flight=stats.get("in_flight"),
-               connections=stats.get("connections"))
-    sample = pool.samples.get(worker)
-    if sample is not None and sample.rss is not None:   # sampled by the master's last tick
-        row.update(rss=sample.rss, uss=sample.uss, cpu=sample.cpu)
-    else:
-        row.update(worker.resources())
-    row["replacing"] = worker in pool.replacing
-    row["canary"] = canary_pid is not None and worker.pid == canary_pid
+    row.update(requests=None, in_flight=None, connections=None)
+    row.update({k: v for k, v in (stats or {}).items() if type(v) is int})
+    row.update(rss=worker.rss, uss=worker.uss, cpu=worker.cpu, replacing=worker.replacing,
+               canary=canary_pid is not None and worker.pid == canary_pid)
     return row
 
 
 def _app_status(pool) -> dict:
-    # The canary first: the rows' "canary" flags and the app's "canary" are one snapshot.
-    canary = pool.canary.as_dict() if pool.canary else None
+    view = pool.snapshot(resources=True)
+    # The canary's pid and the rows' "canary" flags come from the one snapshot.
+    canary = dict(view.canary) if view.canary else None
     canary_pid = canary["pid"] if canary and canary["state"] == "watching" else None
-    jobs = [gevent.spawn(_worker_status, pool, w, canary_pid) for w in list(pool.workers)]
-    gevent.joinall(jobs)
-    ready = any(w.state == states.READY for w in pool.workers)
+    stats = pool.ask("stats", 1.0, {w.pid for w in view.workers})
     return {
-        "name": pool.app.name,
-        "root": pool.app.root,
-        "release": pool.current_release(),
-        "binds": pool.app.binds,
-        "wanted_workers": pool.wanted,
-        "min_workers": pool.app.workers,
-        "max_workers": max(pool.app.supervision.get("max_workers") or 0, pool.app.workers),
-        "state": "serving" if ready else ("failed" if pool.last_error else "starting"),
-        "error": pool.last_error,
-        "last_restart": pool.last_restart.as_dict() if pool.last_restart else None,
-        "restarts": dict(pool.restarts),
-        "replacements": dict(pool.replacements),
-        "last_replacement": pool.last_replacement,
+        "name": view.name,
+        "root": view.root,
+        "release": view.release,
+        "binds": list(view.binds),
+        "wanted_workers": view.wanted,
+        "min_workers": view.min_workers,
+        "max_workers": view.max_workers,
+        "state": view.state,
+        "error": view.error,
+        "spawning": view.spawning.as_dict(time.monotonic()),
+        "last_restart": _plain(view.last_restart),
+        "restarts": dict(view.restarts),
+        "replacements": dict(view.replacements),
+        "last_replacement": _plain(view.last_replacement),
         "canary": canary,
-        "canaries": dict(pool.canaries),
-        "health": pool.app.health,
-        "health_failures": pool.health_failures,
-        "canary_settings": dict(pool.app.canary),
-        "workers": [job.value for job in jobs],
-        "spawn_method": pool.app.supervision.get("spawn_method"),
-        "preloaders": [{"pid": p.pid, "release": p.release.path, "state": p.state,
-                        "current": p is pool.preloader} for p in list(pool.preloaders)],
+        "canaries": dict(view.canaries),
+        "health": _plain(view.health),
+        "health_failures": view.health_failures,
+        "canary_settings": dict(view.canary_settings),
+        "workers": [_worker_row(w, stats.get(w.pid), canary_pid) for w in view.workers],
+        "spawn_method": view.spawn_method,
+        "preloaders": [{"pid": p.pid, "release": p.release, "state": p.state,
+                        "current": p.current} for p in view.preloaders],
     }
+
+
+def _plain(mapping) -> dict | None:
+    return dict(mapping) if mapping is not None else None
 
 
 def do_status(master, progress) -> dict:
@@ -81,14 +81,13 @@ def do_requests(master, progress, app: str | None = None) -> dict:
         pools = master.find_pools(app)
     except LookupError as exc:
         return protocol.failure(str(exc))
-    targets = [(p, w) for p in pools for w in p.workers
-               if w.state in (states.READY, states.RETIRING)]
-    jobs = [gevent.spawn(w.call, "requests", 2.0) for _, w in targets]
-    gevent.joinall(jobs)
     rows = []
-    for (pool, worker), job in zip(targets, jobs):
-        for request in (job.value or {}).get("requests", []):
-            rows.append(dict(request, app=pool.app.name, worker=worker.pid))
+    for pool in pools:
+        live = {w.pid for w in pool.snapshot().workers
+                if w.state in (states.READY, states.RETIRING)}
+        for pid, answer in pool.ask("requests", 2.0, live).items():
+            for request in (answer or {}).get("requests", []):
+                rows.append(dict(request, app=pool.app.name, worker=pid))
     rows.sort(key=lambda row: -row["age"])
     return protocol.success({"requests": rows})
 
@@ -120,11 +119,11 @@ def do_backtraces(master, progress, app: str | None = None, worker: int | None =
         pools = master.find_pools(app)
     except LookupError as exc:
         return protocol.failure(str(exc))
-    targets = [(p, w) for p in pools for w in p.workers if worker is None or w.pid == worker]
-    if worker is not None and not targets:
+    answers = [(pool.app.name, pid, answer) for pool in pools
+               for pid, answer in pool.ask("backtraces", 5.0,
+                                           None if worker is None else {worker}).items()]
+    if worker is not None and not answers:
         return protocol.failure(f"no worker with pid {worker}")
-    jobs = [gevent.spawn(w.call, "backtraces", 5.0) for _, w in targets]
-    gevent.joinall(jobs)
     return protocol.success({"workers": [
-        {"app": p.app.name, "pid": w.pid, "text": (job.value or {}).get("text", "(no answer)")}
-        for (p, w), job in zip(targets, jobs)]})
+        {"app": name, "pid": pid, "text": (answer or {}).get("text", "(no answer)")}
+        for name, pid, answer in answers]})
