@@ -2,14 +2,15 @@
 
 from railcar.supervision import (MIB, AppCounters, Sample, limit_exceeded, memory_over_at_boot,
                                  request_budget)
+from railcar.views import Supervision
 
-POLICY = {"max_requests": 100, "max_requests_jitter": 10, "memory_limit": 50}
+POLICY = Supervision(max_requests=100, max_requests_jitter=10, memory_limit=50)
 
 
 def test_request_budget_has_jitter_within_bounds():
     budgets = {request_budget(POLICY) for _ in range(200)}
     assert min(budgets) >= 100 and max(budgets) <= 110 and len(budgets) > 1
-    assert request_budget({"max_requests": 0}) is None
+    assert request_budget(Supervision(max_requests=0)) is None
 
 
 def test_limit_exceeded_names_the_limit():
@@ -49,9 +50,10 @@ def test_a_silent_worker_is_stuck_only_with_max_request_time():
     sample = Sample(first_seen=0.0)
     sample.record({"requests": 1}, {}, now=1.0)
     sample.record(None, {}, now=60.0)
-    assert limit_exceeded(sample, {}, 0, now=60.0) is None
-    assert limit_exceeded(sample, {}, 30, now=60.0).startswith("max_request_time: the worker")
-    assert limit_exceeded(sample, {}, 30, now=20.0) is None
+    policy = Supervision()
+    assert limit_exceeded(sample, policy, 0, now=60.0) is None
+    assert limit_exceeded(sample, policy, 30, now=60.0).startswith("max_request_time: the worker")
+    assert limit_exceeded(sample, policy, 30, now=20.0) is None
 
 
 def test_counters_add_deltas_and_survive_workers():

@@ -22,8 +22,8 @@ from . import __version__  # noqa: E402
 from .settings import SETTINGS, ConfigError, default_admin_socket  # noqa: E402
 
 
-METAVARS = {"_positive_int": "N", "_non_negative_int": "N", "_seconds": "SECONDS",
-            "_port": "PORT", "_text": "TEXT"}
+METAVARS = {"positive_int": "N", "non_negative_int": "N", "seconds": "SECONDS",
+            "port": "PORT", "text": "TEXT"}
 
 
 def _start_options(function):
@@ -33,7 +33,7 @@ def _start_options(function):
             help_text += f" [default: {setting.default:g}]" if isinstance(
                 setting.default, float) else f" [default: {setting.default}]"
         kwargs = {"help": help_text, "default": None,
-                  "metavar": METAVARS.get(setting.type.__name__, "VALUE")}
+                  "metavar": METAVARS.get(setting.convert.__name__, "VALUE")}
         if setting.is_flag:
             kwargs.update(is_flag=True, default=None)
         if setting.multiple:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import envfile
-from .settings import (APP_KEYS, APP_NAME, BY_NAME, SERVER_KEYS, SETTINGS, ConfigError,
-                       coerce, default_admin_socket, default_run_dir, defaults)
+from .settings import (APP_KEYS, APP_NAME, APP_SECTIONS, BY_NAME, SERVER_KEYS, ConfigError,
+                       coerce, default_admin_socket, default_run_dir, defaults, names, rows)
+from .views import Supervision
 
 DEFAULT_PORT = 8000
 HEALTH_MARGIN = 1.0   # seconds the master waits past health_timeout before killing a worker
@@ -46,8 +47,8 @@ class AppConfig:
     env: dict[str, str]
     access_log: str | None
     boot_timeout: float
-    limits: dict[str, Any] = field(default_factory=dict)
-    supervision: dict[str, Any] = field(default_factory=dict)   # see SUPERVISION_NAMES
+    limits: dict[str, Any] = field(default_factory=dict)   # section "limits": views.Limits
+    supervision: Supervision = field(default_factory=Supervision)
     server_names: list[str] = field(default_factory=list)
     static_dir: str | None = None
     static_url: str = "/static/"
@@ -114,18 +115,7 @@ class ServerConfig:
     admin_group: int | None = None      # gid that may use the admin socket (mode 0660)
 
 
-LIMIT_NAMES = ("max_request_line", "max_header_size", "max_headers", "max_body_size",
-               "keepalive_timeout", "header_timeout", "worker_connections", "trusted_proxies",
-               "client_body_timeout", "client_body_min_rate")
 WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master runs as root
-
-# Limits the worker enforces per request (http.server.Limits) beyond the protocol's.
-REQUEST_LIMIT_NAMES = ("max_concurrent_requests", "max_request_time")
-# Settings the master enforces (pool.py, supervision.py).
-SUPERVISION_NAMES = ("max_requests", "max_requests_jitter", "memory_limit", "max_workers",
-                     "idle_timeout", "environment", "spawn_method")
-
-
 CANARY_NAMES = ("canary_duration", "canary_min_requests", "canary_max_error_rate")
 
 
@@ -150,7 +140,7 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def _table(data: dict[str, Any], keys: dict, where: str) -> dict[str, Any]:
-    """Validate a TOML table against the settings of one scope."""
+    """Validate a TOML table against the settings it may set (`keys`: key -> row)."""
     values = {}
     for key, raw in data.items():
         setting = keys.get(key)
@@ -161,12 +151,12 @@ def _table(data: dict[str, Any], keys: dict, where: str) -> dict[str, Any]:
     return values
 
 
-def _cli_values(cli: dict[str, Any], scope: str) -> dict[str, Any]:
-    """The settings of one scope that were given on the command line, validated."""
+def _cli_values(cli: dict[str, Any], *sections: str) -> dict[str, Any]:
+    """The settings of `sections` that were given on the command line, validated."""
     out = {}
-    for setting in SETTINGS:
+    for setting in rows(*sections):
         value = cli.get(setting.name)
-        if setting.scope != scope or value is None or value in ((), []):
+        if value is None or value in ((), []):
             continue
         if isinstance(value, tuple):
             value = list(value)
@@ -269,8 +259,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         env_file=env_file,
         access_log=values.get("access_log"),
         boot_timeout=values["boot_timeout"],
-        limits={name: values[name] for name in LIMIT_NAMES + REQUEST_LIMIT_NAMES},
-        supervision={name: values[name] for name in SUPERVISION_NAMES},
+        limits={name: values[name] for name in names("limits")},
+        supervision=Supervision.from_values(values),
         server_names=list(values["server_names"]),
         static_dir=values.get("static_dir"),
         static_url=values["static_url"],
@@ -367,14 +357,14 @@ def load(cli: dict[str, Any], app_dir: str | None, starting: bool = True) -> Ser
             if isinstance(table.get("name"), str):
                 name = table["name"]
                 where += f" ({name})" if APP_NAME.fullmatch(name) else f" ({name!r})"
-            values = defaults("app") | _table(table, APP_KEYS, where)
+            values = defaults(*APP_SECTIONS) | _table(table, APP_KEYS, where)
             apps.append(_make_app(values, where, base_dir, default_bind=os.path.join(
                 f"unix:{run_dir}", "{name}.sock"), starting=starting))
         return _server(server_values, apps, f"{config_file} [[apps]]",
                        os.path.abspath(config_file))
 
     app_dir = os.path.abspath(app_dir or ".")
-    values = defaults("app")
+    values = defaults(*APP_SECTIONS)
     app_toml = os.path.join(app_dir, "railcar.toml")
     if os.path.exists(app_toml):
         data = read_toml(app_toml)
@@ -389,7 +379,7 @@ def load(cli: dict[str, Any], app_dir: str | None, starting: bool = True) -> Ser
             _refuse_release_choices(server_table, f"{app_toml} [server]")
         values.update(app_table)
         server_values.update(server_table)
-    values.update(_cli_values(cli, "app"))
+    values.update(_cli_values(cli, *APP_SECTIONS))
     server_values.update(_cli_values(cli, "server"))
     values["root"] = app_dir
     return _server(server_values, [_make_app(values, "command line", os.getcwd(),

@@ -82,7 +82,7 @@ class AppPool:
         self.preloader: WorkerProcess | None = None  # the one new workers fork from
         self.fallback = BootErrorResponder(
             app.name, listeners, log, self.snapshot,
-            app.supervision.get("environment") == "development")
+            app.supervision.development)
 
     # --- views ----------------------------------------------------------------------------
     def serving(self) -> list[WorkerProcess]:
@@ -101,7 +101,7 @@ class AppPool:
         return PoolSnapshot(
             name=self.app.name, root=self.app.root, binds=tuple(self.app.binds),
             release=self.current_release(), wanted=self.wanted, min_workers=self.app.workers,
-            max_workers=max(self.app.supervision.get("max_workers") or 0, self.app.workers),
+            max_workers=max(self.app.supervision.max_workers, self.app.workers),
             error=self.last_error, spawning=self.spawning,
             last_restart=frozen(self.last_restart.as_dict()) if self.last_restart else None,
             restarts=frozen(self.restarts), replacements=frozen(self.replacements),
@@ -109,7 +109,7 @@ class AppPool:
             canary=frozen(canary) if canary else None, canaries=frozen(self.canaries),
             health=frozen(self.app.health) if self.app.health else None,
             health_failures=self.health_failures, canary_settings=frozen(self.app.canary),
-            spawn_method=self.app.supervision.get("spawn_method"), stopping=self.stopping,
+            spawn_method=self.app.supervision.spawn_method, stopping=self.stopping,
             workers=tuple(self._view(w, resources) for w in list(self.workers)),
             preloaders=tuple(self._view(p, False) for p in list(self.preloaders)),
             totals=self.counters.totals())
@@ -151,7 +151,7 @@ class AppPool:
                 "health": self.app.health}
 
     def smart(self) -> bool:
-        return self.app.supervision.get("spawn_method") == "smart"
+        return self.app.supervision.smart
 
     def spawn_worker(self, release: releases.Release) -> WorkerProcess:
         """Start one worker of `release`; with smart spawning `self.preloader` (READY, of
@@ -431,7 +431,7 @@ class AppPool:
             if worker.state == states.READY and worker not in self.replacing:
                 reason = supervision.limit_exceeded(
                     self.samples[worker], self.app.supervision,
-                    self.app.limits.get("max_request_time", 0), now)
+                    self.app.limits["max_request_time"], now)
                 if reason:
                     self.replace_worker(worker, reason)
                 elif not self.warned_boot_memory:
@@ -490,7 +490,7 @@ class AppPool:
         max_workers); one fewer when a worker has been idle for idle_timeout (down to
         `workers`). One step per tick, and none while a worker boots."""
         policy = self.app.supervision
-        maximum = policy.get("max_workers") or 0
+        maximum = policy.max_workers
         if maximum <= self.app.workers or self.lock.locked():
             return
         ready = [w for w in self.workers if w.state == states.READY and w in self.samples]
@@ -504,7 +504,7 @@ class AppPool:
                               self.app.name, len(ready), self.wanted)
             return
         idle = [w for w, s in zip(ready, samples)
-                if now - s.active_at >= policy["idle_timeout"]]
+                if now - s.active_at >= policy.idle_timeout]
         if idle and len(ready) > self.app.workers:
             worker = max(idle, key=lambda w: w.started_at)
             self.wanted = len(ready) - 1

@@ -37,6 +37,7 @@ import jinja2
 
 from .config import AppConfig, ServerConfig
 from .settings import APP_NAME
+from .views import Limits
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 KINDS = {"nginx": "nginx-site.conf.j2", "apache": "apache-vhost.conf.j2",
@@ -116,10 +117,7 @@ def _app_view(app: AppConfig) -> AppView:
     if app.static_dir:
         static_path = _safe(os.path.normpath(os.path.join(app.root, app.static_dir)),
                             app.name, "static path")
-    limits = app.limits
-    keepalive = float(limits.get("keepalive_timeout", 20.0))
-    max_request_time = float(limits.get("max_request_time") or 0)
-    max_body = int(limits.get("max_body_size", 0))
+    limits = Limits(**app.limits)   # what the workers enforce; the table's defaults for the rest
     return AppView(
         name=app.name,
         ident=re.sub(r"[^A-Za-z0-9_]", "_", app.name),
@@ -128,11 +126,12 @@ def _app_view(app: AppConfig) -> AppView:
         apache_url=apache_url,
         static_url=_safe(app.static_url, app.name, "static_url"),
         static_path=static_path,
-        max_body_size=max_body,
-        client_max_body_size=str(max_body),   # 0 = no limit, for nginx as for railcar
-        keepalive_timeout=keepalive,
-        upstream_keepalive=max(1, int(keepalive * 0.75)),
-        proxy_timeout=int(max_request_time + 5) if max_request_time else DEFAULT_PROXY_TIMEOUT,
+        max_body_size=limits.max_body_size,
+        client_max_body_size=str(limits.max_body_size),   # 0 = no limit, for nginx as for railcar
+        keepalive_timeout=limits.keepalive_timeout,
+        upstream_keepalive=max(1, int(limits.keepalive_timeout * 0.75)),
+        proxy_timeout=(int(limits.max_request_time + 5) if limits.max_request_time
+                       else DEFAULT_PROXY_TIMEOUT),
     )
 
 

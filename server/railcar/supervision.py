@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 
 from .snapshot import Totals, frozen
+from .views import Supervision
 
 MIB = 1024 * 1024
 # How old a worker's USS may get before it is read again (reading it costs milliseconds).
@@ -55,11 +56,11 @@ def uss_due(sample: Sample | None, now: float) -> bool:
     return sample is None or sample.uss_at is None or now - sample.uss_at >= USS_INTERVAL
 
 
-def request_budget(policy: dict) -> int | None:
+def request_budget(policy: Supervision) -> int | None:
     """max_requests plus this worker's share of jitter, or None without a limit."""
-    if not policy.get("max_requests"):
+    if not policy.max_requests:
         return None
-    return policy["max_requests"] + random.randint(0, policy.get("max_requests_jitter") or 0)
+    return policy.max_requests + random.randint(0, policy.max_requests_jitter)
 
 
 class Limit(enum.StrEnum):
@@ -93,7 +94,7 @@ class Replacement(str):
         return cls(Limit(limit), detail.strip())
 
 
-def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
+def limit_exceeded(sample: Sample, policy: Supervision, max_request_time: float,
                    now: float) -> Replacement | None:
     """Why the worker must be replaced, or None."""
     stats = sample.stats or {}
@@ -117,12 +118,12 @@ def limit_exceeded(sample: Sample, policy: dict, max_request_time: float,
     return None
 
 
-def memory_over(sample: Sample, policy: dict) -> Replacement | None:
+def memory_over(sample: Sample, policy: Supervision) -> Replacement | None:
     """A memory_limit Replacement if the worker owns more than memory_limit, else None.
 
     What it owns is its USS, not its RSS: pages shared with the preloader and the other
     workers are freed with none of them. RSS only where USS cannot be read."""
-    limit = policy.get("memory_limit")
+    limit = policy.memory_limit
     owned, measure = (sample.uss, "USS") if sample.uss is not None else (sample.rss, "RSS")
     if limit and owned and owned > limit * MIB:
         return Replacement(Limit.MEMORY_LIMIT,
@@ -130,7 +131,7 @@ def memory_over(sample: Sample, policy: dict) -> Replacement | None:
     return None
 
 
-def memory_over_at_boot(sample: Sample, policy: dict) -> Replacement | None:
+def memory_over_at_boot(sample: Sample, policy: Supervision) -> Replacement | None:
     """The memory_limit reason for a worker that has served nothing yet: the app needs more
     than the limit to boot, so replacing the worker cannot help."""
     stats = sample.stats or {}

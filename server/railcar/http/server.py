@@ -17,7 +17,6 @@ import errno
 import resource
 import socket
 import sys
-from dataclasses import dataclass
 from operator import attrgetter
 from time import monotonic
 
@@ -25,6 +24,7 @@ import gevent
 from gevent.hub import get_hub
 from gevent.socket import socket as gsocket
 
+from ..views import Limits
 from .connection import Connection
 from .deadline import Deadline
 from .proxies import TrustedProxies
@@ -38,25 +38,6 @@ _ACCEPT_BURST = 64  # most connections accepted at once after a deferral that ti
 _EVICT_POLL = 0.2  # at worker_connections with none idle: how often to look again
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-worker protocol limits and timeouts (seconds). max_body_size 0 means unlimited."""
-
-    max_request_line: int = 8190
-    max_header_size: int = 65536
-    max_headers: int = 100
-    keepalive_timeout: float = 20.0
-    header_timeout: float = 30.0
-    worker_connections: int = 1000
-    max_body_size: int = 0
-    # Peers whose X-Forwarded-For/-Proto count: addresses, networks, "unix" (see proxies.py).
-    trusted_proxies: tuple = ("127.0.0.0/8", "::1/128", "unix")
-    max_concurrent_requests: int = 0  # more in flight get 503 + Retry-After; 0: no limit
-    max_request_time: float = 0.0  # longer requests get 504 and `on_timeout`; 0: no limit
-    client_body_timeout: float = 60.0  # longest wait for more of a request body (408)
-    client_body_min_rate: int = 500  # bytes/s a body must average after that grace; 0: off
 
 
 class HTTPServer:
