@@ -2,7 +2,7 @@
 
     python bench/deploy_fleet.py [--sizes 1,5,10,25] [--rounds 3] [--json FILE]
 
-Starts max(sizes) OpenSSH `sshd` hosts on 127.0.0.1 (railcar.deploy.loopback), each with its
+Starts max(sizes) OpenSSH `sshd` hosts on 127.0.0.1 (tests/loopback.py), each with its
 own deploy root and port, runs `fab setup` and a first `fab deploy` to all of them (hosts in
 parallel), then for each size, `--rounds` times, commits a change and times `fab -H
 host1,...,hostN deploy` (a repeat deploy: the virtualenv is reused). Rounds alternate
@@ -29,8 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
+sys.path.insert(0, str(REPO / "tests"))   # tests/loopback.py: a dev tool, not installed
 
-from railcar.deploy.loopback import SshHosts, free_port  # noqa: E402
+from loopback import SshHosts, free_port  # noqa: E402
 
 FAB = str(Path(sys.executable).parent / "fab")
 APP = '''def application(environ, start_response):

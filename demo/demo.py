@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from loadgen import Load  # noqa: E402  (tests/loadgen.py: the bounded load generator)
+from loopback import SshHosts  # noqa: E402  (tests/loopback.py: loopback sshd hosts)
 
 from railcar.deploy import build  # noqa: E402
-from railcar.deploy.loopback import SshHosts  # noqa: E402
 
 FAB = str(Path(sys.executable).parent / "fab")
 HOST = "demo-host"

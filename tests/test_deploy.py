@@ -22,7 +22,7 @@ import pytest
 from accounts import Accounts
 from conftest import free_port
 from loadgen import Load
-from railcar.deploy.loopback import SshHosts
+from loopback import SshHosts
 
 FAB = str(Path(sys.executable).parent / "fab")
 # The hosts' interpreter for the virtualenvs: one every account may run (this run's own

@@ -262,3 +262,11 @@ def test_the_host_side_modules_import_without_fabric():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_loopback_hosts_are_a_dev_tool_outside_the_package():
+    """tests/loopback.py starts sshd with generated keys: never shipped in railcar."""
+    import importlib.util
+
+    assert importlib.util.find_spec("railcar.deploy.loopback") is None
+    assert importlib.util.find_spec("loopback").origin.endswith("tests/loopback.py")

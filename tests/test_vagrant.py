@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from railcar.deploy.loopback import SshHosts
+from loopback import SshHosts
 
 VAGRANT_DIR = REPO / "vagrant"
 

@@ -1,6 +1,7 @@
 """Loopback SSH hosts: real OpenSSH `sshd` on 127.0.0.1, one per host, as this user.
 
-For the deploy tests and the demo (demo/run.sh), not for production. Each host gets a
+For the deploy tests, the demo (demo/run.sh) and bench/deploy_fleet.py (which put tests/ on
+sys.path); it is not part of the installed package. Each host gets a
 generated host key, its own port and its own deploy root. The accounts that may log in are
 those given a key file with `allow(user)` (this user's from the start): each gets the shared
 generated client key, so `fab -H deploy@host1` logs in as the local account `deploy`. Root
