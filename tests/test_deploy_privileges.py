@@ -244,7 +244,7 @@ def test_unit_runs_as_the_app_account_sandboxed_and_verifies(hosts, tmp_path):
     from invoke import Config
 
     from railcar.deploy.paths import Paths
-    from railcar.deploy.service import render_unit
+    from railcar.deploy.unit import render_unit
     from railcar.deploy.settings import load
 
     config = Config(runtime_path=str(hosts.site.project / "fabric.yaml"))

@@ -91,7 +91,8 @@ def test_cleanup_keeps_n_good_and_never_current_or_previous():
 
 def test_systemd_unit_shares_the_railcar_config_template(tmp_path):
     from railcar.deploy.paths import Paths
-    from railcar.deploy.service import render_unit, start_argv
+    from railcar.deploy.command import start_argv
+    from railcar.deploy.unit import render_unit
 
     config = load(config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n"),
                   "web1")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from .build import Archive
 from .pipeline import Host, Reporter, fail_before_swap, parallel, publish, revert
-from .service import health_check
+from .status import health_check
 from .settings import DeployConfig, resolve_hosts
 
 WATCH_INTERVAL = 2.0        # seconds between two checks of the canary hosts

@@ -42,7 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import disk, envfile, service, venvs
+from . import disk, envfile, nginx, service, status, venvs
+from . import facts as host_facts
+from .wheels import describe, upload, wheel_id
 from . import lock as locks
 from . import releases as rel
 from .build import Archive
@@ -88,7 +90,7 @@ class Host:
     swapped: bool = False
     unpacked: bool = False
     locked: bool = False
-    facts: service.Facts | None = None  # what the check stage found
+    facts: host_facts.Facts | None = None  # what the check stage found
     env: dict[str, str] = field(default_factory=dict)  # the app's env (env + secrets)
     env_changed: bool = False           # the env file must be written (the check found)
     timings: dict[str, float] = field(default_factory=dict)
@@ -149,14 +151,14 @@ def stage_lock(host: Host, what: str) -> str:
 def stage_check(host: Host, wheels: list[str]) -> str:
     remote, paths = host.remote, host.paths
     shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
-    host.facts = known = service.facts(remote, paths, wheels, shared_files)
+    host.facts = known = host_facts.read(remote, paths, wheels, shared_files)
     if not known.server_python:
         raise DeployError(f"[{host.name}] {paths.server_python} is missing: run `fab setup` first")
-    wanted = service.wheel_id(wheels[0])
+    wanted = wheel_id(wheels[0])
     if known.installed != wanted:
         raise DeployError(f"[{host.name}] the server venv has "
-                          f"{service.describe(known.installed) or 'no railcar'}, this deploy "
-                          f"ships {service.describe(wanted)}: run `fab setup` first")
+                          f"{describe(known.installed) or 'no railcar'}, this deploy "
+                          f"ships {describe(wanted)}: run `fab setup` first")
     if known.missing:
         absent = [posixpath.relpath(path, paths.shared) for path in known.missing]
         raise DeployError(f"[{host.name}] shared files missing in {paths.shared}: "
@@ -178,7 +180,7 @@ def stage_check(host: Host, wheels: list[str]) -> str:
 
 
 def stage_upload(host: Host, archive: Archive, wheels: list[str]) -> str:
-    sent = service.upload_wheels(host.remote, host.paths, wheels, host.facts)
+    sent = upload(host.remote, host.paths, wheels, host.facts)
     target = posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
     host.remote.put(archive.path, target)
     size = os.path.getsize(archive.path)
@@ -242,7 +244,7 @@ def stage_env(host: Host) -> str:
 
 def stage_venv(host: Host, archive: Archive, wheel: str) -> str:
     key, reused = venvs.ensure(host.remote, host.paths, host.config, host.release_dir,
-                               archive.path, os.path.basename(wheel), service.wheel_id(wheel))
+                               archive.path, os.path.basename(wheel), wheel_id(wheel))
     return f"{'reused' if reused else 'built'} venvs/{key}"
 
 
@@ -299,7 +301,7 @@ def publish_spec(host: Host, kind: str, target: str, revision: str = "",
             "restart": service.service_command(paths, config, "restart"),
             "stop": service.service_command(paths, config, "stop"),
             "health_path": config.health_path, "keep": config.keep_releases,
-            "probe": service.probe_args(paths, config, paths.release(target))}
+            "probe": status.probe_args(paths, config, paths.release(target))}
 
 
 # $1 the lock's holder file, $2 seconds, $3 the release's state file, $4 its publish log:
@@ -473,9 +475,9 @@ def finish(host: Host) -> None:
     try:
         if host.config.nginx["enabled"]:
             install = host.remote.login == "root"   # only root writes under /etc
-            host.stage("nginx", f"site {service.nginx_site(host.config)}, "
+            host.stage("nginx", f"site {nginx.nginx_site(host.config)}, "
                        + ("test, reload" if install else "up to date?"),
-                       lambda: service.ensure_nginx_site(host.remote, host.paths, host.config,
+                       lambda: nginx.ensure_nginx_site(host.remote, host.paths, host.config,
                                                          install=install))
     finally:
         host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))

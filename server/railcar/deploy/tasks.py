@@ -10,7 +10,6 @@ nothing left to do.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import threading
@@ -19,7 +18,8 @@ from fabric import Connection, task
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from . import build, envfile, hostkeys, pipeline, service
+from . import build, envfile, hostkeys, nginx, pipeline, server_venv, service, unit, wheels
+from . import facts as host_facts
 from . import lock as locks
 from . import releases as rel
 from .lock import LockError
@@ -27,12 +27,12 @@ from .paths import Paths
 from .pipeline import DeployError, Host, Reporter
 from .remote import Remote, RemoteError
 from .settings import DEFAULTS, ConfigError, DeployConfig, env_from_machine, load
+from .status import status as server_status
 
 FAILURES = (ConfigError, DeployError, RemoteError, LockError, build.BuildError,
             hostkeys.HostKeyError)
 _grouped: set[tuple[str, ...]] = set()   # (task, *hosts) already run for the -H group
 _accounts = threading.Lock()  # hosts may share /etc/passwd (loopback, containers): one at once
-_wheel_dirs: list = []      # temp dirs of built wheels, alive for the whole run
 
 
 def cli_hosts(argv: list[str] | None = None) -> list[str]:
@@ -105,20 +105,6 @@ def _hosts(connections: list[Connection], reporter: Reporter, with_env: bool = F
     return hosts
 
 
-def wheels(config: DeployConfig) -> list[str]:
-    """railcar's wheel first (given, found in the wheelhouse, or built once per run), then
-    the wheelhouse's other wheels."""
-    wheel = build.find_wheel(config.wheel, config.wheelhouse)
-    if wheel is None:
-        if not _wheel_dirs:
-            _wheel_dirs.append(build.local_workdir())
-            print(f"building the railcar wheel in {_wheel_dirs[0].name} ...", flush=True)
-            build.build_wheel(_wheel_dirs[0].name)
-        wheel = build.find_wheel(None, _wheel_dirs[0].name)
-    extra = sorted(glob.glob(os.path.join(config.wheelhouse, "*.whl"))) if config.wheelhouse else []
-    return [wheel] + [w for w in extra if os.path.basename(w) != os.path.basename(wheel)]
-
-
 def _fail(exc: BaseException) -> Exit:
     return Exit(f"railcar deploy: {exc}", code=1)
 
@@ -135,8 +121,8 @@ def setup(c):
     reporter = Reporter()
     try:
         hosts = _hosts(connections, reporter, with_env=True)
-        wheels(hosts[0].config)             # built once, before the hosts run in parallel
-        errors = pipeline.parallel(hosts, setup_host)
+        with wheels.for_run(hosts[0].config, reporter.line) as shipped:
+            errors = pipeline.parallel(hosts, lambda host: setup_host(host, shipped))
     except FAILURES as exc:
         raise _fail(exc) from None
     if errors:
@@ -217,17 +203,17 @@ def layout_items(paths: Paths, config: DeployConfig, deployer: str, group: str) 
     return items
 
 
-def setup_host(host: Host) -> None:
+def setup_host(host: Host, all_wheels: list[str]) -> None:
+    """`fab setup` on one host; `all_wheels`: the run's (wheels.for_run)."""
     remote, paths, config = host.remote, host.paths, host.config
     deployer = config.deploy_user or remote.login
     # One account for all three roles but root (deploy = app = SSH user), no unit and no
     # nginx site: nothing needs root, so setup runs without (and checks the accounts only).
-    systemd = service.uses_systemd(remote, config)
+    systemd = unit.uses_systemd(remote, config)
     alone = remote.login == deployer == config.user and remote.login != "root" \
         and not config.nginx["enabled"] and not systemd
     root = remote if alone else remote.elevated("root")
     as_deployer = remote.elevated(deployer)
-    all_wheels = wheels(config)
     content = envfile.render(host.env)
     known = None
 
@@ -243,15 +229,15 @@ def setup_host(host: Host) -> None:
         group = root.run(["id", "-gn", deployer]).stdout.strip()
         out = root.script(LAYOUT, *layout_items(paths, config, deployer, group), label="layout")
         created = [line for line in out.stdout.splitlines() if line.startswith("created")]
-        known = service.facts(as_deployer, paths, all_wheels)
+        known = host_facts.read(as_deployer, paths, all_wheels)
         return f"created {len(created)} dir(s)" if created else "unchanged"
 
     def upload():
-        sent = service.upload_wheels(as_deployer, paths, all_wheels, known)
+        sent = wheels.upload(as_deployer, paths, all_wheels, known)
         return f"uploaded {len(sent)} wheel(s)" if sent else "unchanged"
 
-    def server_venv():
-        changed = service.ensure_server_venv(as_deployer, paths, config, all_wheels[0], known)
+    def server():
+        changed = server_venv.ensure(as_deployer, paths, config, all_wheels[0], known)
         # the app account runs this interpreter: a python3 under /root (pyenv) it cannot reach
         # would fail only at start, with a bare "Permission denied"
         if not remote.elevated(config.user).test([paths.server_python, "-c", ""]):
@@ -274,11 +260,11 @@ def setup_host(host: Host) -> None:
                                  label="placeholder").stdout.strip()
         return out or "current exists"
 
-    def unit():
+    def service_unit():
         if not systemd:
             return f"no systemd: runs as `railcar start --daemon` as {config.user}"
-        return ("installed " if service.ensure_unit(root, paths, config) else "unchanged ") \
-            + service.unit_name(config)
+        return ("installed " if unit.ensure_unit(root, paths, config) else "unchanged ") \
+            + unit.unit_name(config)
 
     def start():
         return service.start(root, paths, config).splitlines()[0]
@@ -286,14 +272,14 @@ def setup_host(host: Host) -> None:
     host.stage("accounts", f"app account {config.user}, deploy account {deployer}", accounts)
     host.stage("layout", f"directories under {paths.root}", layout)
     host.stage("wheels", "upload railcar's wheel", upload)
-    host.stage("server", f"server virtualenv {paths.server_venv}", server_venv)
+    host.stage("server", f"server virtualenv {paths.server_venv}", server)
     host.stage("env", "the app's env file (env, secrets)", environment)
     host.stage("current", "a release, or the placeholder answering 503", placeholder)
-    host.stage("service", "systemd unit or daemon", unit)
+    host.stage("service", "systemd unit or daemon", service_unit)
     host.stage("start", f"start the server as {config.user} unless it runs", start)
     if config.nginx["enabled"]:
-        host.stage("nginx", f"site {service.nginx_site(config)}, test, reload",
-                   lambda: service.ensure_nginx_site(root, paths, config))
+        host.stage("nginx", f"site {nginx.nginx_site(config)}, test, reload",
+                   lambda: nginx.ensure_nginx_site(root, paths, config))
 
 
 @task(help={"ref": "git ref to deploy (default: railcar.ref)"})
@@ -308,12 +294,12 @@ def deploy(c, ref=None):
         hosts = _hosts(connections, reporter, with_env=True)
         first = hosts[0].config
         workdir = build.local_workdir()
-        with workdir as tmp:
+        with workdir as tmp, wheels.for_run(first, reporter.line) as shipped:
             archive = build.build_release(first.source, ref or first.ref, tmp)
             release = build.release_name(archive.short)
             reporter.line(f"release {release}: {archive.ref} = {archive.revision} "
                           f"to {', '.join(h.name for h in hosts)}")
-            pipeline.deploy(hosts, archive, wheels(first), release)
+            pipeline.deploy(hosts, archive, shipped, release)
     except FAILURES as exc:
         raise _fail(exc) from None
 
@@ -346,7 +332,7 @@ def status(c, json=False):
     and a host-side publish in progress."""
     try:
         for host in _hosts(_connections(c), Reporter()):
-            text = service.status(host.remote, host.paths, json)
+            text = server_status(host.remote, host.paths, json)
             if not json:
                 text = rel.summary(rel.read_inventory(host.remote, host.paths)) + "\n" + text
             print(f"[{host.name}]\n" + text, flush=True)
