@@ -1,6 +1,7 @@
 """The master's own listeners (the metrics endpoint, the answer while an app is down) against
 a slowloris: the connections it holds are capped and cut at an overall deadline, the next
-client is answered at once, and the master, its workers and the app carry on."""
+client is answered at once, and the master, its workers and the app carry on. They speak the
+workers' strict HTTP: malformed requests get a 400 and nothing smuggled behind is answered."""
 
 from __future__ import annotations
 
@@ -68,6 +69,31 @@ class Slowloris:
             sock.close()
 
 
+def exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw` on a fresh connection; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def assert_strict_http(port: int, path: bytes, status: bytes) -> None:
+    """What the workers refuse, the master's listener refuses too; one answer per connection."""
+    for bad in (b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+                b"GET " + path + b" HTTP/1.1\r\n\r\n",  # no Host
+                b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+                b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        assert exchange(port, bad).startswith(b"HTTP/1.1 400 "), bad
+    head = exchange(port, b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status) and head.endswith(b"\r\n\r\n")
+    assert b"\r\nConnection: close\r\n" in head
+    request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert exchange(port, request * 2).count(b"HTTP/1.1 ") == 1
+
+
 def timed_get(url: str) -> requests.Response:
     started = time.monotonic()
     answer = requests.get(url, timeout=10, headers={"Connection": "close"})
@@ -108,6 +134,7 @@ def test_slowloris_against_the_metrics_endpoint(railcar, tmp_path):
     assert 'railcar_workers{app="app",state="ready"} 2.0' in metrics.text
     assert requests.post(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 405
     assert requests.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+    assert_strict_http(port, b"/metrics", b"200")
     server.stop()
 
 
@@ -117,6 +144,7 @@ def test_slowloris_against_the_answer_while_the_app_is_down(railcar, tmp_path):
     wait_for(lambda: os.path.exists(server.admin_socket)
              and server.status()["apps"][0]["error"], 30, what="the boot error")
     assert_slowloris_is_bounded(server.port, server.url + "/", 503)
+    assert_strict_http(server.port, b"/", b"503")
     assert server.status()["apps"][0]["state"] == "failed"
     (app / "wsgi.py").write_text(APP)
     assert server.cli("restart").returncode == 0

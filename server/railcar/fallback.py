@@ -5,15 +5,15 @@ master accepts on the app's listening sockets itself and answers every request w
 - environment "development": an HTML page with the boot error and its traceback;
 - environment "production": a plain 503 (the error is in the server log, never shown).
 It stops as soon as a worker is ready again (the pool calls `stop`). Idempotent start/stop.
-Connections are bounded in number and time like every listener of the master's own
-(railcar.responder).
+Served by the same HTTP code as the workers, bounded in number and time like every listener
+of the master's own (railcar.responder).
 """
 
 from __future__ import annotations
 
 import html
 
-from .responder import Request, Responder, response
+from .responder import Responder, plain
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{app}: the app failed to boot</title>
@@ -49,7 +49,8 @@ class BootErrorResponder:
     def stop(self) -> None:
         self.responder.stop()
 
-    def answer(self, request: Request) -> bytes:
+    def answer(self, environ, start_response):
+        """The WSGI app: 503 with the boot error (development) or without it (production)."""
         error = self.snapshot().error or "the app is not ready"
         if self.development:
             body = PAGE.format(app=html.escape(self.app_name),
@@ -58,6 +59,5 @@ class BootErrorResponder:
         else:
             body = b"503 Service Unavailable\nthe application is not available\n"
             content_type = "text/plain"
-        return response("503 Service Unavailable", body, content_type,
-                        head_only=request.method == "HEAD",
-                        headers=(("Retry-After", "5"), ("Cache-Control", "no-store")))
+        return plain(start_response, "503 Service Unavailable", body, content_type,
+                     headers=(("Retry-After", "5"), ("Cache-Control", "no-store")))

@@ -15,7 +15,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from . import canary as canary_states
 from . import states
-from .responder import Request, Responder, response
+from .responder import Responder, plain
 
 WORKER_STATES = (states.BOOTING, states.READY, states.RETIRING)
 
@@ -110,8 +110,9 @@ class RailcarCollector:
 
 
 class MetricsServer:
-    """`GET /metrics` on `bind` (HOST:PORT), answered by the master itself, bounded in
-    connections and time like every listener of its own (railcar.responder)."""
+    """`GET /metrics` on `bind` (HOST:PORT), answered by the master itself with the workers'
+    HTTP code, bounded in connections and time like every listener of its own
+    (railcar.responder)."""
 
     def __init__(self, bind: str, master, log):
         host, _, port = bind.rpartition(":")
@@ -122,15 +123,15 @@ class MetricsServer:
         self.listener = None
         self.log = log
 
-    def answer(self, request: Request) -> bytes:
-        head_only = request.method == "HEAD"
-        if request.method not in ("GET", "HEAD"):
-            return response("405 Method Not Allowed", b"GET /metrics\n",
-                            headers=(("Allow", "GET, HEAD"),))
-        if request.target.partition("?")[0] not in ("/metrics", "/"):
-            return response("404 Not Found", b"see /metrics\n", head_only=head_only)
-        return response("200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST,
-                        head_only=head_only)
+    def answer(self, environ, start_response):
+        """The WSGI app: the metrics on GET (or HEAD) of /metrics or /."""
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+            return plain(start_response, "405 Method Not Allowed", b"GET /metrics\n",
+                         headers=(("Allow", "GET, HEAD"),))
+        if environ["PATH_INFO"] not in ("/metrics", "/"):
+            return plain(start_response, "404 Not Found", b"see /metrics\n")
+        return plain(start_response, "200 OK", generate_latest(self.registry),
+                     CONTENT_TYPE_LATEST)
 
     def start(self) -> None:
         """Raises RuntimeError (which the launcher reports) if the address cannot be bound."""

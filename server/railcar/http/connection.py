@@ -98,10 +98,12 @@ class Connection:
             sys.stderr.write(f"railcar: internal error on connection from "
                              f"{self.remote_addr or 'unix socket'}:\n{traceback.format_exc()}")
         finally:
-            if self.linger:
-                self._linger()
-            self.sock.close()
-            self.state.closed(self)
+            try:
+                if self.linger:
+                    self._linger()
+            finally:  # even when killed or timed out while lingering
+                self.sock.close()
+                self.state.closed(self)
 
     def _linger(self):
         """Half-close, then read and discard for a bounded time before closing.

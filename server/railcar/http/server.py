@@ -51,11 +51,24 @@ class HTTPServer:
     whether it was blocked or computing without a pause (see deadline.py).
 
     `state` (a ServerState) holds the counters its connections update; `stats()` reads them.
+
+    The master serves its own small listeners (railcar.responder) with this same server,
+    under a stricter policy than a worker's:
+    `lifetime` (seconds; 0: none) bounds each connection's whole life, whatever it is doing;
+    `evict_busy`: at worker_connections a new connection closes the oldest one even in the
+    middle of a request (a worker closes only idle ones, see `_evict`), and `on_evict(total)`
+    is called after each such eviction; `own_listeners=False`: stopping leaves the listeners
+    open (the master keeps them across restarts).
     """
 
     def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
-                 on_timeout=None):
+                 on_timeout=None, *, lifetime=0.0, evict_busy=False, on_evict=None,
+                 own_listeners=True):
         self.listeners = list(listeners)
+        self.lifetime = lifetime
+        self.evict_busy = evict_busy
+        self.on_evict = on_evict
+        self.own_listeners = own_listeners
         self.limits = limits = limits or Limits()
         self.extra_environ = dict(base_environ or {})
         self.state = state = ServerState(limits.worker_connections,
@@ -119,6 +132,12 @@ class HTTPServer:
         self._kill_connections()
         self._stop_deadline()
 
+    def stop_accepting(self):
+        """Stop accepting (and close the listeners we own); the connections open carry on
+        to their end, which `lifetime` bounds if set."""
+        self.state.retiring = True
+        self._close_listeners()
+
     def _stop_deadline(self):
         if self.deadline is not None:
             self.deadline.stop()
@@ -172,25 +191,43 @@ class HTTPServer:
                     self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
                                            addr, base)
                     if len(state.connections) > self.limits.worker_connections:
-                        self._evict_oldest_idle()
+                        self._evict()
                     if not room.is_set():
                         break
         finally:
             watcher.close()
 
     def _can_evict(self):
-        """At worker_connections: is there an idle connection to close for a new one?"""
+        """At worker_connections: is there a connection to close for a new one?"""
+        if self.evict_busy:
+            return any(not conn.evicting for conn in self.state.connections)
         return any(conn.idle and not conn.evicting for conn in self.state.connections)
 
-    def _evict_oldest_idle(self):
-        """Close the connection idle the longest: a keep-alive connection between requests,
-        or one that has not sent a byte yet. A flood of idle sockets thus cannot keep real
-        clients out; a connection in the middle of a request is never chosen."""
-        oldest = min((conn for conn in self.state.connections
-                      if conn.idle and not conn.evicting), key=_idle_since, default=None)
-        if oldest is not None:
-            self.state.evicted += 1
-            oldest.evict()
+    def _evict(self):
+        """Close one connection to make room for the one just accepted.
+
+        A worker closes the connection idle the longest: a keep-alive connection between
+        requests, or one that has not sent a byte yet. A flood of idle sockets thus cannot
+        keep real clients out; a connection in the middle of a request is never chosen.
+        With `evict_busy` (the master's listeners) the oldest connection goes, whatever it
+        is doing: it is the nearest its `lifetime` anyway, and one that holds a slot for long
+        (a slowloris) must not crowd out the next client.
+        """
+        state = self.state
+        if self.evict_busy:
+            victim = next((conn for conn in state.connections if not conn.evicting), None)
+            if victim is not None:
+                victim.evicting = True
+                victim.greenlet.kill(block=False)
+        else:
+            victim = min((conn for conn in state.connections
+                          if conn.idle and not conn.evicting), key=_idle_since, default=None)
+            if victim is not None:
+                victim.evict()
+        if victim is not None:
+            state.evicted += 1
+            if self.on_evict is not None:
+                self.on_evict(state.evicted)
 
     def _accept_budget(self):
         """How many queued connections to accept now: one after letting an idler worker
@@ -224,14 +261,19 @@ class HTTPServer:
             remote_addr, remote_port = addr[0], str(addr[1])
         conn = Connection(self.service, self.state, sock, remote_addr, remote_port, base)
         self.state.opened(conn)
-        conn.greenlet = gevent.spawn(conn.run)
+        if self.lifetime:
+            conn.greenlet = gevent.spawn(_run_for, conn, self.lifetime)
+        else:
+            conn.greenlet = gevent.spawn(conn.run)
 
     def _close_listeners(self):
-        """Stop the accept greenlets (which stops their fd watchers), then close our fds."""
+        """Stop the accept greenlets (which stops their fd watchers), then close our fds
+        (unless they are not ours to close)."""
         gevent.killall(self._acceptors)
         self._acceptors = []
-        for listener in self.listeners:
-            listener.close()
+        if self.own_listeners:
+            for listener in self.listeners:
+                listener.close()
 
     def _kill_connections(self):
         gevent.killall([conn.greenlet for conn in self.connections() if conn.greenlet],
@@ -239,6 +281,12 @@ class HTTPServer:
 
 
 _idle_since = attrgetter("idle_since")
+
+
+def _run_for(conn, seconds):
+    """Serve `conn` for at most `seconds`; then it is closed, whatever it was doing."""
+    with gevent.Timeout(seconds, False):
+        conn.run()
 
 
 def _make_fd_room(connections):
