@@ -2,7 +2,9 @@
 
 Runs in a worker process (gevent). A `Connection` reads requests with the parser, runs the
 WSGI app for each, writes the response and decides whether the connection can serve another
-(keep-alive, pipelining). No exception escapes `run`: protocol errors become 4xx/505
+(keep-alive, pipelining). What it builds on: the parser (parser.py), the environ
+(environ.py), the request body and wsgi.input (body.py), the response (wsgi.py), the server's
+counters (state.py). No exception escapes `run`: protocol errors become 4xx/505
 responses, application errors 500s, and socket errors a quiet close.
 """
 
@@ -14,13 +16,13 @@ from time import monotonic
 from gevent import GreenletExit, getcurrent, sleep
 from gevent.hub import get_hub
 
+from .accesslog import text_line
+from .body import EMPTY_INPUT, Input, RequestBody
 from .deadline import RequestTimeout
+from .environ import build_environ
 from .parser import HTTPError, Request, RequestParser
 from .proxies import apply_forwarded
 from .state import RECV_SIZE
-from .accesslog import text_line
-from .body import EMPTY_INPUT, Input
-from .environ import build_environ
 from .wire import ClientDisconnected, error_response, send_all
 from .wsgi import Response
 
@@ -28,11 +30,9 @@ from .wsgi import Response
 # connections, 2 workers, same run conditions: never 47k req/s with p99 36 ms; every request
 # 35k with p99 7.9 ms; every 8 requests 40k with p99 15 ms.
 _YIELD_EVERY_MASK = 7
-_DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection
 _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
 _LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
 _LINGER_BYTES = 1 << 20
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _OVERLOADED = "503 Service Unavailable"
 _TIMED_OUT = "504 Gateway Timeout"
 _BODY_TIMED_OUT = "408 Request Timeout"
@@ -46,7 +46,6 @@ class _Evicted(Exception):
     """Thrown into an idle connection greenlet to close it, making room for a new one."""
 
 
-
 class Connection:
     """One client connection, served by its own greenlet (`run`) request after request.
 
@@ -57,8 +56,8 @@ class Connection:
 
     __slots__ = ("service", "state", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
-                 "greenlet", "idle", "served", "timeout", "response", "expecting", "linger",
-                 "busy_since", "body_waited", "body_received", "idle_since", "evicting")
+                 "greenlet", "idle", "served", "timeout", "response", "body", "linger",
+                 "busy_since", "idle_since", "evicting")
 
     def __init__(self, service, state, sock, remote_addr, remote_port, base):
         limits = service.limits
@@ -76,12 +75,10 @@ class Connection:
         self.served = 0
         self.timeout = None
         self.response = None
-        self.expecting = False  # the client awaits "100 Continue" we have not sent
+        self.body = None  # the RequestBody of the request being served, if it has one
         self.linger = False  # close with unread input: discard it first (see _linger)
         self.proxied = service.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
         self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
-        self.body_waited = 0.0  # seconds spent waiting for this request's body
-        self.body_received = 0  # bytes received while reading this request's body
         self.idle_since = 0  # state.idle_ticks when the idle wait began (orders evictions)
         self.evicting = False  # chosen to be closed to make room for a new connection
 
@@ -233,52 +230,10 @@ class Connection:
         except OSError:  # timeouts, resets
             return 0
 
-    def pull(self):
-        """Receive more of a request body (wsgi.input's source)."""
-        try:
-            n = self._fill_body()
-        except TimeoutError:
-            self._body_timed_out()
-            raise ClientDisconnected("timed out reading the request body") from None
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from None
-        if not n:
-            raise ClientDisconnected("client closed the connection during the request body")
-
-    def _fill_body(self):
-        """Receive more of the request body, like `_fill`, within the body's time limits.
-
-        `client_body_timeout` bounds each wait for the client, as nginx's does; and over the
-        whole body the client must keep up `client_body_min_rate` bytes per second on
-        average, after a first `client_body_timeout` of grace (Apache's mod_reqtimeout
-        MinRate). Only time spent waiting for the client counts, not the app's own work
-        between reads. Raises TimeoutError when either runs out.
-        """
-        limits = self.limits
-        timeout = limits.client_body_timeout
-        if limits.client_body_min_rate:
-            allowed = timeout + self.body_received / limits.client_body_min_rate
-            timeout = min(timeout, allowed - self.body_waited)
-            if timeout <= 0:
-                raise TimeoutError("request body below client_body_min_rate")
-        started = monotonic()
-        try:
-            n = self._fill(timeout)
-        finally:
-            self.body_waited += monotonic() - started
-        self.body_received += n
-        return n
-
     def _body_timed_out(self):
         """The client stalled sending the body: 408 if the response has not started (the
         request was not served), then the connection ends; what the app writes is dropped."""
         self._abandon(_BODY_TIMED_OUT, "the request body arrived too slowly")
-
-    def send_continue(self):
-        """Send `100 Continue` (wsgi.input calls this on its first read of a waiting body)."""
-        self.expecting = False
-        if not self.response.headers_sent:
-            send_all(self.sock, _CONTINUE)
 
     # -- responding ---------------------------------------------------------------------------
 
@@ -300,16 +255,15 @@ class Connection:
         http11 = request.version == "1.1"
         response = Response(self.sock, state, request, http11)
         self.response = response
-        self.expecting = False
-        self.body_waited = 0.0
-        self.body_received = 0
         if request.complete and not request.body and request.error is None:
+            self.body = None
             environ["wsgi.input"] = EMPTY_INPUT
         else:
-            response.body_drainable = self.body_drainable
             expect = http11 and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
-            self.expecting = expect
-            environ["wsgi.input"] = Input(request, self.pull, self.send_continue if expect
+            self.body = body = RequestBody(request, response, self.sock, self.limits,
+                                           self._fill, self._body_timed_out, expect)
+            response.body_drainable = body.drainable
+            environ["wsgi.input"] = Input(request, body.pull, body.send_continue if expect
                                           else None)
         if state.in_flight >= state.max_in_flight:
             state.overloaded += 1
@@ -332,7 +286,7 @@ class Connection:
         state.answered(response.code, monotonic() - started)
         if service.access_log is not None:
             self._log(request, response.code, response.sent, started)
-        return ok and response.keep_alive and (request.complete or self._drain(request)) \
+        return ok and response.keep_alive and (request.complete or self.body.drain()) \
             and request.error is None
 
     def _run_app(self, environ, response):
@@ -376,34 +330,6 @@ class Connection:
             response.headers_sent = True
             response.code = 500
             self._send_quietly(error_response("500 Internal Server Error"))
-
-    def body_drainable(self):
-        """Whether the unread rest of the request body is small enough to discard, so that
-        the connection can serve another request (Response consults it for its headers)."""
-        request = self.response.request
-        if request.complete:
-            return request.error is None
-        if self.expecting:  # the client may never send the body it asked permission for
-            return False
-        length = _content_length(request)
-        return length is None or length - request.body_size <= _DRAIN_LIMIT
-
-    def _drain(self, request):
-        """Read and discard a small unread body so the connection can be reused."""
-        if not self.body_drainable():
-            return False
-        limit = request.body_size + _DRAIN_LIMIT
-        while not request.complete:
-            request.body.clear()
-            if request.body_size > limit:
-                return False
-            try:
-                if not self._fill_body():
-                    return False
-            except OSError:
-                return False
-        request.body.clear()
-        return request.error is None
 
     def _refuse(self, error, request=None, headers=""):
         """Answer a request we will not serve, then the connection closes."""
@@ -452,10 +378,3 @@ class Connection:
         millis = (monotonic() - started) * 1000.0
         self.service.access_log(text_line(self.remote_addr, request, code, sent, millis))
 
-
-def _content_length(request):
-    """The request's Content-Length, or None (chunked)."""
-    for name, value in request.headers:
-        if name.lower() == b"content-length":
-            return int(value)
-    return None
