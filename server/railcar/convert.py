@@ -166,13 +166,6 @@ def app_name(value: Any) -> str:
     return name
 
 
-def deploy_app_name(value: Any) -> str:
-    """The app's name in fabric.yaml: the names the server takes (APP_NAME)."""
-    if not isinstance(value, str) or not APP_NAME.fullmatch(value):
-        raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
-    return value
-
-
 def account(value: Any) -> str:
     if not isinstance(value, str) or not ACCOUNT.match(value):
         raise ValueError("expected an account name (lower-case letters, digits, '_', '.', '-'; "

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_list, boolean,
-                      command, count_or_percent, deploy_app_name, deploy_root, either,
-                      env_lines, env_names, env_table, fraction, host_header, host_names, hooks,
-                      name_list, nginx_listen, non_negative_int, one_of, optional, per_host,
-                      port, positive_int, proxy_list, relative_dir, relative_list, seconds,
+                      command, count_or_percent, deploy_root, either, env_lines, env_names,
+                      env_table, fraction, host_header, host_names, hooks, name_list,
+                      nginx_listen, non_negative_int, one_of, optional, per_host, port,
+                      positive_int, proxy_list, relative_dir, relative_list, seconds,
                       seconds_or_off, status_ranges, statuses, str_list, systemd, tcp_bind,
                       text, url_path, url_prefix, whole)
 
@@ -270,7 +271,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 
 SETTINGS += (
     # --- the deploy: `railcar:` in fabric.yaml (~/.fabric.yaml, -f FILE, FABRIC_RAILCAR_*) ----
-    Setting("app", optional(deploy_app_name), None,
+    Setting("app", optional(app_name), None,
             "App name: the service, admin socket and status name (required).",
             section="deploy"),
     Setting("source", text, ".",
@@ -443,7 +444,7 @@ def view(section: str, *extra: str, without: tuple[str, ...] = ()):
     """
     def apply(cls):
         table = {s.name: s for s in rows(section) if s.name not in without}
-        fields = [name for name in cls.__dict__.get("__annotations__", {}) if name not in extra]
+        fields = [name for name in inspect.get_annotations(cls) if name not in extra]
         if sorted(fields) != sorted(table):
             raise TypeError(f"{cls.__name__} must have one field per row of section "
                             f"{section!r}: missing {sorted(set(table) - set(fields))}, "

@@ -22,11 +22,14 @@ from collections import deque
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
+from ..views import Limits
 from .chunked import ChunkedBody
 from .errors import (BAD_REQUEST, BAD_VERSION, BODY_TOO_LARGE, HEADERS_TOO_LARGE,
                      URI_TOO_LONG, HTTPError)
 
 __all__ = ["HTTPError", "Request", "RequestParser"]
+
+_DEFAULT = Limits()   # a parser made without limits gets the settings' defaults
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -67,8 +70,9 @@ class RequestParser:
     Not thread-safe; one per connection. `feed` never raises for bad input.
     """
 
-    def __init__(self, max_request_line=8190, max_header_size=65536, max_headers=100,
-                 max_body_size=0, slack=65536):
+    def __init__(self, max_request_line=_DEFAULT.max_request_line,
+                 max_header_size=_DEFAULT.max_header_size, max_headers=_DEFAULT.max_headers,
+                 max_body_size=_DEFAULT.max_body_size, slack=65536):
         self.ready = deque()
         self.closed = False  # after an error or an Upgrade: feed nothing more
         self.max_request_line = max_request_line

@@ -103,9 +103,10 @@ class HTTPServer:
         now = monotonic()
         return [conn.describe_request(now) for conn in self.connections() if conn.busy_since]
 
-    def retire(self, grace=30.0):
+    def retire(self, grace):
         """Graceful stop; blocks the calling greenlet until done. Returns True if every
-        connection finished on its own within `grace` seconds.
+        connection finished on its own within `grace` seconds (the server's
+        graceful_timeout).
 
         Stops accepting and closes our copies of the listeners; every request in flight gets
         `Connection: close`; a connection idle between requests may still start one within
