@@ -426,8 +426,9 @@ def subtable(section: str, value: Any) -> dict[str, Any]:
         try:
             out[key] = setting.convert(raw)
         except (TypeError, ValueError) as exc:
-            message = str(exc)   # a message that shows the value already needs no "got"
-            raise SubkeyError(key, message if repr(raw) in message
+            message = str(exc)   # a message that shows the value (or an item) needs no "got"
+            shown = [raw, *raw] if isinstance(raw, list) else [raw]
+            raise SubkeyError(key, message if any(repr(v) in message for v in shown)
                               else f"{message} (got {raw!r})") from None
     return out
 
