@@ -6,7 +6,13 @@ derived from the rows: the `railcar start` options (cli.py), the validation of r
 and --config files (config.py), the validation and defaults of the deploy's fabric.yaml
 (deploy/settings.py), the typed views their readers use (`view`: views.Limits,
 views.Supervision, deploy.settings.DeployConfig), and the test that README.md documents every
-row (tests/test_settings.py). A new setting is one new row.
+row (tests/test_settings.py).
+
+A new setting is one new row, in the section of what reads it: "limits" if the worker's HTTP
+server does (then also a field of views.Limits), "supervision" if the pool does (a field of
+views.Supervision), else "app" or "server" (config.AppConfig/ServerConfig carry it); a deploy
+key is a "deploy" row (a field of DeployConfig). README.md must name it (its flag, `key`, or
+`key:` in an example), or tests/test_settings.py fails.
 
 Sections:
 - "app": one value per app: the [app] table of APP_DIR/railcar.toml, an [[apps]] table of a
