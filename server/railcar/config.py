@@ -57,6 +57,8 @@ class AppConfig:
     socket_group: int | None = None     # gid given to the app's unix sockets
     health: dict[str, Any] | None = None    # see health_check(); None: no health check
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
+    hooks_module: str | None = None     # the app's lifecycle hooks (railcar.hooks)
+    gc_freeze: bool = True              # the preloader freezes the GC before forking
 
     @property
     def health_timeout(self) -> float:
@@ -268,6 +270,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         socket_group=_socket_group(values, where),
         health=health_check(values),
         canary={name: values[name] for name in CANARY_NAMES},
+        hooks_module=values.get("hooks_module"),
+        gc_freeze=values["gc_freeze"],
     )
 
 

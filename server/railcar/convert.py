@@ -24,6 +24,7 @@ APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HOST_NAME = re.compile(r"[A-Za-z0-9*_.~:\-]{1,253}")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 Convert = Callable[[Any], Any]
 
@@ -121,6 +122,14 @@ def text(value: Any) -> str:
     if CONTROL.search(value):
         raise ValueError("must not contain control characters (newline, tab, NUL...)")
     return value
+
+
+def module_name(value: Any) -> str:
+    """A dotted Python module name (imported from the release, like the app)."""
+    name = text(value)
+    if not MODULE.fullmatch(name):
+        raise ValueError("expected a Python module name, e.g. myapp.hooks")
+    return name
 
 
 def boolean(value: Any) -> bool:

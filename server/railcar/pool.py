@@ -80,6 +80,7 @@ class AppPool:
         self.supervisor: gevent.Greenlet | None = None
         self.preloaders: list[WorkerProcess] = []     # alive (smart spawning)
         self.preloader: WorkerProcess | None = None  # the one new workers fork from
+        self.started = False    # on_starting ran (railcar.hooks): once, before any spawn
         self.fallback = BootErrorResponder(
             app.name, listeners, log, self.snapshot,
             app.supervision.development)
@@ -148,7 +149,8 @@ class AppPool:
     def _worker_spec(self) -> dict:
         return {"app": self.app.name, "limits": self.app.limits,
                 "access_log": self.app.access_log, "graceful_timeout": self.graceful_timeout,
-                "health": self.app.health}
+                "health": self.app.health, "hooks_module": self.app.hooks_module,
+                "gc_freeze": self.app.gc_freeze}
 
     def smart(self) -> bool:
         return self.app.supervision.smart
@@ -239,8 +241,24 @@ class AppPool:
             env = self.app.environment()
         except ConfigError as exc:
             raise releases.ReleaseError(str(exc)) from None
-        return releases.resolve(self.app.root, self.app.module, self.app.python, env,
-                                self.app.run_as)
+        release = releases.resolve(self.app.root, self.app.module, self.app.python, env,
+                                   self.app.run_as)
+        if not self.started:
+            self._on_starting(release)
+        return release
+
+    def _on_starting(self, release: releases.Release) -> None:
+        """The app's on_starting hook, once before its first worker: in a one-shot process
+        of the app's (release.run_on_starting). Raises ReleaseError if it fails, which fails
+        the spawn like a boot failure (so it runs again before the next try)."""
+        if self.app.hooks_module:
+            server = {"app": self.app.name, "workers": self.app.workers,
+                      "binds": list(self.app.binds), "master_pid": os.getpid()}
+            output = releases.run_on_starting(release, self.app.hooks_module, server,
+                                              self.app.run_as, self.app.boot_timeout)
+            for line in output.splitlines():
+                self.log.info("%s: on_starting: %s", self.app.name, line)
+        self.started = True
 
     def manage_workers(self) -> None:
         """Reconcile: spawn the missing workers (with backoff after failures), retire extras."""

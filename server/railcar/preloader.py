@@ -5,7 +5,10 @@ the resolved release, the same RAILCAR_WORKER spec, listeners and channel inheri
 user/group). Contract with the master:
 - It monkey-patches with gevent and imports the app once, like a worker (railcar.worker), and
   then sends {"event": "ready"}; a failed import is reported as a worker's is
-  ({"event": "boot_error", "error": traceback} and exit status 1).
+  ({"event": "boot_error", "error": traceback} and exit status 1). With spec "gc_freeze"
+  (the default) it runs gc.collect() and gc.freeze() after the import, before it forks: the
+  objects the app made at import go to the collector's permanent generation, so a worker's
+  collections never write to them and their pages stay shared with the preloader.
 - {"call": "fork", "id": N, "fds": 2} comes with two descriptors: the worker's end of its own
   channel to the master and the write end of its output pipe. The preloader forks; the child
   re-initialises gevent, takes fd 1 and 2 from the pipe and runs railcar.worker's Worker with
@@ -18,6 +21,7 @@ user/group). Contract with the master:
 
 from railcar import worker as serving  # noqa: I001  (monkey-patches before anything else)
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -42,6 +46,9 @@ class Preloader:
 
     def run(self) -> None:
         self.app = serving.import_app(self.spec, self.channel)
+        if self.spec.get("gc_freeze", True):
+            gc.collect()
+            gc.freeze()
         self.signal_handlers = [gevent.signal_handler(sig, self.exit_now)
                                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
@@ -62,6 +69,8 @@ class Preloader:
             return {"error": str(exc)}
         sys.stdout.flush()
         sys.stderr.flush()
+        if self.spec.get("gc_freeze", True):
+            gc.freeze()     # what the preloader allocated since: cheap, keeps it shared too
         try:
             pid = gevent.os.fork_and_watch(callback=self.child_exited)
         except OSError as exc:

@@ -6,6 +6,7 @@ each time, so new workers run the release `current` points to now.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 # Modules the worker needs from the app's interpreter.
 WORKER_IMPORTS = ("railcar", "gevent", "httptools")
+HOOK_OUTPUT_MAX = 64 * 1024     # the end of on_starting's output kept for the log or error
 
 
 class ReleaseError(Exception):
@@ -63,20 +65,52 @@ def check_python(python: str, run_as=None) -> None:
     code = ("import importlib.util, sys\n"
             f"missing = [m for m in {WORKER_IMPORTS!r} if importlib.util.find_spec(m) is None]\n"
             "print(' '.join(missing)); sys.exit(1 if missing else 0)\n")
-    options, env, who = {}, dict(os.environ), ""
-    if run_as is not None:
-        options, who = run_as.process_options(), f" (as {run_as.user})"
-        env.update(run_as.environ())
-    try:
-        result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30,
-                                cwd="/", env=env, stdin=subprocess.DEVNULL, **options)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ReleaseError(f"interpreter {python} cannot be run{who}: {exc}") from None
+    result = _run_as_app([python, "-c", code], {}, "/", run_as, 30, capture_stderr=True)
     if result.returncode != 0:
         missing = result.stdout.strip() or result.stderr.strip()
         raise ReleaseError(
             f"interpreter {python} cannot import {missing}: install railcar into that "
             f"environment ({python} -m pip install railcar)")
+
+
+def _run_as_app(argv: list[str], env: dict[str, str], cwd: str, run_as, timeout: float,
+                capture_stderr: bool = False, what: str = "") -> subprocess.CompletedProcess:
+    """Run one of the app's interpreters to completion as the app's account (`run_as`, under
+    a root master), with our environment plus `env`. Output is text: stdout, and stderr
+    apart (`capture_stderr`) or merged into it. Raises ReleaseError if it cannot run."""
+    options, child_env, who = {}, dict(os.environ, **env), ""
+    if run_as is not None:
+        options, who = run_as.process_options(), f" (as {run_as.user})"
+        child_env.update(run_as.environ())
+    try:
+        return subprocess.run(
+            argv, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if capture_stderr else subprocess.STDOUT, text=True,
+            errors="replace", timeout=timeout, cwd=cwd, env=child_env,
+            stdin=subprocess.DEVNULL, **options)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReleaseError(f"{what or 'interpreter ' + argv[0]} cannot be run{who}: "
+                           f"{exc}") from None
+
+
+def run_on_starting(release: Release, hooks_module: str, server: dict, run_as=None,
+                    timeout: float = 60) -> str:
+    """The app's on_starting hook (railcar.hooks): a one-shot `python -m railcar.hooks` of
+    the app's interpreter, as the app's account (`run_as`), in the release directory, with
+    the app's environment, so nothing of the app runs in the master (nor as root). `server`:
+    the ServerInfo fields but the release. Returns its output; raises ReleaseError carrying
+    it (the traceback) when the hook fails or does not end within `timeout` seconds."""
+    spec = dict(server, module=hooks_module, release=release.path)
+    result = _run_as_app([release.python, "-m", "railcar.hooks"],
+                         dict(release.env, RAILCAR_HOOKS=json.dumps(spec)), release.path,
+                         run_as, timeout,
+                         what=f"hook on_starting of {hooks_module} ({release.python})")
+    output = result.stdout[-HOOK_OUTPUT_MAX:]
+    if result.returncode != 0:
+        raise ReleaseError(output.strip() or
+                           f"hook on_starting of {hooks_module} failed (exit status "
+                           f"{result.returncode})")
+    return output
 
 
 def resolve(root: str, module: str | None, python: str | None,

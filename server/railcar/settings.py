@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_list, boolean,
                       command, count_or_percent, deploy_root, either, env_lines, env_names,
-                      env_table, fraction, host_header, host_names, hooks, name_list,
+                      env_table, fraction, host_header, host_names, hooks, module_name, name_list,
                       nginx_listen, non_negative_int, one_of, optional, per_host, port,
                       positive_int, proxy_list, relative_dir, relative_list, seconds,
                       seconds_or_off, status_ranges, statuses, str_list, systemd, tcp_bind,
@@ -122,6 +122,16 @@ SETTINGS: tuple[Setting, ...] = (
             "apps that cannot be forked safely.",
             section="supervision", flag="--spawn-method", key="spawn_method",
             metavar="smart|direct"),
+    Setting("hooks_module", module_name, None,
+            "Module of the app's lifecycle hooks (importable from the release): "
+            "on_starting(server), post_fork(worker), worker_exit(worker), "
+            "on_timeout(worker, environ, stack); see README, Lifecycle hooks.",
+            flag="--hooks-module", key="hooks_module", metavar="MODULE"),
+    Setting("gc_freeze", boolean, True,
+            "With smart spawning, the preloader runs gc.collect() and gc.freeze() after "
+            "importing the app, before it forks workers, so the collector in the workers "
+            "leaves the preloaded objects' pages shared (copy-on-write).",
+            flag="--gc-freeze/--no-gc-freeze", key="gc_freeze", is_flag=True),
     Setting("boot_timeout", seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
     # Health check: a new worker calls it in-process before it takes any connection.

@@ -3,14 +3,19 @@
 Runs in the worker. Contract with the master (see railcar.channel for the framing):
 - A worker is started directly (this module) or forked by a preloader (railcar.preloader)
   that imported the app already; both run the same Worker.
-- The environment variable RAILCAR_WORKER holds a JSON spec: module, release, listen_fds,
-  control_fd, limits, access_log, graceful_timeout.
+- The environment variable RAILCAR_WORKER holds a JSON spec: app, module, release,
+  listen_fds, control_fd, limits, access_log, graceful_timeout, health, hooks_module,
+  gc_freeze.
 - gevent monkey-patches the process before the app is imported.
 - The worker sends {"event": "ready"} only after the app imported and is callable, passed
   its health check (spec "health", see railcar.health) and the listeners accept; if the
   import fails it sends {"event": "boot_error", "error": traceback} and exits 1. The health
   check runs in-process before the worker touches the listeners: {"event": "health_check"}
   when it starts, {"event": "health_error", "error": why} and exit 1 when it fails.
+- The app's hooks (spec "hooks_module", railcar.hooks): the module is imported with the app
+  (failing to import it is a boot error); post_fork runs before the health check (raising is
+  a boot error), worker_exit once the worker stopped serving, on_timeout in a greenlet of
+  its own after a request past max_request_time got its 504.
 - SIGTERM (or the master's channel closing): retire gracefully, then exit 0.
   SIGINT/SIGQUIT: exit at once. SIGUSR2: write the stack of every thread to stderr (works even
   when the event loop is stuck in CPU-bound code).
@@ -38,6 +43,7 @@ import gevent.event  # noqa: E402
 import gevent.util  # noqa: E402
 
 from railcar import __version__, health  # noqa: E402
+from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
 
@@ -82,23 +88,30 @@ class AccessLog:
         self.stream.write(line + "\n")
 
 
-def import_app(spec: dict, channel: Channel):
-    """Enter the release (cwd and first on sys.path) and import its app.
+def boot_failed(channel: Channel, error: str) -> None:
+    """Tell stderr and the master ({"event": "boot_error"}) why we cannot serve; exit 1."""
+    sys.stderr.write(error)
+    sys.stderr.flush()
+    channel.send({"event": "boot_error", "error": error})
+    sys.exit(1)
 
-    Shared by the worker and the preloader. If the import fails, the traceback goes to stderr
+
+def import_app(spec: dict, channel: Channel):
+    """Enter the release (cwd and first on sys.path) and import its app, then its hooks
+    module if it has one (so a preloader's workers share it too).
+
+    Shared by the worker and the preloader. If an import fails, the traceback goes to stderr
     and to the master as {"event": "boot_error"}, and the process exits 1.
     """
     release = spec["release"]
     os.chdir(release)
     sys.path[:] = [release] + [p for p in sys.path if p not in ("", release)]
     try:
-        return load_app(spec["module"])
+        app = load_app(spec["module"])
+        Hooks(spec.get("hooks_module"))
+        return app
     except BaseException:
-        error = traceback.format_exc()
-        sys.stderr.write(error)
-        sys.stderr.flush()
-        channel.send({"event": "boot_error", "error": error})
-        sys.exit(1)
+        boot_failed(channel, traceback.format_exc())
 
 
 class Worker:
@@ -113,6 +126,8 @@ class Worker:
         self.done = gevent.event.Event()
         self.retiring = False
         self.replace_reason = None   # set when this worker should be replaced
+        self.hooks = Hooks()
+        self.info = None             # the WorkerInfo the hooks are given
 
     def boot(self, app) -> None:
         """Pass the health check, serve `app` on the inherited listeners, then tell the master
@@ -169,9 +184,11 @@ class Worker:
                 self.channel.send({"reply": message["id"], "result": result})
         self.retire()
 
-    def request_timed_out(self, description: str) -> None:
+    def request_timed_out(self, description: str, environ: dict, stack: str) -> None:
         if self.replace_reason is None:
             self.replace_reason = "max_request_time: " + description
+        if "on_timeout" in self.hooks:
+            gevent.spawn(self.hooks.call, "on_timeout", self.info, environ, stack)
 
     def call_stats(self) -> dict:
         stats = self.server.stats()
@@ -195,12 +212,22 @@ class Worker:
         return {"text": text}
 
     def run(self, app=None) -> None:
-        """Serve until retired or stopped; imports the app first unless given one."""
+        """Serve until retired or stopped; imports the app first unless given one (by the
+        preloader that forked us)."""
+        preloaded = app is not None
         if app is None:
             app = import_app(self.spec, self.channel)
+        self.hooks = Hooks(self.spec.get("hooks_module"))   # imported with the app already
+        self.info = WorkerInfo(pid=os.getpid(), app=self.spec.get("app", ""),
+                               release=self.spec["release"], preloaded=preloaded)
+        try:
+            self.hooks.run("post_fork", self.info)
+        except HookFailed as failure:
+            boot_failed(self.channel, str(failure))
         self.boot(app)
         gevent.spawn(self.serve_channel)
         self.done.wait()
+        self.hooks.call("worker_exit", self.info)
         sys.stdout.flush()
         sys.stderr.flush()
 

@@ -57,7 +57,7 @@ class Connection:
     __slots__ = ("service", "state", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "body", "linger",
-                 "busy_since", "idle_since", "evicting")
+                 "busy_since", "environ", "idle_since", "evicting")
 
     def __init__(self, service, state, sock, remote_addr, remote_port, base):
         limits = service.limits
@@ -79,6 +79,7 @@ class Connection:
         self.linger = False  # close with unread input: discard it first (see _linger)
         self.proxied = service.trusted_proxies.trusts(remote_addr)  # X-Forwarded-* count
         self.busy_since = 0.0  # monotonic() when the app was called; 0.0 between requests
+        self.environ = None  # the environ of the request in the app (for on_timeout)
         self.idle_since = 0  # state.idle_ticks when the idle wait began (orders evictions)
         self.evicting = False  # chosen to be closed to make room for a new connection
 
@@ -272,6 +273,7 @@ class Connection:
             return False
         state.in_flight += 1
         self.busy_since = started
+        self.environ = environ
         try:
             ok = self._run_app(environ, response)
         except RequestTimeout as timeout:  # past max_request_time, interrupted (deadline.py)
@@ -281,6 +283,7 @@ class Connection:
             ok = False
         finally:
             self.busy_since = 0.0
+            self.environ = None
             state.in_flight -= 1
             state.requests += 1
         state.answered(response.code, monotonic() - started)

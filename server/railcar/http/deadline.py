@@ -54,11 +54,13 @@ class RequestTimeout(BaseException):
 
 class Deadline:
     """Enforces `limit` seconds per request over the connections of `state` (a ServerState,
-    whose `timed_out` it counts) and calls `on_timeout(description)` (if given) for each
-    request it ends (see the module doc).
+    whose `timed_out` it counts) and calls `on_timeout(description, environ, stack)` (if
+    given) for each request it ends (see the module doc): `environ` is the request's WSGI
+    environ, `stack` its stack as logged.
 
     A connection provides `greenlet`, `busy_since` (monotonic start of the app call, 0.0
-    between requests), `describe_request(now)` and `time_out()`.
+    between requests), `environ` (of the request in the app), `describe_request(now)` and
+    `time_out()`.
     """
 
     def __init__(self, state, limit, on_timeout=None):
@@ -135,6 +137,7 @@ class Deadline:
                        f"max_request_time ({self.limit:g} s)")
         sys.stderr.write(f"railcar: {description}; its stack:\n{stack}")
         self.state.timed_out += 1
+        environ = conn.environ
         conn.time_out()
         if self.on_timeout is not None:
-            self.on_timeout(description)
+            self.on_timeout(description, environ, stack)

@@ -46,7 +46,7 @@ class HTTPServer:
     `access_log`, if given, is called with one line per request:
     `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
     `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
-    `on_timeout(description)`, if given, is called after a request ran past
+    `on_timeout(description, environ, stack)`, if given, is called after a request ran past
     `limits.max_request_time` and was answered 504 (its stack is written to stderr first),
     whether it was blocked or computing without a pause (see deadline.py).
 
