@@ -40,7 +40,10 @@ def _start_options(function):
             kwargs.update(multiple=True, default=())
         if setting.metavar:
             kwargs["metavar"] = setting.metavar
-        function = click.option(setting.flag, setting.name, **kwargs)(function)
+        declaration = setting.flag
+        if setting.is_flag and setting.default is True:     # on unless --no-NAME
+            declaration = f"{setting.flag}/--no-{setting.flag[2:]}"
+        function = click.option(declaration, setting.name, **kwargs)(function)
     return function
 
 

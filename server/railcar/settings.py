@@ -130,8 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gc_freeze", boolean, True,
             "With smart spawning, the preloader runs gc.collect() and gc.freeze() after "
             "importing the app, before it forks workers, so the collector in the workers "
-            "leaves the preloaded objects' pages shared (copy-on-write).",
-            flag="--gc-freeze/--no-gc-freeze", key="gc_freeze", is_flag=True),
+            "leaves the preloaded objects' pages shared (copy-on-write); "
+            "--no-gc-freeze turns it off.",
+            flag="--gc-freeze", key="gc_freeze", is_flag=True),
     Setting("boot_timeout", seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
     # Health check: a new worker calls it in-process before it takes any connection.
