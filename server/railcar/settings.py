@@ -47,8 +47,10 @@ from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_l
                       seconds_or_off, status_ranges, statuses, str_list, systemd, tcp_bind,
                       text, url_path, url_prefix, whole)
 
-__all__ = ["APP_NAME", "BY_NAME", "ConfigError", "SETTINGS", "Setting", "coerce", "defaults",
-           "rows", "status_ranges", "view"]
+__all__ = ["APP_KEYS", "APP_NAME", "APP_SECTIONS", "BY_NAME", "DEPLOY_KEYS", "NGINX_KEYS",
+           "SERVER_KEYS", "SETTINGS", "ConfigError", "Setting", "SubkeyError", "coerce",
+           "default_admin_socket", "default_run_dir", "defaults", "names", "rows",
+           "status_ranges", "subtable", "view"]
 
 APP_SECTIONS = ("app", "limits", "supervision")   # set per app (railcar.toml [app], [[apps]])
 
