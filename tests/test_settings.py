@@ -52,6 +52,14 @@ def test_the_defaults_the_readme_states_are_the_tables(readme):
     assert len(found) >= 8
     for name, stated in found:
         assert float(stated) == settings.BY_NAME[name].default, name
+    # `| \`--flag ARG\` / \`key\` | ... default VALUE |` (the health check's table)
+    found = re.findall(r"^\| `--[\w-]+[^`]*` / `(\w+)` \|.*; default `?([\w.-]+)`? \|$",
+                       readme, re.M)
+    assert len(found) >= 2
+    for name, stated in found:
+        default = settings.BY_NAME[name].default
+        assert (float(stated) == default if isinstance(default, float)
+                else stated == str(default)), name
 
 
 def test_every_flag_is_in_railcar_start_help():
