@@ -271,3 +271,31 @@ def test_the_loopback_hosts_are_a_dev_tool_outside_the_package():
 
     assert importlib.util.find_spec("railcar.deploy.loopback") is None
     assert importlib.util.find_spec("loopback").origin.endswith("tests/loopback.py")
+
+
+def test_the_readme_lists_exactly_the_stages_table():
+    """README's stage list is the one `python -m railcar.deploy.pipeline` derives from
+    STAGES: a stage added, renamed or reordered in the table shows in the docs."""
+    from conftest import REPO
+    from railcar.deploy.pipeline import STAGES, markdown, stages_of
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- stages -->\n", 1)[1].split("<!-- /stages -->", 1)[0]
+    assert block == markdown()
+    assert [s.name for s in stages_of("deploy")][:2] == ["lock", "check"]
+    assert {s.name for s in STAGES} == set(re.findall(r"^\| (\w+) \|", block, re.M)) - {"stage"}
+
+
+def test_every_flow_is_derived_from_the_stages_table():
+    """Each stage is written once: setup and the deploy's finish share the nginx row,
+    deploy and rollback the lock, publish and unlock rows."""
+    from railcar.deploy.pipeline import STAGES, stages_of
+
+    names = [s.name for s in STAGES]
+    assert len(names) == len(set(names))
+    flows = {flow: [s.name for s in stages_of(flow)]
+             for flow in ("setup", "deploy", "rollback", "revert", "restart")}
+    assert flows["setup"][-1] == "nginx" and flows["deploy"][-2:] == ["nginx", "unlock"]
+    assert flows["deploy"].index("hooks") < flows["deploy"].index("publish")
+    assert flows["rollback"] == ["lock", "pick", "publish", "unlock"]
+    assert all(flows[flow] for flow in flows)

@@ -1,33 +1,27 @@
-"""The deploy pipeline: named, short, idempotent stages run on every host.
+"""The deploy's stages: the STAGES table, from which every flow is derived.
 
-    prepare  (every host, in parallel; no host swaps before all are prepared)
-      lock     take the deploy lock (a stale one is detected and taken over)
-      check    the host is set up, runs this railcar version, has the shared files
-      upload   the release tarball and any wheel the host lacks
-      unpack   into releases/<UTC timestamp>-<short sha>/ with a REVISION file
-      link     shared dirs and files into the release
-      env      (only when env/secrets changed and the SSH user may) write the env file
-      venv     build or reuse the virtualenv keyed by the requirements' hash
-      hooks    run the configured commands in the release (migrations...)
-    publish  (ON THE HOST, detached from the SSH session: railcar.deploy.publish; hosts in
-              parallel, in batches after optional canary hosts: fleet.py)
-      swap     point `current` at the release: symlink to a temp name, rename over
-      restart  rolling restart through the admin socket (or start the server)
-      health   GET health_path through the app's socket; every worker on the release
-      mark     mark the release good, append to the revisions log
-      (a failure in any of them: `current` put back, restarted onto, release marked failed)
-      cleanup  keep keep_releases good releases, drop failed/incomplete ones and unused venvs
-    finish   (every host)
-      nginx    (railcar.nginx.enabled) render the site on the host, install it if changed,
-               nginx -t, reload; a failed test keeps the old site (as root; a deploy
-               account only warns when it is out of date: `fab setup` installs it)
-      unlock   release the lock
+Each row is a stage (name, one-line summary, function of the Host, the flows it belongs
+to); a flow runs its rows in table order (host.run). The flows, after Capistrano's framework
+list (deploy = updating, publishing, finishing; rollback = reverting, publishing, finishing):
 
-A failure before `swap` leaves `current` untouched on every host and marks the release
+    setup     `fab setup`, as root: accounts, layout, wheels, server venv, env, placeholder,
+              unit, start, nginx (setup.py)
+    deploy    prepare (every host in parallel; none publishes before all are prepared),
+              then publish (on the host, detached from SSH: publish.py; hosts in parallel,
+              in batches after optional canary hosts: fleet.py), then finish
+    rollback  lock, pick, publish (of a good release), unlock
+    revert    a published host back on its previous release (a canary that failed its
+              watch, a fleet over its failure budget)
+    restart   the `restart` task
+
+`python -m railcar.deploy.pipeline` prints the table as the README's stage list
+(tests/test_deploy_units.py checks that they agree).
+
+A failure before the publish leaves `current` untouched on every host and marks the release
 failed (a release that cannot even be marked, on a full disk, is removed). A failure after
-it is undone on the host by the publish itself, which goes on even if `fab` dies. A failure
-that is a full disk is reported as such (disk.py). Failed releases are never rollback
-targets and don't count against keep_releases.
+the swap is undone on the host by the publish itself, which goes on even if `fab` dies. A
+failure that is a full disk is reported as such (disk.py). Failed releases are never
+rollback targets and don't count against keep_releases.
 """
 
 from __future__ import annotations
@@ -36,120 +30,30 @@ import getpass
 import json
 import os
 import posixpath
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable
 
-from . import disk, envfile, nginx, service, status, venvs
+from . import envfile, nginx, service, setup, status, venvs
 from . import facts as host_facts
-from .wheels import describe, upload, wheel_id
 from . import lock as locks
 from . import releases as rel
 from .build import Archive
-from .paths import VENV_DONE, Paths
-from .remote import Remote
-from .settings import DeployConfig
+from .host import DeployError, Host, PublishError, Reporter, Stage, parallel, run
+from .paths import VENV_DONE
+from .wheels import describe, upload, wheel_id
+
+__all__ = ["STAGES", "DeployError", "Host", "PublishError", "Reporter", "deploy", "parallel",
+           "publish", "revert", "rollback", "setup_hosts"]
 
 
-class DeployError(Exception):
-    """The deploy failed; the message says where and why, and what state hosts are in."""
-
-
-class PublishError(DeployError):
-    """The host-side publish did not publish. `changed` is False when it refused before the
-    swap (current untouched), True when it failed after and restored the previous release."""
-
-    def __init__(self, message: str, changed: bool):
-        super().__init__(message)
-        self.changed = changed
-
-
-class Reporter:
-    """Prints stage progress (`[host] stage ...`) from several threads, one line at a time."""
-
-    def __init__(self, write: Callable[[str], None] | None = None):
-        self._lock = threading.Lock()
-        self._write = write or (lambda text: print(text, flush=True))
-
-    def line(self, text: str) -> None:
-        with self._lock:
-            self._write(text)
-
-
-@dataclass
-class Host:
-    """One host's part of a deploy or rollback."""
-
-    remote: Remote
-    config: DeployConfig
-    reporter: Reporter
-    release: str | None = None          # release name being deployed
-    previous: str | None = None         # what `current` pointed to before the swap
-    swapped: bool = False
-    unpacked: bool = False
-    locked: bool = False
-    facts: host_facts.Facts | None = None  # what the check stage found
-    env: dict[str, str] = field(default_factory=dict)  # the app's env (env + secrets)
-    env_changed: bool = False           # the env file must be written (the check found)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.remote.name
-
-    @property
-    def paths(self) -> Paths:
-        return Paths(self.config.deploy_to)
-
-    @property
-    def release_dir(self) -> str:
-        return self.paths.release(self.release)
-
-    def say(self, text: str) -> None:
-        self.reporter.line(f"[{self.name}] {text}")
-
-    def stage_path(self, name: str) -> str:
-        """Where a stage writes: the path a full-disk diagnosis names."""
-        if name == "lock":
-            return self.paths.lock
-        if name == "upload":
-            return self.paths.tmp
-        if name == "venv":
-            return self.paths.venvs
-        if self.release and name in ("unpack", "link", "hooks", "publish", "mark"):
-            return self.release_dir
-        return self.paths.root
-
-    def stage(self, name: str, description: str, action: Callable[[], str | None]) -> None:
-        self.say(f"{name:<8} {description} ...")
-        started = time.monotonic()
-        try:
-            detail = action()
-        except Exception as exc:
-            self.timings[name] = time.monotonic() - started
-            self.say(f"{name:<8} FAILED after {self.timings[name]:.1f}s")
-            text = f"{exc}\n{getattr(exc, 'output', '')}"
-            cause = None if "no space left on device" in text else \
-                disk.explain(self.remote, text, self.stage_path(name), name)
-            if cause:
-                self.reporter.line(cause)
-                raise DeployError(f"{cause}\n{exc}") from None
-            raise
-        self.timings[name] = time.monotonic() - started
-        self.say(f"{name:<8} ok {self.timings[name]:.1f}s" + (f"  {detail}" if detail else ""))
-
-
-# --- stages ---------------------------------------------------------------------------------
-def stage_lock(host: Host, what: str) -> str:
-    locks.acquire(host.remote, host.paths, what, host.config.lock_timeout, host.say)
+# --- prepare --------------------------------------------------------------------------------
+def stage_lock(host: Host) -> str:
+    locks.acquire(host.remote, host.paths, host.purpose, host.config.lock_timeout, host.say)
     host.locked = True
     return f"{host.paths.lock}"
 
 
-def stage_check(host: Host, wheels: list[str]) -> str:
-    remote, paths = host.remote, host.paths
+def stage_check(host: Host) -> str:
+    remote, paths, wheels = host.remote, host.paths, host.wheels
     shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
     host.facts = known = host_facts.read(remote, paths, wheels, shared_files)
     if not known.server_python:
@@ -179,11 +83,10 @@ def stage_check(host: Host, wheels: list[str]) -> str:
     return f"current: {host.previous or '(none)'}"
 
 
-def stage_upload(host: Host, archive: Archive, wheels: list[str]) -> str:
-    sent = upload(host.remote, host.paths, wheels, host.facts)
-    target = posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
-    host.remote.put(archive.path, target)
-    size = os.path.getsize(archive.path)
+def stage_upload(host: Host) -> str:
+    sent = upload(host.remote, host.paths, host.wheels, host.facts)
+    host.remote.put(host.archive.path, tarball(host))
+    size = os.path.getsize(host.archive.path)
     return f"{size / 1024:.0f} KiB" + (f", wheels: {', '.join(sent)}" if sent else "")
 
 
@@ -203,9 +106,9 @@ def tarball(host: Host) -> str:
     return posixpath.join(host.paths.tmp, f"{host.release}.tar.gz")
 
 
-def stage_unpack(host: Host, archive: Archive) -> str:
+def stage_unpack(host: Host) -> str:
     host.unpacked = True
-    host.remote.script(UNPACK, host.release_dir, tarball(host), archive.revision, label="unpack")
+    host.remote.script(UNPACK, host.release_dir, tarball(host), host.revision, label="unpack")
     return host.release_dir
 
 
@@ -235,16 +138,20 @@ def stage_link(host: Host) -> str:
 
 def stage_env(host: Host) -> str:
     """Write the env file (0600, the app account's) and its sum; content over SFTP only."""
-    remote, paths = host.remote, host.paths
+    paths, config = host.paths, host.config
     content = envfile.render(host.env)
-    remote.elevated(host.config.user).write(paths.env_file, content, mode=0o600, private=True)
-    remote.write(paths.env_sum, envfile.sum_file(content), mode=0o600, private=True)
-    return f"wrote {paths.env_file}: {', '.join(sorted(host.env)) or 'empty'}"
+    changed = host.remote.elevated(config.user).write(paths.env_file, content, mode=0o600,
+                                                      private=True)
+    host.as_deployer.write(paths.env_sum, envfile.sum_file(content), mode=0o600, private=True)
+    names = ", ".join(sorted(host.env)) or "empty"
+    return f"{'wrote' if changed else 'unchanged'} {paths.env_file} (0600 {config.user}): " \
+           f"{names}"
 
 
-def stage_venv(host: Host, archive: Archive, wheel: str) -> str:
+def stage_venv(host: Host) -> str:
+    wheel = host.wheels[0]
     key, reused = venvs.ensure(host.remote, host.paths, host.config, host.release_dir,
-                               archive.path, os.path.basename(wheel), wheel_id(wheel))
+                               host.archive.path, os.path.basename(wheel), wheel_id(wheel))
     return f"{'reused' if reused else 'built'} venvs/{key}"
 
 
@@ -279,18 +186,12 @@ def stage_hooks(host: Host) -> str:
     return f"{len(host.config.hooks)} hook(s)"
 
 
-def stage_restart(host: Host) -> str:
-    """A rolling restart from `fab` (the `restart` task; deploys restart on the host)."""
-    output = service.restart(host.remote, host.paths, host.config).strip()
-    return output.splitlines()[-1] if output else ""
-
-
+# --- publish (on the host) ------------------------------------------------------------------
 def revision_line(host: Host, event: str, revision: str = "") -> str:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"{when} {event} {host.release} revision {revision or '-'} by {getpass.getuser()}"
 
 
-# --- publish (on the host) ------------------------------------------------------------------
 def publish_spec(host: Host, kind: str, target: str, revision: str = "",
                  abandon: str | None = None, reason: str | None = None) -> dict:
     """What railcar.deploy.publish does on the host (see its docstring)."""
@@ -334,8 +235,8 @@ def await_outcome(host: Host, target: str) -> str:
                 "outcome good" if lines[:1] == ["state good"] else "outcome failed: unknown")
 
 
-def stage_publish(host: Host, kind: str, target: str, revision: str = "",
-                  abandon: str | None = None, reason: str | None = None) -> str:
+def publish_on_host(host: Host, kind: str, target: str, revision: str = "",
+                    abandon: str | None = None, reason: str | None = None) -> str:
     """Run the publish on the host and relay its progress; PublishError if it did not
     publish (the host has already put back what was current)."""
     spec = publish_spec(host, kind, target, revision, abandon, reason)
@@ -373,10 +274,134 @@ def stage_publish(host: Host, kind: str, target: str, revision: str = "",
                        + (f"\n{detail}" if detail else ""), changed=True)
 
 
+def stage_publish(host: Host) -> str:
+    """Publish host.release (a new release, or a rollback's target) on the host."""
+    return publish_on_host(host, host.kind, host.release, host.revision)
+
+
+def stage_revert(host: Host) -> str:
+    """Put a published host back on its previous release; the new one is marked failed."""
+    return publish_on_host(host, "rollback", host.previous, abandon=host.release,
+                           reason=host.reason)
+
+
+def stage_pick(host: Host) -> str:
+    """The rollback's target: host.release if named (it must be good), else the previous
+    good release."""
+    found = rel.read_inventory(host.remote, host.paths)
+    host.previous = found.current
+    by_name = {r.name: r for r in found.releases}
+    if host.release:
+        chosen = by_name.get(host.release)
+        if chosen is None or chosen.state != rel.GOOD:
+            state = chosen.state if chosen else "not found"
+            raise DeployError(f"[{host.name}] cannot roll back to {host.release}: {state}")
+    else:
+        chosen = rel.previous_good(found.releases)
+        if chosen is None:
+            raise DeployError(f"[{host.name}] no good release older than "
+                              f"{host.previous or 'current'} to roll back to")
+    host.release, host.revision = chosen.name, chosen.revision
+    return f"releases/{chosen.name}"
+
+
+def stage_restart(host: Host) -> str:
+    """A rolling restart from `fab` (the `restart` task; deploys restart on the host)."""
+    output = service.restart(host.remote, host.paths, host.config).strip()
+    return output.splitlines()[-1] if output else ""
+
+
+# --- finish ---------------------------------------------------------------------------------
+def installs_nginx(host: Host) -> bool:
+    """Only root writes under /etc: setup (as root) installs the site, a deploy run as root
+    too; a deploy account only checks it is up to date."""
+    return host.root is not None or host.remote.login == "root"
+
+
+def stage_nginx(host: Host) -> str:
+    return nginx.ensure_nginx_site(host.root or host.remote, host.paths, host.config,
+                                   install=installs_nginx(host))
+
+
 def stage_unlock(host: Host) -> str:
     locks.release(host.remote, host.paths)
     host.locked = False
     return ""
+
+
+# --- the table ------------------------------------------------------------------------------
+SETUP, PREPARE, PUBLISH, FINISH = "setup", "prepare", "publish", "finish"
+ROLLBACK, REVERT, RESTART = "rollback", "revert", "restart"
+FLOWS = {                               # flow -> its phases (a phase is a flow of its own)
+    "setup": (SETUP,), "deploy": (PREPARE, PUBLISH, FINISH), "rollback": (ROLLBACK,),
+    "revert": (REVERT,), "restart": (RESTART,)}
+
+
+def _nginx_enabled(host: Host) -> bool:
+    return bool(host.config.nginx["enabled"])
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("accounts", "create the app account and its group; the deploy account joins it",
+          setup.stage_accounts, (SETUP,)),
+    Stage("layout", "the directories under deploy_to, their owners and modes",
+          setup.stage_layout, (SETUP,)),
+    Stage("wheels", "upload railcar's wheel (and the wheelhouse) where the host lacks it",
+          setup.stage_wheels, (SETUP,)),
+    Stage("server", "the server virtualenv deploy_to/railcar with this railcar",
+          setup.stage_server, (SETUP,)),
+    Stage("lock", "take the deploy lock (a stale one is taken over)",
+          stage_lock, (PREPARE, ROLLBACK)),
+    Stage("check", "host set up, this railcar, shared files present, server running",
+          stage_check, (PREPARE,)),
+    Stage("upload", "upload the release and the wheels the host lacks",
+          stage_upload, (PREPARE,)),
+    Stage("unpack", "unpack into releases/NAME with a REVISION file",
+          stage_unpack, (PREPARE,)),
+    Stage("link", "link shared dirs and files into the release",
+          stage_link, (PREPARE,)),
+    Stage("env", "write the app's env file (env, secrets), 0600 the app account's",
+          stage_env, (SETUP, PREPARE), when=lambda host: host.env_changed),
+    Stage("current", "a release, or the placeholder answering 503",
+          setup.stage_placeholder, (SETUP,)),
+    Stage("service", "the systemd unit, or a daemon (railcar start --daemon)",
+          setup.stage_unit, (SETUP,)),
+    Stage("start", "start the server as the app account unless it runs",
+          setup.stage_start, (SETUP,)),
+    Stage("venv", "build or reuse the virtualenv keyed by the requirements' hash",
+          stage_venv, (PREPARE,)),
+    Stage("hooks", "run the hooks in the release (migrations...)",
+          stage_hooks, (PREPARE,)),
+    Stage("pick", "the release to go back to: the one named, else the previous good one",
+          stage_pick, (ROLLBACK,)),
+    Stage("publish", "swap, restart, health, mark on the host, detached from SSH",
+          stage_publish, (PUBLISH, ROLLBACK)),
+    Stage("revert", "back to the previous release on the host (the new one marked failed)",
+          stage_revert, (REVERT,)),
+    Stage("restart", "rolling restart via the admin socket",
+          stage_restart, (RESTART,)),
+    Stage("nginx", "the nginx site: render; as root install if changed, test, reload",
+          stage_nginx, (SETUP, FINISH), when=_nginx_enabled),
+    Stage("unlock", "release the deploy lock",
+          stage_unlock, (FINISH, ROLLBACK), when=lambda host: host.locked, always=True),
+)
+
+
+def stages_of(flow: str) -> list[Stage]:
+    """The rows of a flow (or a deploy phase), in the order they run."""
+    phases = FLOWS.get(flow, (flow,))
+    return [stage for phase in phases for stage in STAGES if phase in stage.flows]
+
+
+def markdown() -> str:
+    """The README's stage list, derived from the table: each flow's stages in order, then
+    what each stage does."""
+    lines = [f"- `{flow}`" + (f" ({', then '.join(phases)})" if len(phases) > 1 else "")
+             + ": " + ", ".join(f"**{s.name}**" for s in stages_of(flow))
+             for flow, phases in FLOWS.items()]
+    lines += ["", "| stage | what it does |", "|---|---|"]
+    lines += [f"| {s.name} | {s.summary} |" for s in STAGES]
+    return "\n".join(lines) + "\n"
 
 
 # --- recovery -------------------------------------------------------------------------------
@@ -431,31 +456,23 @@ def mark_failed(host: Host, revision: str) -> None:
         host.say(f"could not mark releases/{host.release} failed: {exc}")
 
 
-# --- the run --------------------------------------------------------------------------------
-def prepare(host: Host, archive: Archive, wheels: list[str]) -> None:
-    host.stage("lock", "take the deploy lock",
-               lambda: stage_lock(host, f"deploying {archive.ref} ({archive.short})"))
-    host.stage("check", "host set up, shared files present", lambda: stage_check(host, wheels))
-    host.stage("upload", "upload release and missing wheels",
-               lambda: stage_upload(host, archive, wheels))
-    host.stage("unpack", f"unpack into releases/{host.release}", lambda: stage_unpack(host, archive))
-    host.stage("link", "link shared dirs and files", lambda: stage_link(host))
-    if host.env_changed:
-        host.stage("env", "write the env file (env, secrets changed)", lambda: stage_env(host))
-    host.stage("venv", "build or reuse the virtualenv",
-               lambda: stage_venv(host, archive, wheels[0]))
-    host.stage("hooks", "run hooks in the release", lambda: stage_hooks(host))
+# --- the runs -------------------------------------------------------------------------------
+def setup_hosts(hosts: list[Host], wheels: list[str]) -> dict[str, Exception]:
+    """`fab setup` on every host at once; the errors by host name."""
+    def one(host: Host) -> None:
+        setup.prepare(host, wheels)
+        run(host, STAGES, SETUP)
+    return parallel(hosts, one)
 
 
-def publish(host: Host, archive: Archive) -> None:
+def publish(host: Host, archive: Archive | None = None) -> None:
     """Publish the prepared release on the host (swap, restart, health, mark; undone there
     on failure)."""
     try:
-        host.stage("publish", "swap, restart, health, mark on the host (detached)",
-                   lambda: stage_publish(host, "deploy", host.release, archive.revision))
+        run(host, STAGES, PUBLISH)
     except PublishError as exc:
         if not exc.changed:     # refused before the swap: the release was never marked
-            mark_failed(host, archive.revision)
+            mark_failed(host, host.revision)
         raise
 
 
@@ -465,37 +482,13 @@ def revert(host: Host, reason: str) -> None:
     if not host.previous:
         host.say("no previous release to go back to: left on the new release")
         return
-    host.stage("revert", f"back to releases/{host.previous} ({reason})",
-               lambda: stage_publish(host, "rollback", host.previous, abandon=host.release,
-                                     reason=reason))
+    host.reason = reason
+    run(host, STAGES, REVERT)
 
 
 def finish(host: Host) -> None:
     """After the publish (which also cleaned up, on the host): the nginx site, unlock."""
-    try:
-        if host.config.nginx["enabled"]:
-            install = host.remote.login == "root"   # only root writes under /etc
-            host.stage("nginx", f"site {nginx.nginx_site(host.config)}, "
-                       + ("test, reload" if install else "up to date?"),
-                       lambda: nginx.ensure_nginx_site(host.remote, host.paths, host.config,
-                                                         install=install))
-    finally:
-        host.stage("unlock", "release the deploy lock", lambda: stage_unlock(host))
-
-
-def parallel(hosts: list[Host], action: Callable[[Host], None]) -> dict[str, Exception]:
-    """Run `action` on every host at once; the errors by host name."""
-    errors: dict[str, Exception] = {}
-
-    def run(host: Host) -> None:
-        try:
-            action(host)
-        except Exception as exc:
-            errors[host.name] = exc
-
-    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        list(pool.map(run, hosts))
-    return errors
+    run(host, STAGES, FINISH)
 
 
 def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str) -> None:
@@ -504,9 +497,11 @@ def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str)
 
     started = time.monotonic()
     for host in hosts:
-        host.release = release
+        host.kind, host.release, host.revision = "deploy", release, archive.revision
+        host.archive, host.wheels = archive, wheels
+        host.purpose = f"deploying {archive.ref} ({archive.short})"
     try:
-        errors = parallel(hosts, lambda h: prepare(h, archive, wheels))
+        errors = parallel(hosts, lambda h: run(h, STAGES, PREPARE))
     except BaseException:
         for host in hosts:
             fail_before_swap(host, archive.revision)
@@ -535,26 +530,11 @@ def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str)
 def rollback(host: Host, target: str | None) -> str:
     """Point `current` at `target` (default: the previous good release) and restart onto it,
     on the host (put back there on failure). Returns the release now current."""
-    host.stage("lock", "take the deploy lock",
-               lambda: stage_lock(host, f"rolling back to {target or 'previous good'}"))
-    try:
-        found = rel.read_inventory(host.remote, host.paths)
-        inventory = found.releases
-        by_name = {r.name: r for r in inventory}
-        host.previous = found.current
-        if target:
-            chosen = by_name.get(target)
-            if chosen is None or chosen.state != rel.GOOD:
-                state = chosen.state if chosen else "not found"
-                raise DeployError(f"[{host.name}] cannot roll back to {target}: {state}")
-        else:
-            chosen = rel.previous_good(inventory)
-            if chosen is None:
-                raise DeployError(f"[{host.name}] no good release older than "
-                                  f"{host.previous or 'current'} to roll back to")
-        host.release = chosen.name
-        host.stage("publish", f"current -> releases/{chosen.name}, restart, health (on the host)",
-                   lambda: stage_publish(host, "rollback", chosen.name, chosen.revision))
-        return chosen.name
-    finally:
-        stage_unlock(host)
+    host.kind, host.release = "rollback", target
+    host.purpose = f"rolling back to {target or 'previous good'}"
+    run(host, STAGES, ROLLBACK)
+    return host.release
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
