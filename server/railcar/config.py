@@ -8,24 +8,21 @@ Two shapes of file:
 Every error is a ConfigError naming the file, the app and the key. Nothing here touches a
 socket or a process: validation happens in full before anything starts.
 
-Accounts: when the master runs as root, everything of an app (interpreter check, preloader,
-workers) runs as the app's `user` (default: the owner of the app root) and `group` (default:
-that user's primary group); root only with `allow_root`. The app dir's own railcar.toml (part
-of a release) cannot set those, the interpreter or root's files for a root master
-(ROOT_ONLY_KEYS): only the command line and a --config file can.
+Accounts (who an app runs as under a root master) are resolved by railcar.accounts. The app
+dir's own railcar.toml (part of a release) cannot set them, the interpreter or root's files
+for a root master (ROOT_ONLY_KEYS): only the command line and a --config file can.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import envfile
+from . import accounts, envfile
+from .accounts import Account
 from .settings import (APP_KEYS, APP_NAME, APP_SECTIONS, BY_NAME, SERVER_KEYS, ConfigError,
                        coerce, default_admin_socket, default_run_dir, defaults, names, rows)
 from .views import Supervision
@@ -80,29 +77,6 @@ class AppConfig:
         return env
 
 
-@dataclass(frozen=True)
-class Account:
-    """Who an app's workers run as: names for people, ids for the kernel."""
-
-    user: str
-    group: str
-    uid: int
-    gid: int
-    extra_groups: tuple[int, ...] = ()
-
-    def process_options(self) -> dict[str, Any]:
-        """Keyword arguments of subprocess.Popen/run that start a process as this account."""
-        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.extra_groups)}
-
-    def environ(self) -> dict[str, str]:
-        """USER, LOGNAME and HOME of the account, for the environment of its processes."""
-        try:
-            home = pwd.getpwuid(self.uid).pw_dir
-        except KeyError:
-            home = "/"
-        return {"USER": self.user, "LOGNAME": self.user, "HOME": home}
-
-
 @dataclass
 class ServerConfig:
     admin_socket: str
@@ -117,7 +91,6 @@ class ServerConfig:
     admin_group: int | None = None      # gid that may use the admin socket (mode 0660)
 
 
-WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master runs as root
 CANARY_NAMES = ("canary_duration", "canary_min_requests", "canary_max_error_rate")
 
 
@@ -166,65 +139,6 @@ def _cli_values(cli: dict[str, Any], *sections: str) -> dict[str, Any]:
     return out
 
 
-def _group_id(name: str, where: str, key: str) -> int:
-    try:
-        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
-    except (KeyError, OverflowError):
-        raise ConfigError(f"{where}: {key}: no such group {name!r}") from None
-
-
-def _account(values: dict[str, Any], root: str, where: str) -> Account | None:
-    """The account an app runs as under a root master: `user` (default: the owner of the app
-    root) and `group` (default: the user's primary group). Root only with `allow_root`, which
-    returns None (the app then runs as the master does); otherwise root is a ConfigError.
-    """
-    user = values.get("user")
-    allow_root = values.get("allow_root")
-    try:
-        if user is None:
-            entry = pwd.getpwuid(os.stat(root).st_uid)
-        else:
-            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except (KeyError, OverflowError):
-        if user is None:
-            raise ConfigError(f"{where}: user: the owner of {root} has no account; "
-                              "set user") from None
-        raise ConfigError(f"{where}: user: no such user {user!r}") from None
-    if entry.pw_uid == 0:
-        if allow_root:
-            return None
-        if user is not None:
-            raise ConfigError(f"{where}: user: workers never run as root ({user!r} is root): "
-                              "nothing of an app runs as root unless allow_root is set "
-                              "(--allow-root)")
-        raise ConfigError(
-            f"{where}: user: {root} is owned by root, and an app never runs as root: set "
-            "user (--user ACCOUNT, or `user` in the server config) to the app's account, or "
-            "give the app root to that account, or set allow_root (--allow-root) to run the "
-            "app as root anyway")
-    group = values.get("group")
-    gid = _group_id(group, where, "group") if group else entry.pw_gid
-    if gid == 0 and not allow_root:
-        raise ConfigError(f"{where}: group: workers never run with the root group unless "
-                          "allow_root is set (--allow-root)")
-    extra = tuple(g for g in os.getgrouplist(entry.pw_name, gid)
-                  if g != gid and (g != 0 or allow_root))
-    return Account(user=entry.pw_name, group=grp.getgrgid(gid).gr_name, uid=entry.pw_uid,
-                   gid=gid, extra_groups=extra)
-
-
-def _socket_group(values: dict[str, Any], where: str) -> int | None:
-    name = values.get("socket_group")
-    if name:
-        return _group_id(name, where, "socket_group")
-    if os.getuid() == 0:
-        try:
-            return grp.getgrnam(WEB_SERVER_GROUP).gr_gid
-        except KeyError:
-            return None
-    return None
-
-
 def _make_app(values: dict[str, Any], where: str, base_dir: str,
               default_bind: str | None = None, starting: bool = True) -> AppConfig:
     """`default_bind` (may contain {name}) is used when the app has neither bind nor port.
@@ -266,8 +180,9 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         server_names=list(values["server_names"]),
         static_dir=values.get("static_dir"),
         static_url=values["static_url"],
-        run_as=_account(values, root, where) if starting and os.getuid() == 0 else None,
-        socket_group=_socket_group(values, where),
+        run_as=(accounts.app_account(values, root, where) if starting and os.getuid() == 0
+                else None),
+        socket_group=accounts.socket_group(values, where),
         health=health_check(values),
         canary={name: values[name] for name in CANARY_NAMES},
         hooks_module=values.get("hooks_module"),
@@ -321,8 +236,8 @@ def _server(values: dict[str, Any], apps: list[AppConfig], where: str = "apps",
         metrics_bind=values.get("metrics_bind"),
         run_dir=os.path.abspath(values.get("run_dir") or default_run_dir()),
         config_file=config_file,
-        admin_group=(_group_id(values["admin_group"], f"{config_file} [server]" if config_file
-                               else "command line", "admin_group")
+        admin_group=(accounts.group_id(values["admin_group"], f"{config_file} [server]"
+                                       if config_file else "command line", "admin_group")
                      if values.get("admin_group") else None),
     )
 
