@@ -50,7 +50,8 @@ def family(master_pid: int) -> tuple[list[psutil.Process], list[psutil.Process]]
             cmdline = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if "railcar.preloader" in cmdline and proc.ppid() == master_pid:
+        preloader = "railcar.preloader" in cmdline or cmdline.startswith("railcar: preloader")
+        if preloader and proc.ppid() == master_pid:
             preloaders.append(proc)
         else:
             workers.append(proc)

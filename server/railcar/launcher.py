@@ -115,7 +115,9 @@ def launch(config: ServerConfig) -> int:
 
     monkey.patch_all()
 
-    from . import logs
+    from . import logs, proctitle
+
+    proctitle.set_title("master")
     from .master import Master, bind_all
     from .sockets import BindError
 

@@ -32,6 +32,7 @@ import traceback  # noqa: E402
 import gevent  # noqa: E402
 import gevent.os  # noqa: E402
 
+from railcar import proctitle  # noqa: E402
 from railcar.channel import Channel, ChannelClosed  # noqa: E402
 
 FORK_FDS = 2    # the worker's channel, its output pipe
@@ -49,6 +50,7 @@ class Preloader:
         if self.spec.get("gc_freeze", True):
             gc.collect()
             gc.freeze()
+        proctitle.set_title("preloader", self.spec.get("app"), self.spec["release"])
         self.signal_handlers = [gevent.signal_handler(sig, self.exit_now)
                                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,

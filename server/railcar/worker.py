@@ -42,7 +42,7 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.util  # noqa: E402
 
-from railcar import __version__, health  # noqa: E402
+from railcar import __version__, health, proctitle  # noqa: E402
 from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
@@ -220,6 +220,7 @@ class Worker:
         self.hooks = Hooks(self.spec.get("hooks_module"))   # imported with the app already
         self.info = WorkerInfo(pid=os.getpid(), app=self.spec.get("app", ""),
                                release=self.spec["release"], preloaded=preloaded)
+        proctitle.set_title("worker", self.info.app, self.info.release)
         try:
             self.hooks.run("post_fork", self.info)
         except HookFailed as failure:
