@@ -98,13 +98,15 @@ def one_round(app: str, freeze: bool, workers: int, requests: int) -> dict:
             "--gc-freeze" if freeze else "--no-gc-freeze"]
     if psutil.Process().uids().real == 0:
         argv.append("--allow-root")      # the bench's own temp dirs are root's
-    master = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    output = open(workdir / "output.log", "wb")
+    master = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while len(worker_pids(admin)) < workers:
             if time.monotonic() > deadline or master.poll() is not None:
-                raise RuntimeError(f"railcar did not boot {app}: "
-                                   f"{(workdir / 'railcar.log').read_text()[-2000:]}")
+                logs = [workdir / "output.log", workdir / "railcar.log"]
+                text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+                raise RuntimeError(f"railcar did not boot {app}: {text[-2000:]}")
             time.sleep(0.2)
         pids = worker_pids(admin)
         for _ in range(requests):
@@ -129,6 +131,7 @@ def one_round(app: str, freeze: bool, workers: int, requests: int) -> dict:
         except subprocess.TimeoutExpired:
             master.kill()
             master.wait()
+        output.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
