@@ -219,3 +219,35 @@ def test_under_a_root_master_on_starting_runs_as_the_app_account(railcar, accoun
     server.stop()
     assert {r["hook"] for r in records(log)} == {"on_starting", "post_fork", "worker_exit"}
     assert {r["uid"] for r in records(log)} == {account.pw_uid}
+
+
+# --- railcar.hooks in-process: what a module may define ---------------------------------
+
+def test_hooks_a_module_does_not_define_do_nothing(tmp_path, monkeypatch):
+    from railcar.hooks import HookFailed, Hooks
+
+    (tmp_path / "onlyexit.py").write_text(
+        "calls = []\ndef worker_exit(worker):\n    calls.append(worker)\n"
+        "def on_timeout(worker, environ, stack):\n    raise ValueError('reporter down')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooks = Hooks("onlyexit")
+    assert "post_fork" not in hooks and "worker_exit" in hooks
+    hooks.run("post_fork", "w")                 # not defined: nothing happens
+    assert hooks.call("worker_exit", "w")
+    import onlyexit
+    assert onlyexit.calls == ["w"]
+    with pytest.raises(HookFailed) as failed:
+        hooks.run("on_timeout", "w", {}, "")
+    assert "hook on_timeout of onlyexit" in str(failed.value)
+    assert "ValueError: reporter down" in str(failed.value)
+    assert hooks.call("on_timeout", "w", {}, "") is False      # logged, not raised
+    assert Hooks(None).functions == {}
+
+
+def test_a_hook_that_is_not_callable_is_refused(tmp_path, monkeypatch):
+    from railcar.hooks import Hooks
+
+    (tmp_path / "badhooks.py").write_text("post_fork = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match="badhooks.post_fork is not callable"):
+        Hooks("badhooks")

@@ -66,3 +66,12 @@ def test_without_setproctitle_workers_keep_their_command_line(railcar, release, 
     assert ps_args(server.proc.pid) == "railcar: master"      # the master's venv has it
     server.stop()
     wait_for(lambda: server.proc.poll() is not None, 30, what="the master to exit")
+
+
+def test_titles_name_role_app_and_release_directory():
+    from railcar.proctitle import title
+
+    assert title("master") == "railcar: master"
+    assert title("worker", "shop", "/srv/shop/releases/20261129T101500Z-abc1234/") == \
+        "railcar: worker shop 20261129T101500Z-abc1234"
+    assert title("preloader", "blog", "/srv/blog") == "railcar: preloader blog blog"
