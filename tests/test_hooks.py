@@ -20,6 +20,10 @@ import time
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/sleep":
         time.sleep(float(environ["QUERY_STRING"] or 1))
+    if environ["PATH_INFO"] == "/spin":
+        spin_until = time.monotonic() + float(environ["QUERY_STRING"] or 1)
+        while time.monotonic() < spin_until:     # computes without yielding
+            pass
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
 '''
@@ -144,6 +148,20 @@ def test_each_hook_runs_in_its_documented_process(railcar, hooked_app, spawn_met
     assert all(r["worker_pid"] == r["pid"] for r in exits)
     assert {r["pid"] for r in exits} == {r["pid"] for r in records(log, "post_fork")}
     assert master not in {r["pid"] for r in records(log)}
+
+
+def test_on_timeout_hears_of_a_request_computing_without_a_pause(railcar, hooked_app):
+    """The CPU timer interrupts the request in its own greenlet (deadline.py): on_timeout
+    still gets its environ and its stack, where it was computing."""
+    app, log, fail = hooked_app
+    server = start(railcar, app, log, fail, "--max-request-time", "1")
+    response = requests.get(server.url + "/spin", params="8", timeout=30)
+    assert response.status_code == 504
+    [timeout] = wait_for(lambda: records(log, "on_timeout"), 10, what="on_timeout")
+    assert timeout["path"] == "/spin" and timeout["query"] == "8"
+    assert "spin_until" in timeout["stack"]
+    assert timeout["pid"] in {r["pid"] for r in records(log, "post_fork")}
+    server.stop()
 
 
 def test_a_failing_post_fork_fails_the_boot_and_a_restart_aborts(railcar, hooked_app):
