@@ -244,13 +244,21 @@ def backtraces(app, worker, admin_socket, pid_file) -> None:
 @click.argument("app_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--listen", default=None, metavar="ADDRESS",
               help="nginx/apache: address the site listens on [default: 80 / *:80].")
+@click.option("--ssl-certificate", default=None, metavar="PATH",
+              help="nginx: also listen with TLS (on --ssl-listen) with this certificate "
+              "(a path on the host, with --ssl-certificate-key).")
+@click.option("--ssl-certificate-key", default=None, metavar="PATH",
+              help="nginx: the private key of --ssl-certificate.")
+@click.option("--ssl-listen", default=None, metavar="ADDRESS",
+              help="nginx: address of the TLS listener [default: 443].")
 @click.option("--railcar", "railcar_path", default=None, metavar="PATH",
               help="systemd: the railcar executable [default: the one running now].")
 @click.option("--service", default="railcar", show_default=True,
               help="logrotate: the systemd unit to signal when there is no pid_file.")
 @click.option("-o", "--output", default=None, metavar="PATH", help="Write here, not stdout.")
 @_start_options
-def config_command(kind, app_dir, listen, railcar_path, service, output, **values) -> None:
+def config_command(kind, app_dir, listen, ssl_certificate, ssl_certificate_key, ssl_listen,
+                   railcar_path, service, output, **values) -> None:
     """Render the nginx site, Apache vhost, systemd unit or logrotate file for --config FILE,
     or for APP_DIR with the options `railcar start` is given (the same server config)."""
     from . import config
@@ -260,7 +268,8 @@ def config_command(kind, app_dir, listen, railcar_path, service, output, **value
         raise click.UsageError("give --config FILE, or APP_DIR and the `railcar start` options")
     try:
         text = render(kind, config.load(values, app_dir, starting=False), listen=listen,
-                      railcar=railcar_path, service=service)
+                      ssl_certificate=ssl_certificate, ssl_certificate_key=ssl_certificate_key,
+                      ssl_listen=ssl_listen, railcar=railcar_path, service=service)
     except (ConfigError, RenderError) as exc:
         raise click.ClickException(str(exc)) from None
     if output:

@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import accounts, envfile
+from . import accounts, envfile, tls
 from .accounts import Account
 from .settings import (APP_KEYS, APP_NAME, APP_SECTIONS, BY_NAME, SERVER_KEYS, ConfigError,
                        coerce, default_admin_socket, default_run_dir, defaults, names, rows)
@@ -44,6 +44,8 @@ class AppConfig:
     env: dict[str, str]
     access_log: str | None
     boot_timeout: float
+    access_log_format: str = "text"
+    tls: dict[str, str] | None = None   # {"certfile", "keyfile"} (absolute); None: plain HTTP
     limits: dict[str, Any] = field(default_factory=dict)   # section "limits": views.Limits
     supervision: Supervision = field(default_factory=Supervision)
     server_names: list[str] = field(default_factory=list)
@@ -67,6 +69,15 @@ class AppConfig:
         """Longest a new worker may take to be ready: the import, then its health check
         (and the margin the master grants past it)."""
         return self.boot_timeout + (self.health_timeout + HEALTH_MARGIN if self.health else 0)
+
+    def check_tls(self) -> None:
+        """Load the certificate and key as they are now (the master does before each spawn
+        batch); ConfigError naming the setting and the file if they cannot serve."""
+        if self.tls:
+            try:
+                tls.server_context(self.tls["certfile"], self.tls["keyfile"])
+            except tls.TLSError as exc:
+                raise ConfigError(f"app {self.name!r}: {exc}") from None
 
     def environment(self) -> dict[str, str]:
         """What the app's processes get on top of the master's environment: `env`, then the
@@ -164,6 +175,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         env_file = os.path.abspath(os.path.join(base_dir, os.path.expanduser(env_file)))
         if starting:
             envfile.read(env_file)  # refuse a missing or malformed file before anything runs
+    tls_files = _tls_files(values, where, base_dir, starting)
     return AppConfig(
         name=name,
         root=root,
@@ -174,6 +186,8 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         env=dict(values["env"]),
         env_file=env_file,
         access_log=values.get("access_log"),
+        access_log_format=values["access_log_format"],
+        tls=tls_files,
         boot_timeout=values["boot_timeout"],
         limits={name: values[name] for name in names("limits")},
         supervision=Supervision.from_values(values),
@@ -190,6 +204,24 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
     )
 
 
+def _tls_files(values: dict[str, Any], where: str, base_dir: str,
+               starting: bool) -> dict[str, str] | None:
+    """certfile/keyfile as absolute paths, checked by loading them when `starting`."""
+    certfile, keyfile = values.get("certfile"), values.get("keyfile")
+    if not certfile:
+        if keyfile:
+            raise ConfigError(f"{where}: keyfile: given without certfile (--certfile)")
+        return None
+    files = {key: os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+             for key, path in (("certfile", certfile), ("keyfile", keyfile or certfile))}
+    if starting:
+        try:
+            tls.server_context(files["certfile"], files["keyfile"])
+        except tls.TLSError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return files
+
+
 def default_name(root: str) -> str:
     """An app's name from its directory: characters a name cannot hold become '-'."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(root.rstrip("/")))
@@ -201,7 +233,8 @@ def default_name(root: str) -> str:
 # set for a master running as root: who the app runs as, which interpreter runs as that
 # account, files root reads or writes for it, and who may drive the master.
 ROOT_ONLY_KEYS = ("user", "group", "allow_root", "python", "env_file", "socket_group",
-                  "admin_socket", "admin_group", "pid_file", "log_file", "run_dir")
+                  "certfile", "keyfile", "admin_socket", "admin_group", "pid_file", "log_file",
+                  "run_dir")
 
 
 def _refuse_release_choices(table: dict[str, Any], where: str) -> None:

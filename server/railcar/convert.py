@@ -314,6 +314,14 @@ def nginx_listen(value: Any) -> str:
     return address
 
 
+def nginx_path(value: Any) -> str:
+    """An absolute path nginx takes unquoted (no spaces, quotes, ; { } $ #)."""
+    path = abs_path(value)
+    if not re.fullmatch(r"[A-Za-z0-9_./@%+=,:~-]+", path):
+        raise ValueError(f"{path!r} has characters nginx cannot take unquoted")
+    return path
+
+
 # --- statuses -------------------------------------------------------------------------------
 
 def status_ranges(value: Any) -> list[tuple[int, int]]:

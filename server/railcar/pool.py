@@ -148,9 +148,11 @@ class AppPool:
     # --- spawning -------------------------------------------------------------------------
     def _worker_spec(self) -> dict:
         return {"app": self.app.name, "limits": self.app.limits,
-                "access_log": self.app.access_log, "graceful_timeout": self.graceful_timeout,
-                "health": self.app.health, "hooks_module": self.app.hooks_module,
-                "gc_freeze": self.app.gc_freeze}
+                "access_log": self.app.access_log,
+                "access_log_format": self.app.access_log_format,
+                "graceful_timeout": self.graceful_timeout, "health": self.app.health,
+                "hooks_module": self.app.hooks_module, "gc_freeze": self.app.gc_freeze,
+                "tls": self.app.tls}
 
     def smart(self) -> bool:
         return self.app.supervision.smart
@@ -236,8 +238,10 @@ class AppPool:
                 preloader.retire()
 
     def _resolve(self) -> releases.Release:
-        """The release to spawn now, with the app's environment (the env file read now)."""
+        """The release to spawn now, with the app's environment (the env file read now);
+        its certificate and key (if any) must load as they are now."""
         try:
+            self.app.check_tls()
             env = self.app.environment()
         except ConfigError as exc:
             raise releases.ReleaseError(str(exc)) from None

@@ -12,9 +12,11 @@ with the package. Kinds:
 - "systemd":   a Type=notify unit running `railcar start --config FILE`
 - "logrotate": the server log and the apps' access logs, reopened with USR1
 
-Options: `listen` (nginx/apache, default "80" and "*:80"), `railcar` (path of the railcar
-executable for systemd, default: the one next to this interpreter), `service` (unit name,
-default "railcar"). Pure: reads templates, touches nothing else. Raises RenderError when the
+Options: `listen` (nginx/apache, default "80" and "*:80"), `ssl_certificate` and
+`ssl_certificate_key` (nginx: paths on the host; with them every server block also listens on
+`ssl_listen`, default "443", with TLS 1.2+), `railcar` (path of the railcar executable for
+systemd, default: the one next to this interpreter), `service` (unit name, default
+"railcar"). Pure: reads templates, touches nothing else. Raises RenderError when the
 config cannot be expressed safely (a path with spaces or quotes, no log files to rotate...).
 
 Every value that reaches a template is checked or quoted for its format, here and not in the
@@ -43,6 +45,7 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates"
 KINDS = {"nginx": "nginx-site.conf.j2", "apache": "apache-vhost.conf.j2",
          "systemd": "railcar.service.j2", "logrotate": "logrotate.j2"}
 DEFAULT_LISTEN = {"nginx": "80", "apache": "*:80"}
+DEFAULT_SSL_LISTEN = "443"
 DEFAULT_PROXY_TIMEOUT = 300     # seconds nginx/Apache wait on a request without a time limit
 # What may appear unquoted in a web server config: no spaces, quotes, ; { } $ or #.
 _SAFE = re.compile(r"[A-Za-z0-9_./:@%+=,\-\[\]*~]+")  # fullmatch: `$` would pass "x\n"
@@ -209,7 +212,25 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
                        service=service)
     if kind in ("nginx", "apache"):
         context["listen"] = _listen(context["listen"])
+    context["ssl"] = _ssl(options) if kind == "nginx" else None
     return context
+
+
+def _ssl(options: dict) -> dict | None:
+    """nginx's TLS listener: certificate and key paths (both or neither), `ssl_listen`."""
+    cert, key = options.get("ssl_certificate"), options.get("ssl_certificate_key")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        missing = "--ssl-certificate-key" if cert else "--ssl-certificate"
+        raise RenderError(f"option {missing}: needed too (nginx serves TLS with a certificate "
+                          "and its key)")
+    for option, path in (("--ssl-certificate", cert), ("--ssl-certificate-key", key)):
+        if not os.path.isabs(path):
+            raise RenderError(f"option {option}: {path!r} is not an absolute path")
+        _safe(path, None, f"option {option}:")
+    listen = _listen(options.get("ssl_listen") or DEFAULT_SSL_LISTEN)
+    return {"certificate": cert, "certificate_key": key, "listen": listen}
 
 
 def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: float,

@@ -42,7 +42,7 @@ from typing import Any, Callable
 from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_list, boolean,
                       command, count_or_percent, deploy_root, either, env_lines, env_names,
                       env_table, fraction, host_header, host_names, hooks, module_name, name_list,
-                      nginx_listen, non_negative_int, one_of, optional, per_host, port,
+                      nginx_listen, nginx_path, non_negative_int, one_of, optional, per_host, port,
                       positive_int, proxy_list, relative_dir, relative_list, seconds,
                       seconds_or_off, status_ranges, statuses, str_list, systemd, tcp_bind,
                       text, url_path, url_prefix, whole)
@@ -118,6 +118,19 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--env-file", key="env_file", metavar="PATH"),
     Setting("access_log", text, None, "Access log: a file path, or '-' for the server log.",
             flag="--access-log", key="access_log", metavar="PATH"),
+    Setting("access_log_format", either("text", "json"), "text",
+            "text: one line per request (common log format and the duration in ms); "
+            "json: one JSON object per line (time, remote_addr, method, path, query, "
+            "protocol, status, bytes, duration, request_id, queue_time, user_agent, referer).",
+            flag="--access-log-format", key="access_log_format", metavar="text|json"),
+    Setting("certfile", text, None,
+            "TLS certificate (PEM, with any intermediates after it) for the app's TCP binds: "
+            "they then speak HTTPS only (TLS 1.2 or later), unix sockets stay plain. Read "
+            "again by the new workers of every restart (a renewed certificate is picked up).",
+            flag="--certfile", key="certfile", metavar="PATH"),
+    Setting("keyfile", text, None,
+            "Private key (PEM, without passphrase) of --certfile (default: in --certfile).",
+            flag="--keyfile", key="keyfile", metavar="PATH"),
     Setting("spawn_method", either("smart", "direct"), "smart",
             "smart: a preloader per release imports the app once and forks the workers "
             "(faster spawns, shared memory); direct: each worker imports the app itself, for "
@@ -388,6 +401,14 @@ SETTINGS += (
             "\"cmd\" or [argv]: reloads nginx.", section="nginx"),
     Setting("user", optional(account), "www-data",
             "nginx's workers' account: joins the app's group.", section="nginx"),
+    Setting("ssl_certificate", optional(nginx_path), None,
+            "Certificate (PEM, a path on the host): with ssl_certificate_key the site also "
+            "listens with TLS on ssl_listen.", section="nginx"),
+    Setting("ssl_certificate_key", optional(nginx_path), None,
+            "Private key of ssl_certificate (a path on the host, readable by nginx's master).",
+            section="nginx"),
+    Setting("ssl_listen", nginx_listen, "443", "nginx `listen` value of the TLS listener.",
+            section="nginx"),
 )
 
 

@@ -4,8 +4,8 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
 - A worker is started directly (this module) or forked by a preloader (railcar.preloader)
   that imported the app already; both run the same Worker.
 - The environment variable RAILCAR_WORKER holds a JSON spec: app, module, release,
-  listen_fds, control_fd, limits, access_log, graceful_timeout, health, hooks_module,
-  gc_freeze.
+  listen_fds, control_fd, limits, access_log, access_log_format, graceful_timeout, health,
+  hooks_module, gc_freeze, tls ({"certfile", "keyfile"} or null).
 - gevent monkey-patches the process before the app is imported.
 - The worker sends {"event": "ready"} only after the app imported and is callable, passed
   its health check (spec "health", see railcar.health) and the listeners accept; if the
@@ -40,9 +40,10 @@ import traceback  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+import gevent.ssl  # noqa: E402
 import gevent.util  # noqa: E402
 
-from railcar import __version__, health, proctitle  # noqa: E402
+from railcar import __version__, health, proctitle, tls  # noqa: E402
 from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
@@ -134,12 +135,14 @@ class Worker:
         we are ready."""
         extra_environ = {"SERVER_SOFTWARE": f"railcar/{__version__}"}
         self.check_health(app, extra_environ)
+        tls_context = self.tls_context()
         listeners = [socket.socket(fileno=fd) for fd in self.spec["listen_fds"]]
         if self.spec.get("access_log"):
             self.access_log = AccessLog(self.spec["access_log"])
         self.server = HTTPServer(
             listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
-            base_environ=extra_environ, on_timeout=self.request_timed_out)
+            base_environ=extra_environ, on_timeout=self.request_timed_out,
+            tls_context=tls_context)
         self.server.start()
         gevent.signal_handler(signal.SIGTERM, self.retire)
         gevent.signal_handler(signal.SIGINT, self.exit_now)
@@ -161,6 +164,18 @@ class Worker:
             sys.stderr.flush()
             self.channel.send({"event": "health_error", "error": problem})
             sys.exit(1)
+
+    def tls_context(self):
+        """The TLS context of the app's TCP binds (spec "tls"), loaded now from the files, so
+        that every new worker serves the certificate as it is on disk. A certificate or key
+        that cannot be loaded fails the boot like an import error, naming the file."""
+        files = self.spec.get("tls")
+        if not files:
+            return None
+        try:
+            return tls.server_context(files["certfile"], files["keyfile"], gevent.ssl)
+        except tls.TLSError as exc:
+            boot_failed(self.channel, f"TLS: {exc}\n")
 
     def retire(self) -> None:
         if not self.retiring:

@@ -59,13 +59,17 @@ echo "installed $site, nginx reloaded"
 
 def nginx_argv(paths: Paths, config: DeployConfig) -> list[str]:
     """`railcar config nginx` arguments: the server's options (not the env file, which only
-    the app account reads), the listen address and server names."""
+    the app account reads), the listen address and server names, the TLS listener's."""
     argv = start_argv(paths, config)[2:]
     at = argv.index("--env-file")
     del argv[at:at + 2]
     argv += ["--listen", config.nginx["listen"]]
     for name in config.nginx["server_names"]:
         argv += ["--server-name", name]
+    if config.nginx["ssl_certificate"]:
+        argv += ["--ssl-certificate", config.nginx["ssl_certificate"],
+                 "--ssl-certificate-key", config.nginx["ssl_certificate_key"],
+                 "--ssl-listen", config.nginx["ssl_listen"]]
     return argv
 
 

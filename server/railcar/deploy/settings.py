@@ -122,6 +122,11 @@ def validate(raw: dict[str, Any], where: Callable[[str], str], host: str | None)
             raise ConfigError(f"{where(key)}: railcar.{key}: {exc} (got {values[key]!r})") from None
     if out["app"] is None:
         raise ConfigError(f"{where('app')}: railcar.app: required (the app's name)")
+    nginx = out["nginx"]
+    if bool(nginx["ssl_certificate"]) != bool(nginx["ssl_certificate_key"]):
+        missing = "ssl_certificate_key" if nginx["ssl_certificate"] else "ssl_certificate"
+        raise ConfigError(f"{where('nginx')}: railcar.nginx.{missing}: needed too: nginx "
+                          "serves TLS with a certificate and its key")
     out["deploy_to"] = out["deploy_to"] or f"/srv/{out['app']}"
     if out["user"] is None:
         try:

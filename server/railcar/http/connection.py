@@ -57,9 +57,9 @@ class Connection:
     __slots__ = ("service", "state", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "body", "linger",
-                 "busy_since", "environ", "idle_since", "evicting")
+                 "busy_since", "environ", "idle_since", "evicting", "tls")
 
-    def __init__(self, service, state, sock, remote_addr, remote_port, base):
+    def __init__(self, service, state, sock, remote_addr, remote_port, base, tls=False):
         limits = service.limits
         self.service = service
         self.state = state
@@ -82,11 +82,13 @@ class Connection:
         self.environ = None  # the environ of the request in the app (for on_timeout)
         self.idle_since = 0  # state.idle_ticks when the idle wait began (orders evictions)
         self.evicting = False  # chosen to be closed to make room for a new connection
+        self.tls = tls  # `sock` is an SSLSocket whose handshake is still to be done
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
         try:
-            self._serve()
+            if not self.tls or self._handshake():
+                self._serve()
         except (ClientDisconnected, ConnectionError, TimeoutError, RequestTimeout):
             pass  # RequestTimeout here: interrupted again while answering the first one
         except GreenletExit:  # killed by stop() or at the end of retire()'s grace
@@ -125,6 +127,25 @@ class Connection:
                 total += n
         except OSError:
             pass
+
+    def _handshake(self):
+        """The TLS handshake, within header_timeout. Until it is done the connection counts
+        as idle, like one that has not sent a byte yet: a client that never completes it
+        holds a connection slot for at most header_timeout (and may be evicted at
+        worker_connections), never the worker. False: close (failed, timed out, evicted)."""
+        state = self.state
+        state.idle_ticks += 1
+        self.idle_since = state.idle_ticks
+        self.idle = True
+        try:
+            self.timeout = self.limits.header_timeout
+            self.sock.settimeout(self.timeout)
+            self.sock.do_handshake()
+            return True
+        except (OSError, _IdleRetire, _Evicted):  # ssl.SSLError and timeouts are OSErrors
+            return False
+        finally:
+            self.idle = False
 
     def _serve(self):
         while True:

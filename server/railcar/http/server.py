@@ -46,6 +46,10 @@ class HTTPServer:
     `access_log`, if given, is called with one line per request:
     `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
     `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
+    `tls_context` (an SSLContext of gevent.ssl, see railcar.tls), if given, makes every TCP
+    listener speak HTTPS: each connection's handshake runs in its own greenlet within
+    `header_timeout`, as an idle connection (see Connection._handshake); unix sockets stay
+    plain.
     `on_timeout(description, environ, stack)`, if given, is called after a request ran past
     `limits.max_request_time` and was answered 504 (its stack is written to stderr first),
     whether it was blocked or computing without a pause (see deadline.py).
@@ -63,7 +67,7 @@ class HTTPServer:
 
     def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
                  on_timeout=None, *, lifetime=0.0, evict_busy=False, on_evict=None,
-                 own_listeners=True):
+                 own_listeners=True, tls_context=None):
         self.listeners = list(listeners)
         self.lifetime = lifetime
         self.evict_busy = evict_busy
@@ -78,6 +82,7 @@ class HTTPServer:
                          if limits.max_request_time else None)
         self.service = Service(app, limits, access_log, TrustedProxies(limits.trusted_proxies),
                                self.deadline)
+        self.tls_context = tls_context
         self._acceptors = []
 
     # -- public interface ---------------------------------------------------------------------
@@ -165,11 +170,15 @@ class HTTPServer:
         raw = getattr(listener, "_sock", listener)  # the C-level socket under gevent's
         raw.setblocking(False)
         family = listener.family
+        tls = None
         if family == socket.AF_UNIX:
             base = base_environ("", "", self.extra_environ)
         else:
             host, port = listener.getsockname()[:2]
             base = base_environ(host, str(port), self.extra_environ)
+            tls = self.tls_context
+            if tls is not None:
+                base["wsgi.url_scheme"] = "https"
         hub = get_hub()
         watcher = hub.loop.io(raw.fileno(), 1)
         state = self.state
@@ -190,7 +199,7 @@ class HTTPServer:
                             return
                         break
                     self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
-                                           addr, base)
+                                           addr, base, tls)
                     if len(state.connections) > self.limits.worker_connections:
                         self._evict()
                     if not room.is_set():
@@ -254,13 +263,16 @@ class HTTPServer:
             return True
         return False
 
-    def _spawn_connection(self, sock, addr, base):
+    def _spawn_connection(self, sock, addr, base, tls=None):
         if sock.family == socket.AF_UNIX:
             remote_addr = remote_port = ""
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             remote_addr, remote_port = addr[0], str(addr[1])
-        conn = Connection(self.service, self.state, sock, remote_addr, remote_port, base)
+            if tls is not None:  # no I/O yet: the handshake is the connection greenlet's
+                sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        conn = Connection(self.service, self.state, sock, remote_addr, remote_port, base,
+                          tls is not None)
         self.state.opened(conn)
         if self.lifetime:
             conn.greenlet = gevent.spawn(_run_for, conn, self.lifetime)

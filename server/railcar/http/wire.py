@@ -9,6 +9,8 @@ answers itself: 4xx, 503, 504, 500), used wherever the server answers without th
 from email.utils import formatdate
 from time import time
 
+from gevent.socket import socket as _PlainSocket
+
 __all__ = ["SERVER", "ClientDisconnected", "date_header", "error_response", "send_all"]
 
 SERVER = "Server: railcar\r\n"
@@ -43,11 +45,12 @@ def send_all(sock, data):
 
     The socket's timeout bounds each wait for the client to accept more bytes, not the whole
     transfer (gevent's own sendall gives the whole call one deadline, which would cut off a
-    large body sent to a slow but live client). Small writes take one direct send().
+    large body sent to a slow but live client). Small writes on a plain socket take one
+    direct send() (never on a TLS socket, whose `_sock` would bypass the encryption).
     """
     try:
         try:
-            sent = sock._sock.send(data)
+            sent = sock._sock.send(data) if type(sock) is _PlainSocket else 0
         except BlockingIOError:
             sent = 0
         if sent < len(data):

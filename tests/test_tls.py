@@ -1,0 +1,202 @@
+"""TLS in standalone mode: --certfile/--keyfile on the app's TCP binds, with a test CA made
+here; TLS 1.2 at least; a renewed certificate served after `railcar restart`; bad files refused
+at start and on restart; a client that never handshakes holds no worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+
+from certs import TestCA
+from conftest import railcar_command, wait_for, write_app
+from railcar import tls
+
+APP = '''
+def application(environ, start_response):
+    body = ("%s %s" % (environ["wsgi.url_scheme"], environ["PATH_INFO"])).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+'''
+
+
+@pytest.fixture
+def ca(tmp_path):
+    return TestCA(tmp_path / "pki")
+
+
+def client_context(ca: TestCA, **versions) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca.cafile))
+    for name, value in versions.items():
+        setattr(context, name, value)
+    return context
+
+
+def served_serial(port: int, ca: TestCA) -> int:
+    """The serial number of the certificate the server presents now."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def https_get(port: int, ca: TestCA, path: str = "/") -> tuple[int, str]:
+    """GET over TLS with curl, checking the chain against the test CA."""
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(ca.cafile), "-w", "\n%{http_code}",
+         f"https://localhost:{port}{path}", "--resolve", f"localhost:{port}:127.0.0.1"],
+        capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code), body
+
+
+def start_tls(railcar, tmp_path, certfile, keyfile, *args, **options):
+    app = write_app(tmp_path / "app", APP)
+    return railcar().start(str(app), "--certfile", str(certfile), "--keyfile", str(keyfile),
+                           *args, **options)
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+
+
+@needs_curl
+def test_curl_over_tls_with_a_test_ca(railcar, tmp_path, ca):
+    certfile, keyfile, _ = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "1")
+    assert https_get(server.port, ca, "/hello") == (200, "https /hello")
+    # The port speaks TLS only: a plain HTTP request gets no HTTP answer.
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            reply = sock.recv(100)
+        except ConnectionResetError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/")
+    # A client that does not trust the test CA refuses the certificate.
+    result = subprocess.run(["curl", "-sS", "--max-time", "10",
+                             f"https://127.0.0.1:{server.port}/"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode != 0
+
+
+def test_server_context_defaults(ca):
+    certfile, keyfile, _ = ca.issue("server")
+    context = tls.server_context(str(certfile), str(keyfile))
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert context.verify_mode == ssl.CERT_NONE     # no client certificates asked for
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_tls_1_1_is_refused_and_1_2_accepted(railcar, tmp_path, ca):
+    certfile, keyfile, _ = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "1")
+    old = client_context(ca, minimum_version=ssl.TLSVersion.TLSv1,
+                         maximum_version=ssl.TLSVersion.TLSv1_1)
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer what the server must refuse
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw, server_hostname="localhost").close()
+    exactly_12 = client_context(ca, maximum_version=ssl.TLSVersion.TLSv1_2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            exactly_12.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.2"
+        tls.sendall(b"GET /v HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := tls.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"https /v")
+        assert tls.selected_alpn_protocol() in (None, "http/1.1")
+        assert tls.compression() is None
+
+
+def test_renewed_certificate_is_served_after_restart(railcar, tmp_path, ca):
+    certfile, keyfile, first = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "2")
+    assert served_serial(server.port, ca) == first
+    # Renewal as certbot does it: new files in place of the old (a rename each).
+    new_cert, new_key, second = ca.issue("renewed")
+    os.replace(new_key, keyfile)
+    os.replace(new_cert, certfile)
+    assert served_serial(server.port, ca) == first   # running workers keep their context
+    result = server.cli("restart")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for _ in range(6):   # every worker now serves the renewed certificate
+        assert served_serial(server.port, ca) == second
+
+
+def test_bad_certificate_or_key_is_refused_at_start(tmp_path, ca):
+    certfile, keyfile, _ = ca.issue("server")
+    _, other_key, _ = ca.issue("other")
+    app = write_app(tmp_path / "app", APP)
+    base = railcar_command() + ["start", str(app), "--port", "1", "--admin-socket",
+                                str(tmp_path / "admin.sock")]
+    if os.getuid() == 0:
+        base.append("--allow-root")
+    missing = tmp_path / "nope.key"
+    cases = [
+        (["--certfile", str(certfile), "--keyfile", str(missing)], ["keyfile", str(missing)]),
+        (["--certfile", str(tmp_path / "nope.crt")], ["certfile", str(tmp_path / "nope.crt")]),
+        (["--certfile", str(certfile), "--keyfile", str(other_key)],
+         ["keyfile", str(other_key), "does not match", str(certfile)]),
+        (["--certfile", str(keyfile), "--keyfile", str(keyfile)], ["certfile", str(keyfile)]),
+        (["--keyfile", str(keyfile)], ["keyfile", "certfile"]),
+    ]
+    for args, words in cases:
+        result = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, args
+        for word in words:
+            assert word in result.stderr, (args, result.stderr)
+
+
+def test_restart_onto_a_broken_certificate_is_refused(railcar, tmp_path, ca):
+    certfile, keyfile, first = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "2",
+                       workers_ready=2)
+    pids = sorted(w["pid"] for w in server.workers())
+    _, other_key, _ = ca.issue("other")
+    os.replace(other_key, keyfile)   # a renewal gone wrong: the key of another certificate
+    result = server.cli("restart")
+    assert result.returncode != 0
+    assert "keyfile" in result.stderr and str(keyfile) in result.stderr, result.stderr
+    assert sorted(w["pid"] for w in server.workers()) == pids
+    assert served_serial(server.port, ca) == first
+
+
+def test_a_client_that_never_handshakes_holds_no_worker(railcar, tmp_path, ca):
+    certfile, keyfile, _ = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "1",
+                       "--header-timeout", "2")
+    silent = [server.connect() for _ in range(20)]   # TCP only, never a ClientHello
+    half = server.connect()
+    half.sendall(b"\x16\x03\x01\x00\xff\x01")   # the start of a ClientHello, then nothing
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+                    client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert tls.recv(100).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 2, "served behind the silent clients"
+        # Each silent connection is closed after header_timeout (2 s), not held forever.
+        for sock in silent + [half]:
+            sock.settimeout(10)
+            wait_for(lambda: _closed(sock), 10, what="the server to close a silent client")
+        assert time.monotonic() - started < 8
+    finally:
+        for sock in silent + [half]:
+            sock.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
