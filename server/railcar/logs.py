@@ -11,27 +11,57 @@ import errno
 import logging
 import os
 import sys
+from typing import TextIO
 
 
 class LogFileError(RuntimeError):
     """The log file cannot be opened; the message names it and says why."""
 
 
-class SafeFileHandler(logging.FileHandler):
-    """A FileHandler whose file is opened with O_NOFOLLOW (a symlink is refused)."""
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def _open(self):
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+def open_log_file(path: str, line_buffered: bool = False) -> TextIO:
+    """`path` opened for appending (created 0640), never through a symlink. Used for the
+    server log here and for access logs in the workers. Raises LogFileError."""
+    try:
+        fd = os.open(path, _FLAGS, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LogFileError(f"log file {path} is a symlink ({exc.strerror}): railcar "
+                               "does not follow one there (point it at the real file)") from None
+        raise LogFileError(f"cannot open the log file {path}: {exc.strerror}") from None
+    return open(fd, "a", encoding="utf-8", buffering=1 if line_buffered else -1)
+
+
+class SafeFileHandler(logging.StreamHandler):
+    """A handler appending to the file at `path`, opened with O_NOFOLLOW (open_log_file).
+
+    `reopen()` opens the path again and swaps the stream in with StreamHandler.setStream, so
+    a file logrotate moved away is replaced by a new one at the path (what USR1 asks for;
+    logging.handlers.WatchedFileHandler does the same by checking the file at every record).
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        super().__init__(open_log_file(self.path))
+
+    def reopen(self) -> None:
+        """Raises LogFileError (the old file is kept) if the path cannot be opened."""
+        old = self.setStream(open_log_file(self.path))
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        self.acquire()
         try:
-            fd = os.open(self.baseFilename, flags, 0o640)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LogFileError(f"log file {self.baseFilename} is a symlink: railcar does "
-                                   "not follow one there (point log_file at the real file)"
-                                   ) from None
-            raise LogFileError(f"cannot open the log file {self.baseFilename}: "
-                               f"{exc.strerror}") from None
-        return open(fd, "a", encoding=self.encoding)
+            stream, self.stream = self.stream, None
+            if stream is not None:
+                stream.close()
+        finally:
+            self.release()
+        super().close()
+
 
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
@@ -44,7 +74,7 @@ def setup(log_file: str | None) -> logging.Logger:
         log.removeHandler(handler)
         handler.close()
     if log_file:
-        handler = SafeFileHandler(log_file, encoding="utf-8")
+        handler = SafeFileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S %z"))
@@ -56,16 +86,8 @@ def reopen(log: logging.Logger) -> None:
     """Reopen file handlers in place (after logrotate moved the file). If the new file cannot
     be opened the old one is kept, and the reason is logged there."""
     for handler in log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.acquire()
+        if isinstance(handler, SafeFileHandler):
             try:
-                try:
-                    stream = handler._open()
-                except LogFileError as exc:
-                    log.error("cannot reopen the log: %s", exc)
-                    continue
-                old, handler.stream = handler.stream, stream
-                if old is not None:
-                    old.close()
-            finally:
-                handler.release()
+                handler.reopen()
+            except LogFileError as exc:
+                log.error("cannot reopen the log: %s", exc)

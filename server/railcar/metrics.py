@@ -35,6 +35,10 @@ class RailcarCollector:
         latency = HistogramMetricFamily("railcar_request_duration_seconds",
                                         "Time from calling the app to the end of its response.",
                                         labels=["app"])
+        queue = HistogramMetricFamily(
+            "railcar_request_queue_seconds",
+            "Time from the web server taking a request (X-Request-Start) to the worker "
+            "calling the app.", labels=["app"])
         in_flight = GaugeMetricFamily("railcar_requests_in_flight", "Requests being served.",
                                       labels=["app"])
         workers = GaugeMetricFamily("railcar_workers", "Worker processes by state.",
@@ -72,14 +76,9 @@ class RailcarCollector:
                 requests.add_metric([app, status], count)
             overloaded.add_metric([app], totals.overloaded)
             timed_out.add_metric([app], totals.timed_out)
-            if totals.buckets:
-                cumulative, buckets = 0, []
-                for bound, count in zip(totals.buckets + (float("inf"),),
-                                        totals.latency_counts):
-                    cumulative += count
-                    buckets.append(("+Inf" if bound == float("inf") else repr(bound),
-                                    cumulative))
-                latency.add_metric([app], buckets, totals.latency_sum)
+            for family, histogram in ((latency, totals.latency), (queue, totals.queue)):
+                if histogram.buckets:
+                    family.add_metric([app], histogram.cumulative(), histogram.sum)
             sampled = [w for w in view.workers if w.sampled]
             in_flight.add_metric([app], sum(w.counters.get("in_flight", 0) for w in sampled
                                             if w.state in WORKER_STATES))
@@ -104,7 +103,7 @@ class RailcarCollector:
                     uss.add_metric([app, str(worker.pid)], worker.uss)
                 if worker.cpu is not None:
                     cpu.add_metric([app, str(worker.pid)], worker.cpu)
-        return [requests, overloaded, timed_out, latency, in_flight, workers, restarts,
+        return [requests, overloaded, timed_out, latency, queue, in_flight, workers, restarts,
                 replaced, canary_active, canary_requests, canary_errors, canaries,
                 health_failures, rss, uss, cpu]
 

@@ -21,6 +21,7 @@ MAX_FIELD = 2048                 # method, path, client of one request in flight
 MAX_BUCKETS = 64
 COUNTERS = ("requests", "in_flight", "connections", "overloaded", "timed_out")
 REQUIRED_COUNTERS = ("requests", "in_flight")
+HISTOGRAMS = ("latency", "queue")     # {"buckets", "counts", "sum"} each
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WORKER_LIMITS = ("max_request_time", "max_requests", "memory_limit", "max_concurrent_requests")
 
@@ -65,8 +66,8 @@ def _pid(value, what: str) -> int:
 
 # --- replies to calls -----------------------------------------------------------------------
 def stats(result) -> dict:
-    """{"requests", "in_flight", ...counts, "status_counts": {"2xx": n}, "latency":
-    {"buckets", "counts", "sum"}, "replace": reason}."""
+    """{"requests", "in_flight", ...counts, "status_counts": {"2xx": n}, "latency" and
+    "queue": {"buckets", "counts", "sum"}, "replace": reason}."""
     result = _object(result, "stats")
     for name in REQUIRED_COUNTERS:
         if name not in result:
@@ -78,8 +79,9 @@ def stats(result) -> dict:
         if unknown:
             raise BadMessage(f"status_counts has unknown classes: {show(sorted(unknown))}")
         clean["status_counts"] = {name: _count(n, name) for name, n in counts.items()}
-    if result.get("latency") is not None:
-        clean["latency"] = _latency(_object(result["latency"], "latency"))
+    for name in HISTOGRAMS:
+        if result.get(name) is not None:
+            clean[name] = _histogram(_object(result[name], name), name)
     if result.get("replace"):
         reason = _text(result["replace"], "replace", limit=500)
         if reason.partition(":")[0] not in WORKER_LIMITS:
@@ -89,17 +91,17 @@ def stats(result) -> dict:
     return clean
 
 
-def _latency(latency: dict) -> dict:
-    buckets, counts = latency.get("buckets"), latency.get("counts")
+def _histogram(histogram: dict, name: str) -> dict:
+    buckets, counts = histogram.get("buckets"), histogram.get("counts")
     if not isinstance(buckets, list) or not 0 < len(buckets) <= MAX_BUCKETS:
-        raise BadMessage(f"latency buckets: {show(buckets)}")
-    bounds = [_number(b, "latency bucket") for b in buckets]
+        raise BadMessage(f"{name} buckets: {show(buckets)}")
+    bounds = [_number(b, f"{name} bucket") for b in buckets]
     if bounds != sorted(set(bounds)):
-        raise BadMessage("latency buckets are not increasing")
+        raise BadMessage(f"{name} buckets are not increasing")
     if not isinstance(counts, list) or len(counts) != len(bounds) + 1:
-        raise BadMessage(f"latency counts do not match the buckets: {show(counts)}")
-    return {"buckets": bounds, "counts": [_count(c, "latency count") for c in counts],
-            "sum": _number(latency.get("sum"), "latency sum")}
+        raise BadMessage(f"{name} counts do not match the buckets: {show(counts)}")
+    return {"buckets": bounds, "counts": [_count(c, f"{name} count") for c in counts],
+            "sum": _number(histogram.get("sum"), f"{name} sum")}
 
 
 def requests(result) -> dict:

@@ -54,6 +54,25 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """A histogram summed over workers: `counts[i]` observations of at most `buckets[i]`
+    (not cumulative; one more count, the last, for +Inf) and their `sum`. Empty `buckets`:
+    nothing was reported yet."""
+
+    buckets: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    sum: float = 0.0
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (upper bound, observations at most that), +Inf last."""
+        total, out = 0, []
+        for bound, count in zip(self.buckets + (float("inf"),), self.counts):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return out
+
+
+@dataclass(frozen=True)
 class Totals:
     """The app's counters summed over past and present workers (they only grow)."""
 
@@ -61,9 +80,8 @@ class Totals:
     overloaded: int = 0
     timed_out: int = 0
     status: Mapping[str, int] = field(default_factory=lambda: EMPTY)
-    buckets: tuple[float, ...] = ()
-    latency_counts: tuple[int, ...] = ()
-    latency_sum: float = 0.0
+    latency: Histogram = field(default_factory=Histogram)   # request durations
+    queue: Histogram = field(default_factory=Histogram)     # queue times (X-Request-Start)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import enum
 import random
 from dataclasses import dataclass, field
 
+from . import snapshot
 from .snapshot import Totals, frozen
 from .views import Supervision
 
@@ -139,6 +140,33 @@ def memory_over_at_boot(sample: Sample, policy: Supervision) -> Replacement | No
 
 
 @dataclass
+class HistogramSum:
+    """The sum of one histogram over workers, each reporting {"buckets", "counts", "sum"}
+    (counts per bucket, not cumulative, the last one +Inf; checked by railcar.replies)."""
+
+    buckets: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+
+    def add(self, now: dict | None, before: dict | None) -> None:
+        """Count what a worker observed between its reports `before` and `now`."""
+        if not now:
+            return
+        if not self.buckets:
+            self.buckets = list(now["buckets"])
+            self.counts = [0] * len(now["counts"])
+        if now["buckets"] != self.buckets:
+            return      # another railcar's buckets: cannot be added up with ours
+        before = before or {"counts": [0] * len(now["counts"]), "sum": 0.0}
+        for index, count in enumerate(now["counts"]):
+            self.counts[index] += _delta(count, before["counts"][index])
+        self.sum += _delta(now["sum"], before["sum"])
+
+    def frozen(self) -> snapshot.Histogram:
+        return snapshot.Histogram(tuple(self.buckets), tuple(self.counts), self.sum)
+
+
+@dataclass
 class AppCounters:
     """Sums of every worker's request counters, past and present workers alike."""
 
@@ -146,10 +174,17 @@ class AppCounters:
     overloaded: int = 0
     timed_out: int = 0
     status: dict[str, int] = field(default_factory=dict)
-    buckets: list[float] = field(default_factory=list)
-    latency_counts: list[int] = field(default_factory=list)
-    latency_sum: float = 0.0
+    latency: HistogramSum = field(default_factory=HistogramSum)   # request durations
+    queue: HistogramSum = field(default_factory=HistogramSum)     # queue times
     seen: dict[int, dict] = field(default_factory=dict)   # pid -> last stats counted
+
+    @property
+    def latency_counts(self) -> list[int]:
+        return self.latency.counts
+
+    @property
+    def latency_sum(self) -> float:
+        return self.latency.sum
 
     def add(self, pid: int, stats: dict) -> None:
         """Count what worker `pid` did since its previous stats (checked by
@@ -161,25 +196,14 @@ class AppCounters:
         last_status = last.get("status_counts", {})
         for name, count in stats.get("status_counts", {}).items():
             self.status[name] = self.status.get(name, 0) + _delta(count, last_status.get(name, 0))
-        latency = stats.get("latency")
-        if latency:
-            if not self.buckets:
-                self.buckets = list(latency["buckets"])
-                self.latency_counts = [0] * len(latency["counts"])
-            if latency["buckets"] != self.buckets:
-                return      # another railcar's buckets: cannot be added up with ours
-            last_latency = last.get("latency") or {"counts": [0] * len(latency["counts"]),
-                                                   "sum": 0.0}
-            for index, count in enumerate(latency["counts"]):
-                self.latency_counts[index] += _delta(count, last_latency["counts"][index])
-            self.latency_sum += _delta(latency["sum"], last_latency["sum"])
+        self.latency.add(stats.get("latency"), last.get("latency"))
+        self.queue.add(stats.get("queue"), last.get("queue"))
 
     def totals(self) -> Totals:
         """An immutable copy of the sums (railcar.snapshot)."""
         return Totals(requests=self.requests, overloaded=self.overloaded,
                       timed_out=self.timed_out, status=frozen(self.status),
-                      buckets=tuple(self.buckets), latency_counts=tuple(self.latency_counts),
-                      latency_sum=self.latency_sum)
+                      latency=self.latency.frozen(), queue=self.queue.frozen())
 
     def forget(self, pid: int) -> None:
         self.seen.pop(pid, None)

@@ -43,7 +43,7 @@ import gevent.event  # noqa: E402
 import gevent.ssl  # noqa: E402
 import gevent.util  # noqa: E402
 
-from railcar import __version__, health, proctitle, tls  # noqa: E402
+from railcar import __version__, health, logs, proctitle, tls  # noqa: E402
 from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
@@ -68,22 +68,23 @@ def load_app(module_spec: str):
 
 
 class AccessLog:
-    """One line per request to stderr ('-', relayed by the master) or to a file we reopen,
-    never through a symlink (O_NOFOLLOW), like the server log."""
-
-    FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    """One line per request to stderr ('-', relayed by the master) or to a file, opened
+    never through a symlink (railcar.logs.open_log_file) and opened again by `reopen()`
+    (USR1: after logrotate moved it). A file that cannot be reopened keeps the old one."""
 
     def __init__(self, target: str):
         self.target = target
-        self.stream = sys.stderr if target == "-" else None
-        self.reopen()
+        self.stream = sys.stderr if target == "-" else logs.open_log_file(target, True)
 
     def reopen(self) -> None:
         if self.target != "-":
-            stream = open(os.open(self.target, self.FLAGS, 0o640), "a", buffering=1)
+            try:
+                stream = logs.open_log_file(self.target, True)
+            except logs.LogFileError as exc:
+                sys.stderr.write(f"railcar: cannot reopen the access log: {exc}\n")
+                return
             old, self.stream = self.stream, stream
-            if old is not None:
-                old.close()
+            old.close()
 
     def __call__(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -142,7 +143,8 @@ class Worker:
         self.server = HTTPServer(
             listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
             base_environ=extra_environ, on_timeout=self.request_timed_out,
-            tls_context=tls_context)
+            tls_context=tls_context,
+            access_log_format=self.spec.get("access_log_format", "text"))
         self.server.start()
         gevent.signal_handler(signal.SIGTERM, self.retire)
         gevent.signal_handler(signal.SIGINT, self.exit_now)

@@ -11,17 +11,18 @@ responses, application errors 500s, and socket errors a quiet close.
 import socket
 import sys
 import traceback
-from time import monotonic
+from time import monotonic, time
 
 from gevent import GreenletExit, getcurrent, sleep
 from gevent.hub import get_hub
 
-from .accesslog import text_line
+from .accesslog import json_line, text_line
 from .body import EMPTY_INPUT, Input, RequestBody
 from .deadline import RequestTimeout
 from .environ import build_environ
 from .parser import HTTPError, Request, RequestParser
 from .proxies import apply_forwarded
+from .requestinfo import queue_time, request_id
 from .state import RECV_SIZE
 from .wire import ClientDisconnected, error_response, send_all
 from .wsgi import Response
@@ -269,13 +270,20 @@ class Connection:
                 raise request.error
             environ = build_environ(self.base, request, self.remote_addr, self.remote_port,
                                     self.limits.max_body_size)
-            if self.proxied:
-                apply_forwarded(environ, service.trusted_proxies)
         except HTTPError as error:
             self._refuse(error, request)
             return False
+        rid = environ["HTTP_X_REQUEST_ID"] = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        queue = None
+        if self.proxied:
+            apply_forwarded(environ, service.trusted_proxies)
+            start = environ.get("HTTP_X_REQUEST_START")
+            if start is not None:
+                queue = queue_time(start, time())
+                if queue is not None:
+                    state.queued(queue)
         http11 = request.version == "1.1"
-        response = Response(self.sock, state, request, http11)
+        response = Response(self.sock, state, request, http11, rid)
         self.response = response
         if request.complete and not request.body and request.error is None:
             self.body = None
@@ -290,7 +298,7 @@ class Connection:
         if state.in_flight >= state.max_in_flight:
             state.overloaded += 1
             self._refuse(HTTPError(_OVERLOADED, "too many requests in progress; retry later"),
-                         request, "Retry-After: 1\r\n")
+                         request, f"Retry-After: 1\r\nX-Request-Id: {rid}\r\n", environ, queue)
             return False
         state.in_flight += 1
         self.busy_since = started
@@ -309,7 +317,7 @@ class Connection:
             state.requests += 1
         state.answered(response.code, monotonic() - started)
         if service.access_log is not None:
-            self._log(request, response.code, response.sent, started)
+            self._log(request, response.code, response.sent, started, environ, queue)
         return ok and response.keep_alive and (request.complete or self.body.drain()) \
             and request.error is None
 
@@ -332,7 +340,8 @@ class Connection:
             return False
         except HTTPError as error:  # a bad body, raised by wsgi.input
             if not response.headers_sent:
-                self._send_quietly(error_response(error.status, error.detail))
+                self._send_quietly(error_response(error.status, error.detail,
+                                                  _id_header(response)))
                 response.code = int(error.status[:3])
             return False
         except Exception:
@@ -353,16 +362,17 @@ class Connection:
         if not response.headers_sent:
             response.headers_sent = True
             response.code = 500
-            self._send_quietly(error_response("500 Internal Server Error"))
+            self._send_quietly(error_response("500 Internal Server Error",
+                                              headers=_id_header(response)))
 
-    def _refuse(self, error, request=None, headers=""):
+    def _refuse(self, error, request=None, headers="", environ=None, queue=None):
         """Answer a request we will not serve, then the connection closes."""
         self.linger = True
         self._send_quietly(error_response(error.status, error.detail, headers))
         code = int(error.status[:3])
         self.state.refused(code)
         if self.service.access_log is not None:
-            self._log(request, code, 0, monotonic())
+            self._log(request, code, 0, monotonic(), environ, queue)
 
     def describe_request(self, now):
         """The request in flight as a dict for `status --requests`."""
@@ -387,7 +397,7 @@ class Connection:
         if not response.headers_sent:
             response.headers_sent = True
             response.code = int(status[:3])
-            self._send_quietly(error_response(status, detail))
+            self._send_quietly(error_response(status, detail, _id_header(response)))
         response.broken = True  # whatever the app still writes is dropped
         response.keep_alive = False
         self.linger = False
@@ -398,7 +408,19 @@ class Connection:
         except ClientDisconnected:
             pass
 
-    def _log(self, request, code, sent, started):
-        millis = (monotonic() - started) * 1000.0
-        self.service.access_log(text_line(self.remote_addr, request, code, sent, millis))
+    def _log(self, request, code, sent, started, environ=None, queue=None):
+        """One access log line, in the service's access log format (see accesslog.py)."""
+        seconds = monotonic() - started
+        service = self.service
+        if service.access_log_json:
+            service.access_log(json_line(environ, self.remote_addr, request, code, sent,
+                                         seconds, queue))
+        else:
+            service.access_log(text_line(self.remote_addr, request, code, sent,
+                                         seconds * 1000.0))
+
+
+def _id_header(response):
+    """The X-Request-Id header line of an error answer to `response`'s request."""
+    return f"X-Request-Id: {response.request_id}\r\n" if response.request_id else ""
 

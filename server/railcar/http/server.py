@@ -43,8 +43,12 @@ _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 class HTTPServer:
     """Serves one WSGI `app` on already-listening sockets (TCP or AF_UNIX).
 
-    `access_log`, if given, is called with one line per request:
-    `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`.
+    `access_log`, if given, is called with one line per request, in `access_log_format`:
+    "text", `REMOTE - - [time] "METHOD TARGET PROTOCOL" STATUS BYTES DURATION_MS`, or "json",
+    one JSON object (see accesslog.py).
+    Every request gets an id (the client's valid `X-Request-Id`, else a new one: environ
+    HTTP_X_REQUEST_ID, response header X-Request-Id) and, from a trusted proxy's
+    `X-Request-Start`, a queue time (see requestinfo.py).
     `base_environ` adds keys to every environ (e.g. SERVER_SOFTWARE).
     `tls_context` (an SSLContext of gevent.ssl, see railcar.tls), if given, makes every TCP
     listener speak HTTPS: each connection's handshake runs in its own greenlet within
@@ -67,7 +71,7 @@ class HTTPServer:
 
     def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
                  on_timeout=None, *, lifetime=0.0, evict_busy=False, on_evict=None,
-                 own_listeners=True, tls_context=None):
+                 own_listeners=True, tls_context=None, access_log_format="text"):
         self.listeners = list(listeners)
         self.lifetime = lifetime
         self.evict_busy = evict_busy
@@ -81,7 +85,7 @@ class HTTPServer:
         self.deadline = (Deadline(state, limits.max_request_time, on_timeout)
                          if limits.max_request_time else None)
         self.service = Service(app, limits, access_log, TrustedProxies(limits.trusted_proxies),
-                               self.deadline)
+                               self.deadline, access_log_format)
         self.tls_context = tls_context
         self._acceptors = []
 

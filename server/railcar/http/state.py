@@ -16,11 +16,13 @@ from bisect import bisect_left
 
 from gevent.event import Event
 
-__all__ = ["LATENCY_BUCKETS", "RECV_SIZE", "ServerState", "Service"]
+__all__ = ["LATENCY_BUCKETS", "QUEUE_BUCKETS", "RECV_SIZE", "ServerState", "Service"]
 
 RECV_SIZE = 65536
 # Upper bounds (seconds) of the request latency histogram buckets; one more bucket is +Inf.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Likewise for queue times (X-Request-Start to the app being called; see requestinfo.py).
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServerState:
@@ -32,6 +34,8 @@ class ServerState:
       to make room at the connection limit;
     - `status_counts[code // 100]`, `latency_counts[i]` (requests that took at most
       LATENCY_BUCKETS[i] seconds, the last one +Inf, not cumulative), `latency_sum`;
+    - `queue_counts`, `queue_sum`: the same over QUEUE_BUCKETS for the queue times of the
+      requests that came with one (a trusted proxy's X-Request-Start);
     - `retiring`: set once by the server when it stops accepting; connections then finish
       their request with `Connection: close` and end;
     - `connections`: the open connections, oldest first (a dict used as an ordered set);
@@ -40,7 +44,8 @@ class ServerState:
     """
 
     __slots__ = ("requests", "in_flight", "max_in_flight", "overloaded", "timed_out",
-                 "evicted", "status_counts", "latency_counts", "latency_sum", "retiring",
+                 "evicted", "status_counts", "latency_counts", "latency_sum", "queue_counts",
+                 "queue_sum", "retiring",
                  "idle_ticks", "connections", "max_connections", "room", "all_closed")
 
     def __init__(self, max_connections, max_in_flight=0):
@@ -53,6 +58,8 @@ class ServerState:
         self.status_counts = [0] * 6
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.queue_counts = [0] * (len(QUEUE_BUCKETS) + 1)
+        self.queue_sum = 0.0
         self.retiring = False
         self.idle_ticks = 0
         self.connections = {}
@@ -80,6 +87,11 @@ class ServerState:
         self.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
         self.latency_sum += elapsed
 
+    def queued(self, seconds):
+        """Count a request that waited `seconds` before reaching this worker."""
+        self.queue_counts[bisect_left(QUEUE_BUCKETS, seconds)] += 1
+        self.queue_sum += seconds
+
     def refused(self, code):
         """Count a request answered `code` without calling the app."""
         self.status_counts[code // 100 % 6] += 1
@@ -92,24 +104,29 @@ class ServerState:
                 "timed_out": self.timed_out,
                 "status_counts": {f"{i}xx": n for i, n in enumerate(self.status_counts) if i},
                 "latency": {"buckets": list(LATENCY_BUCKETS), "counts": self.latency_counts,
-                            "sum": self.latency_sum}}
+                            "sum": self.latency_sum},
+                "queue": {"buckets": list(QUEUE_BUCKETS), "counts": self.queue_counts,
+                          "sum": self.queue_sum}}
 
 
 class Service:
     """What every connection of one server serves with; fixed for the server's life.
 
     `app` (WSGI), `limits` (server.Limits), `access_log` (a callable taking one line, or
-    None), `trusted_proxies` (proxies.TrustedProxies), `deadline` (deadline.Deadline, or None
+    None) and `access_log_json` (its lines are JSON objects, else text; see accesslog.py), `trusted_proxies` (proxies.TrustedProxies), `deadline` (deadline.Deadline, or None
     without max_request_time), and `recv_buffer`: one receive buffer shared by the
     connections, each filling and parsing it without a switch in between.
     """
 
-    __slots__ = ("app", "limits", "access_log", "trusted_proxies", "deadline", "recv_buffer")
+    __slots__ = ("app", "limits", "access_log", "access_log_json", "trusted_proxies",
+                 "deadline", "recv_buffer")
 
-    def __init__(self, app, limits, access_log, trusted_proxies, deadline=None):
+    def __init__(self, app, limits, access_log, trusted_proxies, deadline=None,
+                 access_log_format="text"):
         self.app = app
         self.limits = limits
         self.access_log = access_log
+        self.access_log_json = access_log_format == "json"
         self.trusted_proxies = trusted_proxies
         self.deadline = deadline
         self.recv_buffer = bytearray(RECV_SIZE)

@@ -46,20 +46,21 @@ _STATUSES_MAX = 256
 _NO_BODY_CODES = frozenset((204, 304))
 # Response header names (lower-cased) that change framing or that we add ourselves.
 _SPECIAL = frozenset(("content-length", "date", "server", "connection", "transfer-encoding",
-                      "keep-alive"))
+                      "keep-alive", "x-request-id"))
 
 
 def _app_fields(headers):
     """Check the application's header list; return (lines, content_length, add_date,
-    add_server, close): the header lines to send as one str (framing and hop-by-hop fields
-    left out), the Content-Length it set or None, whether Date and Server are still ours to
-    add, and whether it asked for `Connection: close`. Raises TypeError or ValueError naming
+    add_server, close, own_id): the header lines to send as one str (framing and hop-by-hop
+    fields left out), the Content-Length it set or None, whether Date and Server are still
+    ours to add, whether it asked for `Connection: close`, and whether it set X-Request-Id
+    itself (then ours is not added). Raises TypeError or ValueError naming
     the first bad field; nothing of a bad list is kept.
     """
     lines = []
     length = None
     add_date = add_server = True
-    close = False
+    close = own_id = False
     for name, value in headers:
         lname = _NAMES.get(name)
         if lname is None:
@@ -90,12 +91,14 @@ def _app_fields(headers):
                 add_date = False
             elif lname == "server":
                 add_server = False
+            elif lname == "x-request-id":
+                own_id = True
             else:  # hop-by-hop: ours to write
                 if lname == "connection" and "close" in value.lower():
                     close = True
                 continue
         lines.append(f"{name}: {value}\r\n")
-    return "".join(lines), length, add_date, add_server, close
+    return "".join(lines), length, add_date, add_server, close, own_id
 
 
 class Response:
@@ -114,9 +117,9 @@ class Response:
     __slots__ = ("sock", "state", "request", "head_only", "http11", "keep_alive",
                  "body_drainable", "status", "code", "fields", "length", "add_date",
                  "add_server", "app_close", "headers_sent", "chunked", "remaining", "sent",
-                 "broken", "finished")
+                 "broken", "finished", "request_id", "app_request_id")
 
-    def __init__(self, sock, state, request, http11):
+    def __init__(self, sock, state, request, http11, request_id=None):
         self.sock = sock
         self.state = state
         self.request = request
@@ -136,6 +139,8 @@ class Response:
         self.sent = 0  # body bytes sent
         self.broken = False
         self.finished = False
+        self.request_id = request_id  # echoed as X-Request-Id unless the app set its own
+        self.app_request_id = False
 
     def start_response(self, status, headers, exc_info=None):
         """PEP 3333 start_response; returns `write`. A bad status or header raises
@@ -161,7 +166,8 @@ class Response:
         fields = _app_fields(headers)
         self.code = code
         self.status = status
-        self.fields, self.length, self.add_date, self.add_server, self.app_close = fields
+        (self.fields, self.length, self.add_date, self.add_server, self.app_close,
+         self.app_request_id) = fields
         return self.write
 
     def _head(self, body_length):
@@ -199,6 +205,8 @@ class Response:
             lines.append(date_header())
         if self.add_server:
             lines.append(SERVER)
+        if self.request_id is not None and not self.app_request_id:
+            lines.append(f"X-Request-Id: {self.request_id}\r\n")
         if not self.keep_alive:
             lines.append("Connection: close\r\n\r\n")
         elif not self.http11:
