@@ -4,6 +4,7 @@ at start and on restart; a client that never handshakes holds no worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -12,10 +13,11 @@ import subprocess
 import time
 
 import pytest
+import requests
 from cryptography import x509
 
 from certs import TestCA
-from conftest import railcar_command, wait_for, write_app
+from conftest import free_port, railcar_command, wait_for, write_app
 from railcar import tls
 
 APP = '''
@@ -200,3 +202,75 @@ def _closed(sock: socket.socket) -> bool:
         return sock.recv(100) == b""
     except ConnectionResetError:
         return True
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@needs_curl
+@pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="needs nginx (apt-get install nginx)")
+def test_nginx_site_on_tls_in_front_sets_the_queue_time(railcar, tmp_path, ca):
+    """The rendered nginx site with ssl_certificate: `nginx -t` accepts it, curl reaches the
+    app over TLS through it, and the app's queue time (X-Request-Start, set by the site)
+    reaches the JSON access log and the metrics."""
+    from test_deploy_nginx import Nginx
+
+    certfile, keyfile, _ = ca.issue("site")
+    app = write_app(tmp_path / "app", APP)
+    sock, access, metrics = tmp_path / "app.sock", tmp_path / "access.log", free_port()
+    options = ["--bind", f"unix:{sock}", "--access-log", str(access),
+               "--access-log-format", "json", "--workers", "1"]
+    server = railcar().start(str(app), *options, "--metrics-bind", f"127.0.0.1:{metrics}")
+    nginx = Nginx(tmp_path / "nginx", free_port())
+    tls_port = free_port()
+    rendered = subprocess.run(
+        railcar_command() + ["config", "nginx", str(app), *options,
+                             "--listen", f"127.0.0.1:{nginx.port}",
+                             "--ssl-certificate", str(certfile),
+                             "--ssl-certificate-key", str(keyfile),
+                             "--ssl-listen", f"127.0.0.1:{tls_port}",
+                             "-o", str(nginx.sites / "app.conf")],
+        capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    site = (nginx.sites / "app.conf").read_text()
+    assert f"listen 127.0.0.1:{tls_port} ssl;" in site and "TLSv1.2 TLSv1.3" in site
+    check = subprocess.run(nginx.command("-t"), capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    nginx.start()
+    try:
+        assert https_get(tls_port, ca, "/through") == (200, "https /through")
+        record = json.loads(wait_for(lambda: access.exists() and access.read_text(), 10,
+                                     what="the access log").splitlines()[-1])
+        assert record["path"] == "/through" and record["remote_addr"] == "127.0.0.1"
+        assert record["queue_time"] is not None and 0 <= record["queue_time"] < 5, record
+
+        def queued() -> bool:
+            text = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+            return 'railcar_request_queue_seconds_count{app="app"} 1.0' in text
+
+        wait_for(queued, 10, what="the queue time in the metrics")
+    finally:
+        nginx.stop()
+        server.stop()
+
+
+def test_nginx_tls_keys_in_fabric_yaml_are_validated():
+    from railcar.deploy.settings import ConfigError, validate
+
+    def where(key):
+        return "fabric.yaml"
+
+    base = {"app": "a", "source": "/"}
+    config = validate(dict(base, nginx={"ssl_certificate": "/etc/ssl/a.pem",
+                                        "ssl_certificate_key": "/etc/ssl/a.key"}), where, None)
+    assert config.nginx["ssl_listen"] == "443"
+    assert config.nginx["ssl_certificate_key"] == "/etc/ssl/a.key"
+    for bad, message in (({"ssl_certificate": "/etc/ssl/a.pem"},
+                          "railcar.nginx.ssl_certificate_key: needed too"),
+                         ({"ssl_certificate": "a.pem", "ssl_certificate_key": "/k"},
+                          "railcar.nginx.ssl_certificate: expected an absolute path"),
+                         ({"ssl_certificate": "/a b.pem", "ssl_certificate_key": "/k"},
+                          "railcar.nginx.ssl_certificate: '/a b.pem' has characters"),
+                         ({"ssl_listen": "443; x"}, "railcar.nginx.ssl_listen:")):
+        with pytest.raises(ConfigError, match="^fabric.yaml: " + message.replace(".", r"\.")):
+            validate(dict(base, nginx=bad), where, None)
