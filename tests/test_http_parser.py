@@ -148,6 +148,15 @@ def test_upgrade_is_served_as_a_plain_request_then_closes():
     (request,) = parser.ready
     assert request.url == b"/ws" and request.upgrade and not request.keep_alive
     assert parser.closed
+    assert parser.upgrade_tail == b"\x81\x05hello"  # the new protocol's, kept for it
+
+
+def test_upgrade_tail_is_kept_when_the_head_arrives_in_pieces():
+    parser = RequestParser()
+    head = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r"
+    parser.feed(head)
+    parser.feed(b"\n\r\n\x81\x02hi")
+    assert parser.closed and parser.upgrade_tail == b"\x81\x02hi"
 
 
 def test_keep_alive_by_version_and_connection_header():

@@ -315,9 +315,19 @@ def test_validator_app_runs_clean(server):
 
 
 def test_upgrade_request_is_served_then_closed(server):
+    """An app that does not take the connection answers an upgrade request plainly."""
+    for upgrade in ([("Upgrade", "h2c")],
+                    [("Upgrade", "websocket"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                     ("Sec-WebSocket-Version", "13")]):
+        raw = exchange(server, request_bytes("GET", "/hello", [("Connection", "Upgrade")]
+                                             + upgrade))
+        assert raw.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in raw
+
+
+def test_malformed_websocket_handshake_is_refused(server):
     raw = exchange(server, request_bytes("GET", "/hello", [("Connection", "Upgrade"),
                                                            ("Upgrade", "websocket")]))
-    assert raw.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in raw
+    assert raw.startswith(b"HTTP/1.1 400 ") and b"Sec-WebSocket-Key" in raw
 
 
 def test_stats(server):

@@ -243,6 +243,13 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: no minimum).",
             section="limits", flag="--client-body-min-rate", key="client_body_min_rate",
             metavar="BYTES"),
+    Setting("long_lived_timeout", seconds_or_off, 30.0,
+            "Seconds a retiring worker keeps its long-lived connections (WebSockets, "
+            "server-sent events, responses streaming without a Content-Length) before it "
+            "ends them, a WebSocket with the close frame 1001 (going away); separate from "
+            "--graceful-timeout, which bounds ordinary requests (0: end them at once).",
+            section="limits", flag="--long-lived-timeout", key="long_lived_timeout",
+            metavar="SECONDS"),
     Setting("trusted_proxies", proxy_list, ["127.0.0.0/8", "::1/128", "unix"],
             "Peers whose X-Forwarded-For/-Proto are believed: addresses, CIDR networks, or "
             "'unix' for unix socket peers (repeatable).",

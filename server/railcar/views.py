@@ -35,6 +35,7 @@ class Limits:
     max_request_time: float          # longer requests get 504 and `on_timeout`
     client_body_timeout: float       # longest wait for more of a request body (408)
     client_body_min_rate: int        # bytes/s a body must average after that grace
+    long_lived_timeout: float        # a retiring worker keeps WebSockets and streams so long
 
 
 @dataclass(frozen=True)

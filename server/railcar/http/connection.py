@@ -13,7 +13,7 @@ import sys
 import traceback
 from time import monotonic, time
 
-from gevent import GreenletExit, getcurrent, sleep
+from gevent import GreenletExit, Timeout, getcurrent, sleep
 from gevent.hub import get_hub
 
 from .accesslog import json_line, text_line
@@ -24,6 +24,7 @@ from .parser import HTTPError, Request, RequestParser
 from .proxies import apply_forwarded
 from .requestinfo import queue_time, request_id
 from .state import RECV_SIZE
+from .websocket import UpgradedSocket, handshake_error, wants_websocket
 from .wire import ClientDisconnected, error_response, send_all
 from .wsgi import Response
 
@@ -37,6 +38,7 @@ _LINGER_BYTES = 1 << 20
 _OVERLOADED = "503 Service Unavailable"
 _TIMED_OUT = "504 Gateway Timeout"
 _BODY_TIMED_OUT = "408 Request Timeout"
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 class _IdleRetire(Exception):
@@ -58,7 +60,8 @@ class Connection:
     __slots__ = ("service", "state", "sock", "remote_addr", "remote_port", "base", "parser", "limits",
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "body", "linger",
-                 "busy_since", "environ", "idle_since", "evicting", "tls")
+                 "busy_since", "environ", "idle_since", "evicting", "tls", "long_lived",
+                 "upgraded", "ended_at")
 
     def __init__(self, service, state, sock, remote_addr, remote_port, base, tls=False):
         limits = service.limits
@@ -84,6 +87,12 @@ class Connection:
         self.idle_since = 0  # state.idle_ticks when the idle wait began (orders evictions)
         self.evicting = False  # chosen to be closed to make room for a new connection
         self.tls = tls  # `sock` is an SSLSocket whose handshake is still to be done
+        # A WebSocket, or a response streaming without a known length (server-sent events):
+        # counted in state.long_lived instead of in_flight, kept by a retiring server up to
+        # long_lived_timeout, exempt from max_request_time.
+        self.long_lived = False
+        self.upgraded = None  # the UpgradedSocket offered to the app for a WebSocket request
+        self.ended_at = 0.0  # monotonic() when the retiring server ended it (end_long_lived)
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
@@ -282,8 +291,17 @@ class Connection:
                 queue = queue_time(start, time())
                 if queue is not None:
                     state.queued(queue)
+        if "HTTP_UPGRADE" in environ and wants_websocket(request):
+            refusal = handshake_error(request)
+            if refusal is not None:
+                self._refuse(refusal[0], request, refusal[1])
+                return False
+            self.upgraded = UpgradedSocket(self.sock, self.parser.upgrade_tail,
+                                           self._take_over)
+            environ["gunicorn.socket"] = self.upgraded  # see websocket.py
         http11 = request.version == "1.1"
         response = Response(self.sock, state, request, http11, rid)
+        response.on_stream = self._become_long_lived
         self.response = response
         if request.complete and not request.body and request.error is None:
             self.body = None
@@ -313,7 +331,11 @@ class Connection:
         finally:
             self.busy_since = 0.0
             self.environ = None
-            state.in_flight -= 1
+            if self.long_lived:
+                self.long_lived = False
+                state.long_lived -= 1
+            else:
+                state.in_flight -= 1
             state.requests += 1
         state.answered(response.code, monotonic() - started)
         if service.access_log is not None:
@@ -338,6 +360,12 @@ class Connection:
             return True
         except ClientDisconnected:
             return False
+        except StopIteration:
+            # gunicorn's convention, which flask-sock follows once the WebSocket ended: the
+            # connection is done. From an app that did not take the connection, an error.
+            if self.upgraded is None or not self.upgraded.taken:
+                self._app_error(environ, response)
+            return False
         except HTTPError as error:  # a bad body, raised by wsgi.input
             if not response.headers_sent:
                 self._send_quietly(error_response(error.status, error.detail,
@@ -354,6 +382,48 @@ class Connection:
                     result.close()
                 except Exception:
                     self._app_error(environ, response)
+
+    def _take_over(self):
+        """The app began to speak on environ["gunicorn.socket"] (a WebSocket): the
+        connection is no longer HTTP. railcar writes nothing more on it (the response counts
+        as a 101, already sent), and it ends when the app returns; its socket waits without
+        a timeout, as the app's WebSocket library expects."""
+        response = self.response
+        response.headers_sent = True
+        response.code = 101
+        response.keep_alive = False
+        response.broken = True  # anything the app still hands over as a response is dropped
+        self.sock.settimeout(None)
+        self.timeout = None
+        self._become_long_lived()
+
+    def _become_long_lived(self):
+        """A WebSocket, or a response that began to stream (Response.on_stream)."""
+        if not self.long_lived and self.busy_since:
+            self.long_lived = True
+            self.busy_since = 0.0  # out of max_request_time and `status --requests`
+            self.state.in_flight -= 1
+            self.state.long_lived += 1
+
+    def end_long_lived(self, timeout):
+        """Called once by a retiring server at long_lived_timeout (which sets `ended_at`).
+
+        A WebSocket gets the close frame 1001 (going away) and ends once its app returns on
+        the client's answer (the server kills it if that takes too long). A stream is ended:
+        a chunked one with its last chunk when no write of the app is under way, so the
+        client sees a complete response; then its greenlet is killed."""
+        if self.upgraded is not None and self.upgraded.taken:
+            self.upgraded.going_away(timeout)
+            return
+        response = self.response
+        if response.chunked and not response.finished and not response.sending:
+            response.finished = True
+            with Timeout(timeout, False):
+                self._send_quietly(_LAST_CHUNK)
+        response.broken = True
+        response.keep_alive = False
+        if self.greenlet is not None and self.greenlet is not getcurrent():
+            self.greenlet.kill(block=False)
 
     def _app_error(self, environ, response):
         """Print the traceback, prefixed with the request; answer 500 if nothing was sent."""

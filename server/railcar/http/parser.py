@@ -75,6 +75,10 @@ class RequestParser:
                  max_body_size=_DEFAULT.max_body_size, slack=65536):
         self.ready = deque()
         self.closed = False  # after an error or an Upgrade: feed nothing more
+        # Bytes received after an Upgrade request's header section: the first bytes of the
+        # new protocol, which a WebSocket handler reads before anything from the socket.
+        self.upgrade_tail = b""
+        self._fed_at = 0  # where in the buffer the last feed to llhttp began
         self.max_request_line = max_request_line
         self.max_header_size = max_header_size
         self.max_headers = max_headers
@@ -116,6 +120,7 @@ class RequestParser:
             if self._chunks is None and not self._body_left and not self._tail \
                     and data.find(_HEAD_END, 0, end) == end - 4:
                 # The common case, first: the (rest of a) header section and nothing after.
+                self._fed_at = 0
                 self._parser.feed_data(view[:end])
                 if self._request is not None:
                     self._start_body(self._request)
@@ -128,14 +133,19 @@ class RequestParser:
                 elif self._body_left:
                     stop = min(end, pos + self._body_left)
                     self._body_left -= stop - pos
+                    self._fed_at = pos
                     self._parser.feed_data(view[pos:stop])
                     pos = stop
                 else:
                     pos = self._feed_head(data, view, pos, end)
-        except HttpParserUpgrade:
-            # Upgrade and CONNECT are served as plain requests, then the connection closes:
-            # llhttp has already completed the message and skipped any body.
+        except HttpParserUpgrade as exc:
+            # Upgrade and CONNECT are served as plain requests, then the connection closes
+            # (unless the app takes the connection over: see websocket.py); llhttp has
+            # already completed the message and skipped any body. What follows belongs to
+            # the new protocol and is kept for it.
             self.closed = True
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else end
+            self.upgrade_tail = bytes(view[min(self._fed_at + offset, end):end])
             if self.ready and isinstance(self.ready[-1], Request):
                 self.ready[-1].keep_alive = False
         except HttpParserError as exc:
@@ -157,6 +167,7 @@ class RequestParser:
             found = data.find(_HEAD_END, pos, end)
             if found >= 0:
                 stop = found + 4
+        self._fed_at = pos
         if stop >= 0:
             self._tail = b""
             self._parser.feed_data(view[pos:stop])

@@ -36,6 +36,8 @@ __all__ = ["HTTPServer", "Limits"]
 _ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to idler workers
 _ACCEPT_BURST = 64  # most connections accepted at once after a deferral that timed out
 _EVICT_POLL = 0.2  # at worker_connections with none idle: how often to look again
+_RETIRE_POLL = 0.25  # past long_lived_timeout: how often to look for new long-lived ones
+_END_WAIT = 1.5  # after ending a long-lived connection: how long its app has to return
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -112,28 +114,67 @@ class HTTPServer:
         now = monotonic()
         return [conn.describe_request(now) for conn in self.connections() if conn.busy_since]
 
-    def retire(self, grace):
+    def retire(self, grace, long_lived_grace=None):
         """Graceful stop; blocks the calling greenlet until done. Returns True if every
-        connection finished on its own within `grace` seconds (the server's
-        graceful_timeout).
+        connection finished on its own (or, long-lived, was ended) in time. `grace` is the
+        server's graceful_timeout.
 
         Stops accepting and closes our copies of the listeners; every request in flight gets
         `Connection: close`; a connection idle between requests may still start one within
         ~1 s (its client may be mid-send), then it is closed. After `grace`, what is left
-        is killed.
+        is killed, except long-lived connections (WebSockets, streaming responses: see
+        Connection.long_lived): they have `long_lived_grace` (default
+        `limits.long_lived_timeout`), then are ended (Connection.end_long_lived: a WebSocket
+        gets the close frame 1001) and killed if still open `_END_WAIT` s later. A request
+        that starts streaming after that deadline is ended at once.
         """
         state = self.state
         state.retiring = True
         self._close_listeners()
         for conn in self.connections():
             conn.wake_if_idle()
+        if long_lived_grace is None:
+            long_lived_grace = self.limits.long_lived_timeout
+        started = monotonic()
+        grace_at, long_lived_at = started + grace, started + long_lived_grace
+        clean = True
         try:
-            if state.connections and not state.all_closed.wait(grace):
-                self._kill_connections()
-                return False
-            return True
+            while state.connections:
+                now = monotonic()
+                if now >= max(grace_at, long_lived_at) + _END_WAIT + 5:
+                    return False  # greenlets that would not die: the worker exits anyway
+                if now >= long_lived_at:
+                    self._end_long_lived(now)
+                if self._kill_overdue(now, now >= grace_at):
+                    clean = False
+                    if not state.connections:
+                        break
+                pending = [t for t in (grace_at, long_lived_at) if t > now]
+                wait = min(pending) - now if pending else _RETIRE_POLL
+                if now >= long_lived_at:
+                    wait = min(wait, _RETIRE_POLL)
+                state.all_closed.wait(wait)
+            return clean
         finally:
             self._stop_deadline()
+
+    def _end_long_lived(self, now):
+        """Past long_lived_timeout: end every long-lived connection (each once, each in its
+        own greenlet: a close frame may wait for a slow client)."""
+        for conn in self.connections():
+            if conn.long_lived and not conn.ended_at:
+                conn.ended_at = now
+                gevent.spawn(conn.end_long_lived, _END_WAIT / 2)
+
+    def _kill_overdue(self, now, past_grace):
+        """Kill the long-lived connections ended more than _END_WAIT ago and, `past_grace`,
+        every connection that is not long-lived. True if any was killed."""
+        overdue = [conn.greenlet for conn in self.connections() if conn.greenlet and (
+            (conn.ended_at and now - conn.ended_at > _END_WAIT)
+            or (past_grace and not conn.long_lived))]
+        if overdue:
+            gevent.killall(overdue, timeout=5)
+        return bool(overdue)
 
     def stop(self):
         """Immediate stop: close the listeners and every connection."""

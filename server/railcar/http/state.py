@@ -29,6 +29,7 @@ class ServerState:
     """Counters and flags of one server, updated by its connections.
 
     - `requests`: requests served (the app was called); `in_flight`: being served now;
+      `long_lived`: open WebSockets and streaming responses (connection.py), not in_flight;
       `max_in_flight`: more than this in flight are refused 503 (`overloaded` counts them);
     - `timed_out`: requests cut off at max_request_time; `evicted`: idle connections closed
       to make room at the connection limit;
@@ -43,14 +44,15 @@ class ServerState:
     - `idle_ticks`: counts idle waits begun, so idle connections can be ordered by age.
     """
 
-    __slots__ = ("requests", "in_flight", "max_in_flight", "overloaded", "timed_out",
-                 "evicted", "status_counts", "latency_counts", "latency_sum", "queue_counts",
-                 "queue_sum", "retiring",
+    __slots__ = ("requests", "in_flight", "long_lived", "max_in_flight", "overloaded",
+                 "timed_out", "evicted", "status_counts", "latency_counts", "latency_sum",
+                 "queue_counts", "queue_sum", "retiring",
                  "idle_ticks", "connections", "max_connections", "room", "all_closed")
 
     def __init__(self, max_connections, max_in_flight=0):
         self.requests = 0
         self.in_flight = 0
+        self.long_lived = 0
         self.max_in_flight = max_in_flight or sys.maxsize
         self.overloaded = 0
         self.timed_out = 0
@@ -99,6 +101,7 @@ class ServerState:
     def stats(self):
         """Requests served in total, requests in flight, open connections, and the counters."""
         return {"requests": self.requests, "in_flight": self.in_flight,
+                "long_lived": self.long_lived,
                 "connections": len(self.connections), "overloaded": self.overloaded,
                 "evicted": self.evicted,
                 "timed_out": self.timed_out,

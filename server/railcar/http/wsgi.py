@@ -37,6 +37,7 @@ __all__ = ["Response"]
 _STATUS = re.compile(r"[1-5][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_EVENT_STREAM = re.compile(r"^content-type:[ \t]*text/event-stream", re.MULTILINE)
 # Header names already found to be tokens -> lower-cased; bounded like environ._KEYS.
 _NAMES = {}
 _NAMES_MAX = 1024
@@ -117,7 +118,8 @@ class Response:
     __slots__ = ("sock", "state", "request", "head_only", "http11", "keep_alive",
                  "body_drainable", "status", "code", "fields", "length", "add_date",
                  "add_server", "app_close", "headers_sent", "chunked", "remaining", "sent",
-                 "broken", "finished", "request_id", "app_request_id")
+                 "broken", "finished", "request_id", "app_request_id", "on_stream",
+                 "sending")
 
     def __init__(self, sock, state, request, http11, request_id=None):
         self.sock = sock
@@ -138,6 +140,8 @@ class Response:
         self.remaining = None  # Content-Length bytes still to send, if the app set one
         self.sent = 0  # body bytes sent
         self.broken = False
+        self.on_stream = None  # called once the head of a streaming response is written
+        self.sending = False  # a write is under way (another greenlet must not write)
         self.finished = False
         self.request_id = request_id  # echoed as X-Request-Id unless the app set its own
         self.app_request_id = False
@@ -180,8 +184,8 @@ class Response:
         lines = ["HTTP/1.1 ", self.status, "\r\n", self.fields]
         code = self.code
         if self.app_close or code < 200 or self.state.retiring:
-            # Interim statuses cannot end a response (upgrades are not supported); a retiring
-            # server tells every client it is closing.
+            # Interim statuses cannot end a response (a WebSocket app writes its own 101 on
+            # the socket: see websocket.py); a retiring server tells every client it closes.
             self.keep_alive = False
         elif self.body_drainable is not None and self.keep_alive and not self.body_drainable():
             self.keep_alive = False
@@ -199,8 +203,10 @@ class Response:
         elif self.http11:
             lines.append("Transfer-Encoding: chunked\r\n")
             self.chunked = True
+            self._streaming(lines)
         else:
             self.keep_alive = False
+            self._streaming(lines)
         if self.add_date:
             lines.append(date_header())
         if self.add_server:
@@ -214,6 +220,17 @@ class Response:
         else:
             lines.append("\r\n")
         return "".join(lines).encode("latin-1")
+
+    def _streaming(self, lines):
+        """The body's length is not known up front: a stream (server-sent events, or any
+        response the app yields piece by piece). The connection counts it as long-lived; an
+        event stream tells nginx not to buffer it (X-Accel-Buffering), unless the app said."""
+        if self.on_stream is not None:
+            self.on_stream()
+        fields = self.fields.lower()
+        if "text/event-stream" in fields and _EVENT_STREAM.search(fields) \
+                and "x-accel-buffering:" not in fields:
+            lines.append("X-Accel-Buffering: no\r\n")
 
     def send_whole(self, body):
         """Send the whole response when the body is known up front (a list or tuple body)."""
@@ -280,9 +297,12 @@ class Response:
             self.keep_alive = False  # the app sent less than its Content-Length
 
     def _send(self, data):
+        self.sending = True
         try:
             send_all(self.sock, data)
         except ClientDisconnected:
             self.broken = True
             self.keep_alive = False
             raise
+        finally:
+            self.sending = False
