@@ -62,6 +62,9 @@ class RailcarCollector:
         health_failures = CounterMetricFamily(
             "railcar_health_check_failures", "New workers that failed their health check.",
             labels=["app"])
+        long_lived = GaugeMetricFamily(
+            "railcar_worker_long_lived_connections",
+            "Open WebSockets and streaming responses of each worker.", labels=["app", "pid"])
         rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["app", "pid"])
         uss = GaugeMetricFamily("railcar_worker_uss_bytes",
@@ -97,6 +100,9 @@ class RailcarCollector:
                 canaries.add_metric([app, outcome], view.canaries.get(outcome, 0))
             health_failures.add_metric([app], view.health_failures)
             for worker in sampled:
+                if worker.state in WORKER_STATES:
+                    long_lived.add_metric([app, str(worker.pid)],
+                                          worker.counters.get("long_lived", 0))
                 if worker.rss is not None:
                     rss.add_metric([app, str(worker.pid)], worker.rss)
                 if worker.uss is not None:
@@ -105,7 +111,7 @@ class RailcarCollector:
                     cpu.add_metric([app, str(worker.pid)], worker.cpu)
         return [requests, overloaded, timed_out, latency, queue, in_flight, workers, restarts,
                 replaced, canary_active, canary_requests, canary_errors, canaries,
-                health_failures, rss, uss, cpu]
+                health_failures, long_lived, rss, uss, cpu]
 
 
 class MetricsServer:

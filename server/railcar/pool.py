@@ -89,6 +89,11 @@ class AppPool:
     def serving(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.state in states.SERVING]
 
+    def retire_timeout(self) -> float:
+        """How long a retiring worker may take: graceful_timeout for its requests, and
+        long_lived_timeout plus the close of its WebSockets and streams (http/server.py)."""
+        return max(self.graceful_timeout, self.app.limits.get("long_lived_timeout", 0.0) + 2)
+
     def current_release(self) -> str | None:
         ready = [w for w in self.workers if w.state == states.READY]
         return ready[-1].release.path if ready else None
@@ -410,7 +415,7 @@ class AppPool:
             worker.retire()
 
     def _wait_exited(self, workers: list[WorkerProcess]) -> None:
-        deadline = self.graceful_timeout + 5
+        deadline = self.retire_timeout() + 5
         gevent.joinall([gevent.spawn(w.exited.wait) for w in workers], timeout=deadline)
         for worker in workers:
             if not worker.exited.is_set():
@@ -554,6 +559,8 @@ class AppPool:
         """Retire (graceful) or quit every worker; SIGKILL what is left after `timeout`."""
         self.stopping = True
         self.fallback.stop()
+        if graceful:
+            timeout = max(timeout, self.retire_timeout())
         workers = list(self.workers) + list(self.preloaders)
         for worker in workers:
             if graceful:

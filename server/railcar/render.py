@@ -195,7 +195,10 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
                               "without quotes or backslashes (what systemd can run)")
         context.update(systemd_context(
             systemd_command([*railcar, "start", "--config", config.config_file]),
-            max(app.ready_timeout for app in config.apps), config.graceful_timeout,
+            max(app.ready_timeout for app in config.apps),
+            # A stopping worker may keep WebSockets and streams for long_lived_timeout.
+            max([config.graceful_timeout] + [app.limits.get("long_lived_timeout", 0.0) + 2
+                                             for app in config.apps]),
             rendered_by="`railcar config systemd`", run_dir=config.run_dir))
     elif kind == "logrotate":
         logs = [config.log_file] if config.log_file else []

@@ -43,8 +43,8 @@ def _canary_line(canary: dict, now: float) -> str:
             f"{canary['reason']}")
 
 
-COLUMNS = ("PID", "STATE", "RELEASE", "REQUESTS", "IN FLIGHT", "CPU%", "RSS", "USS",
-           "UPTIME")
+COLUMNS = ("PID", "STATE", "RELEASE", "REQUESTS", "IN FLIGHT", "LONG-LIVED", "CPU%", "RSS",
+           "USS", "UPTIME")
 
 
 def render(status: dict) -> str:
@@ -90,7 +90,7 @@ def render(status: dict) -> str:
         rows = [COLUMNS] + [(
             _dash(w["pid"]), w["state"] + (" (canary)" if w.get("canary") else ""),
             os.path.basename(w["release"] or "") or "-",
-            _dash(w.get("requests")), _dash(w.get("in_flight")),
+            _dash(w.get("requests")), _dash(w.get("in_flight")), _dash(w.get("long_lived")),
             "-" if w.get("cpu") is None else f"{w['cpu']:.1f}", _size(w.get("rss")),
             _size(w.get("uss")),
             _duration(now - w["started_at"])) for w in app["workers"]]

@@ -46,7 +46,8 @@ class Sample:
         if stats is None:
             return
         self.stats, self.answered_at = stats, now
-        if stats.get("in_flight") or previous is None \
+        # Open WebSockets and streams keep a worker busy too (idle_timeout must not end it).
+        if stats.get("in_flight") or stats.get("long_lived") or previous is None \
                 or stats.get("requests") != previous.get("requests"):
             self.active_at = now
 
