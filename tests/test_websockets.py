@@ -12,10 +12,11 @@ import threading
 import time
 
 import pytest
+import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import REPO, wait_for
+from conftest import REPO, free_port, wait_for
 from loadgen import Load
 
 EXAMPLE = REPO / "examples" / "wsecho"
@@ -171,7 +172,9 @@ def test_websocket_request_to_a_plain_route_gets_the_apps_own_answer(echo_server
 
 
 def test_event_stream_is_long_lived_unbuffered_and_exempt_from_max_request_time(railcar):
-    server = railcar().start(str(EXAMPLE), "--workers", "1", "--max-request-time", "1")
+    metrics_port = free_port()
+    server = railcar().start(str(EXAMPLE), "--workers", "1", "--max-request-time", "1",
+                             "--metrics-bind", f"127.0.0.1:{metrics_port}")
     with server.connect(timeout=10) as sock:
         sock.sendall(b"GET /events?every=0.2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head = head_of(sock)
@@ -179,6 +182,10 @@ def test_event_stream_is_long_lived_unbuffered_and_exempt_from_max_request_time(
         assert b"X-Accel-Buffering: no\r\n" in head
         assert b"Transfer-Encoding: chunked\r\n" in head
         wait_for(lambda: server.workers()[0]["long_lived"] == 1, 10, what="the stream counted")
+        pid = server.only_worker_pid()
+        gauge = f'railcar_worker_long_lived_connections{{app="wsecho",pid="{pid}"}} 1.0'
+        wait_for(lambda: gauge in requests.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                                               timeout=10).text, 10, what=gauge)
         time.sleep(1.5)  # past max_request_time: a stream is not a stuck request
         data = b""
         deadline = time.monotonic() + 5
