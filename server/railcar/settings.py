@@ -281,7 +281,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("config", text, None, "Server config file with [server] and [[apps]] tables.",
             section="server", flag="--config", metavar="FILE"),
     Setting("admin_socket", text, None, "Admin socket path (mode 0600) "
-            "(default: /run/railcar/admin.sock as root, else /tmp/railcar-UID/admin.sock).",
+            "(default: $RAILCAR_ADMIN_SOCKET, else /run/railcar/admin.sock as root, "
+            "/tmp/railcar-UID/admin.sock otherwise).",
             section="server", flag="--admin-socket", key="admin_socket", metavar="PATH"),
     Setting("admin_group", text, None,
             "Group that may use the admin socket (status, restart...): the socket becomes mode "
