@@ -8,6 +8,7 @@ import base64
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -16,6 +17,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from certs import TestCA
 from conftest import REPO, free_port, wait_for
 from loadgen import Load
 
@@ -121,6 +123,21 @@ def test_websockets_count_against_worker_connections_and_are_never_evicted(railc
             sockets[0].close()
             waiting.settimeout(10)
             assert head_of(waiting).startswith(b"HTTP/1.1 200 ")
+
+
+def test_websocket_over_tls_in_standalone_mode(railcar, tmp_path):
+    """wss:// straight to railcar with --certfile/--keyfile: the app's socket is the TLS one."""
+    ca = TestCA(tmp_path / "pki")
+    certfile, keyfile, _ = ca.issue("server")
+    server = railcar().start(str(EXAMPLE), "--workers", "1", "--certfile", str(certfile),
+                             "--keyfile", str(keyfile))
+    context = ssl.create_default_context(cafile=str(ca.cafile))
+    with connect(f"wss://localhost:{server.port}/echo", ssl=context, open_timeout=10,
+                 close_timeout=5) as ws:
+        for message in ("over tls", b"\x00\xff" * 40_000):
+            ws.send(message)
+            assert ws.recv(timeout=10) == message
+        assert server.workers()[0]["long_lived"] == 1
 
 
 def test_first_frame_sent_with_the_handshake_is_not_lost(echo_server):
