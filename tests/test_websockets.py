@@ -9,8 +9,10 @@ import contextlib
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -20,6 +22,9 @@ from websockets.sync.client import connect
 from certs import TestCA
 from conftest import REPO, free_port, wait_for
 from loadgen import Load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.http.support import exchange  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "wsecho"
 KEY = base64.b64encode(os.urandom(16)).decode()
@@ -38,22 +43,6 @@ def head_of(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
-
-
-def raw_exchange(server, request: bytes) -> bytes:
-    """Send `request`, read until the server closes (bounded by the socket timeout)."""
-    with server.connect(timeout=10) as sock:
-        sock.sendall(request)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
 
 
 def handshake(path="/echo", method="GET", version="1.1", **fields) -> bytes:
@@ -169,7 +158,7 @@ def test_first_frame_sent_with_the_handshake_is_not_lost(echo_server):
 ])
 def test_malformed_handshakes_get_4xx_and_the_worker_lives(echo_server, request_bytes, status):
     pid = echo_server.only_worker_pid()
-    reply = raw_exchange(echo_server, request_bytes)
+    reply = exchange(echo_server, request_bytes)
     assert reply.startswith(b"HTTP/1.1 " + status), reply
     if status == b"426":
         assert b"Sec-WebSocket-Version: 13\r\n" in reply
@@ -182,7 +171,7 @@ def test_websocket_request_to_a_plain_route_gets_the_apps_own_answer(echo_server
     (Flask refuses a WebSocket request to a route without websocket=True with its own 400
     page), then the connection closes."""
     pid = echo_server.only_worker_pid()
-    reply = raw_exchange(echo_server, handshake(path="/"))
+    reply = exchange(echo_server, handshake(path="/"))
     assert reply.startswith(b"HTTP/1.1 400 BAD REQUEST\r\n"), reply
     assert b"text/html" in reply and b"Connection: close\r\n" in reply
     assert echo_server.get("/").json()["pid"] == pid
