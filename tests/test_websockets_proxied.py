@@ -1,9 +1,10 @@
 """The flask-sock example behind real nginx and Apache, with the site and vhost that
 `railcar config` renders: WebSocket upgrades pass through both, server-sent events arrive
-through nginx event by event."""
+event by event, and a rolling restart's close frame 1001 reaches the clients."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import REPO, railcar_command, wait_for
@@ -48,6 +50,7 @@ root = "{app}"
 python = "{os.sys.executable}"
 workers = 2
 allow_root = {"true" if os.getuid() == 0 else "false"}
+long_lived_timeout = 2
 """)
     try:
         _daemon(railcar_command() + ["start", "--daemon", "--config", str(site.config),
@@ -101,3 +104,23 @@ def test_event_stream_arrives_event_by_event(proxied, server):
         assert sorted(arrivals) == [0, 1, 2], data
         # tick 0 comes 0.3 s in, tick 1 at 0.6 s: the first did not wait for the second.
         assert arrivals[0] < arrivals[1] - 0.15, arrivals
+
+
+def test_restart_closes_proxied_websockets_with_going_away(proxied):
+    """The close frame 1001 of a retiring worker reaches the client through both proxies."""
+    with contextlib.ExitStack() as stack:
+        sockets = {server: stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo",
+                                                       open_timeout=10, close_timeout=5))
+                   for server, port in (("nginx", proxied.nginx_port),
+                                        ("apache", proxied.apache_port))}
+        for ws in sockets.values():
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+        result = proxied.railcar("restart", "--admin-socket", proxied.admin_socket,
+                                 timeout=60)
+        assert result.returncode == 0, result.stderr
+        for server, ws in sockets.items():
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, server
+    assert _answers(proxied.nginx_port) and _answers(proxied.apache_port)
