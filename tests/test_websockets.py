@@ -295,3 +295,20 @@ def test_rolling_restart_drains_websockets_and_streams_within_their_deadline(rai
     assert len(new) == 2 and not new & old
     assert all(w["long_lived"] == 0 for w in server.workers())
     print(f"restart took {ended - began:.2f} s; 1001 at {closes[0]:.2f}..{closes[-1]:.2f} s")
+
+
+def test_graceful_stop_ends_websockets_at_their_deadline(railcar):
+    """`railcar stop` retires the workers like a restart does: a WebSocket gets 1001 once
+    long_lived_timeout (1 s) ran out, not after graceful_timeout (30 s)."""
+    server = railcar().start(str(EXAMPLE), "--workers", "1", "--long-lived-timeout", "1",
+                             "--graceful-timeout", "30")
+    watched = Watched(ws_url(server))
+    began = time.monotonic()
+    result = server.cli("stop", timeout=60)
+    took = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    watched.thread.join(timeout=10)
+    assert watched.code == 1001
+    assert 1.0 <= watched.closed_at - began < 3.0, watched.closed_at - began
+    assert took < 5.0, took
+    server.proc.wait(timeout=30)
