@@ -10,7 +10,6 @@ from invoke import Config
 from railcar.deploy import releases as rel
 from railcar.deploy.remote import Remote
 from railcar.deploy.settings import ConfigError, load
-from railcar.deploy.tasks import cli_hosts
 
 
 def config_from_file(tmp_path, text: str) -> Config:
@@ -65,10 +64,41 @@ def test_every_argument_is_quoted():
         Remote.command("ls -l")
 
 
-def test_cli_hosts():
-    assert cli_hosts(["fab", "-H", "a,b", "deploy"]) == ["a", "b"]
-    assert cli_hosts(["fab", "--hosts=a", "-Hc", "deploy"]) == ["a", "c"]
-    assert cli_hosts(["fab", "deploy"]) == []
+def test_setup_and_deploy_run_once_for_all_the_hosts_given_with_dash_h(tmp_path):
+    """Fabric calls a task once per -H host and its post-tasks once per run: `deploy` and
+    `setup` only enlist their host (the Connection Fabric made) in the run's config, and
+    their post-task takes every enlisted host with the task's arguments, once."""
+    from types import SimpleNamespace
+
+    from fabric import Config as FabricConfig
+    from fabric import Connection, Executor
+    from invoke import Call, Context
+
+    from railcar.deploy import tasks
+
+    class Core(list):              # what `fab` parsed: -H a,deploy@b:2222
+        remainder = ""
+
+    core = Core([SimpleNamespace(args=SimpleNamespace(hosts=SimpleNamespace(
+        value="a,deploy@b:2222")))])
+    config = FabricConfig(overrides={"railcar": {"app": "shop", "source": str(tmp_path),
+                                                 "hosts": ["c"]}})
+    for name in ("deploy", "setup"):
+        calls = Executor(tasks.ns, config, core).expand_calls([Call(tasks.ns[name])])
+        assert [getattr(call, "init_kwargs", None) for call in calls] == \
+            [{"host": "a"}, {"host": "deploy@b:2222"}, None]
+        assert calls[2].task is tasks.ns[name].post[0]
+
+    first, second = Connection("a", config=config), Connection("deploy@b:2222", config=config)
+    tasks.enlist(first, "deploy", ref="v1")
+    tasks.enlist(second, "deploy", ref="v1")
+    connections, arguments = tasks.enlisted(Context(config), "deploy")
+    assert connections == [first, second] and connections[1].port == 2222
+    assert arguments == {"ref": "v1"}
+    # the next call of the task in the same run starts anew; without -H: railcar.hosts
+    tasks.enlist(Context(config), "deploy", ref=None)
+    connections, _ = tasks.enlisted(Context(config), "deploy")
+    assert [c.host for c in connections] == ["c"]
 
 
 def releases(*rows):

@@ -22,11 +22,13 @@ import base64
 import hashlib
 import os
 import threading
+import weakref
 
 import paramiko
 
 TRUST_ENV = "RAILCAR_TRUST_NEW_HOSTS"
 _record_lock = threading.Lock()
+_checked_against = weakref.WeakKeyDictionary()   # Connection -> the files guard() reads
 
 
 class HostKeyError(Exception):
@@ -111,7 +113,7 @@ def guard(connection, label: str, project_file: str | None, trust_new: bool,
                     from None
     client.set_missing_host_key_policy(
         _Policy(label, files, record_in if trust_new else None, say))
-    connection._railcar_known_hosts = files
+    _checked_against[connection] = files
     gateway = getattr(connection, "gateway", None)
     if hasattr(gateway, "client"):     # ProxyJump: a Connection of Fabric's, checked alike
         guard(gateway, f"{label} (gateway {gateway.host})", project_file, trust_new, say)
@@ -122,7 +124,8 @@ def explain(exc: BaseException, label: str, connection=None) -> HostKeyError | N
     if isinstance(exc, HostKeyError):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
-        files = getattr(connection, "_railcar_known_hosts", None) or ["known_hosts"]
+        files = (_checked_against.get(connection) if connection is not None else None) \
+            or ["known_hosts"]
         return HostKeyError(
             f"[{label}] HOST KEY CHANGED for {exc.hostname}: it offers {exc.key.get_name()} "
             f"{fingerprint(exc.key)}, known_hosts has {exc.expected_key.get_name()} "

@@ -2,15 +2,17 @@
 
 A user's fabfile.py is `from railcar.deploy import ns`; settings go under `railcar:` in
 fabric.yaml (see settings.DEFAULTS). Hosts come from `-H a,b` or `railcar.hosts`.
+
 `deploy` and `setup` work on all the hosts of one run together (in parallel; for deploy,
-every host is prepared before any publishes): with `-H a,b`, Fabric calls a task once per
-host, the first call works on the whole group and the later calls of the same run have
-nothing left to do.
+every host is prepared before any publishes). Fabric calls a task once per -H host and its
+post-tasks once per run (fabric.Executor.expand_calls), so each of the two is a pair: the
+task only enlists its host (the Connection Fabric made for it) in the run's config, which
+Fabric hands to every call of the run, and its post-task takes the enlisted hosts and works
+on all of them. Without -H the task runs once and the post-task uses railcar.hosts. The
+other tasks work host by host.
 """
 
 from __future__ import annotations
-
-import sys
 
 from fabric import Connection, task
 from invoke import Collection
@@ -28,24 +30,7 @@ from .status import status as server_status
 
 FAILURES = (ConfigError, DeployError, RemoteError, LockError, build.BuildError,
             hostkeys.HostKeyError)
-_grouped: set[tuple[str, ...]] = set()   # (task, *hosts) already run for the -H group
-
-
-def cli_hosts(argv: list[str] | None = None) -> list[str]:
-    """The hosts given with -H/--hosts on the `fab` command line."""
-    argv = sys.argv if argv is None else argv
-    found: list[str] = []
-    for index, arg in enumerate(argv):
-        value = None
-        if arg in ("-H", "--hosts") and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith("--hosts="):
-            value = arg.split("=", 1)[1]
-        elif arg.startswith("-H") and len(arg) > 2:
-            value = arg[2:]
-        if value:
-            found += [h for h in value.split(",") if h]
-    return found
+ENLISTED = "railcar_enlisted_{task}"    # the run's config key of a group task's hosts
 
 
 def _connections(c) -> list[Connection]:
@@ -61,20 +46,22 @@ def _connections(c) -> list[Connection]:
     return [Connection(name, config=c.config) for name in names]
 
 
-def _group(c, task: str) -> list[Connection] | None:
-    """The hosts of a task that works on all of them at once (deploy, setup): the whole -H
-    group on its first call, None on the later calls of the same run."""
-    if not isinstance(c, Connection):
-        return _connections(c)
-    group = cli_hosts()
-    if c.original_host not in group:
-        return [c]
-    key = (task, *group)
-    if key in _grouped:
-        return None
-    _grouped.add(key)
-    return [c if name == c.original_host else Connection(name, config=c.config)
-            for name in group]
+def enlist(c, task: str, **arguments) -> None:
+    """A group task's call for one host: add the host (the Connection Fabric made; none
+    without -H) and the task's arguments to the run's config."""
+    key = ENLISTED.format(task=task)
+    before = c.config.get(key) or {}
+    mine = (c,) if isinstance(c, Connection) else ()
+    c.config[key] = {"connections": tuple(before.get("connections", ())) + mine,
+                     "arguments": arguments}
+
+
+def enlisted(c, task: str) -> tuple[list[Connection], dict]:
+    """In a group task's post-task: the enlisted hosts (else railcar.hosts) and the task's
+    arguments; the run's config forgets them, so a later call of the task starts anew."""
+    found = c.config.pop(ENLISTED.format(task=task), None) or {}
+    connections = list(found.get("connections", ())) or _connections(c)
+    return connections, dict(found.get("arguments", {}))
 
 
 def masked(env: dict[str, str], config: DeployConfig) -> list[str]:
@@ -105,15 +92,9 @@ def _fail(exc: BaseException) -> Exit:
     return Exit(f"railcar deploy: {exc}", code=1)
 
 
-@task
-def setup(c):
-    """As root (directly, or through sudo): create the app account, the layout with its
-    owners, the server virtualenv, the env file, the service (systemd unit or daemon, run as
-    the app account) and the nginx site when railcar.nginx.enabled; start the server
-    (idempotent; the -H hosts in parallel). Afterwards the deploy account needs no root."""
-    connections = _group(c, "setup")
-    if connections is None:
-        return
+def _setup_all(c):
+    """setup's post-task: the run's enlisted hosts at once."""
+    connections, _ = enlisted(c, "setup")
     reporter = Reporter()
     try:
         hosts = _hosts(connections, reporter, with_env=True)
@@ -125,13 +106,19 @@ def setup(c):
         raise _fail("\n".join(f"{name}: {exc}" for name, exc in errors.items()))
 
 
-@task(help={"ref": "git ref to deploy (default: railcar.ref)"})
-def deploy(c, ref=None):
-    """Deploy a release to every host: prepare all, then publish (swap, restart, health,
-    mark: on each host, detached from SSH) in canary and batch order."""
-    connections = _group(c, "deploy")
-    if connections is None:
-        return
+@task(post=[task(_setup_all)])
+def setup(c):
+    """As root (directly, or through sudo): create the app account, the layout with its
+    owners, the server virtualenv, the env file, the service (systemd unit or daemon, run as
+    the app account) and the nginx site when railcar.nginx.enabled; start the server
+    (idempotent; the -H hosts in parallel). Afterwards the deploy account needs no root."""
+    enlist(c, "setup")
+
+
+def _deploy_all(c):
+    """deploy's post-task: the run's enlisted hosts at once."""
+    connections, arguments = enlisted(c, "deploy")
+    ref = arguments.get("ref")
     reporter = Reporter()
     try:
         hosts = _hosts(connections, reporter, with_env=True)
@@ -145,6 +132,13 @@ def deploy(c, ref=None):
             pipeline.deploy(hosts, archive, shipped, release)
     except FAILURES as exc:
         raise _fail(exc) from None
+
+
+@task(post=[task(_deploy_all)], help={"ref": "git ref to deploy (default: railcar.ref)"})
+def deploy(c, ref=None):
+    """Deploy a release to every host: prepare all, then publish (swap, restart, health,
+    mark: on each host, detached from SSH) in canary and batch order."""
+    enlist(c, "deploy", ref=ref)
 
 
 @task(help={"release": "release name to go back to (default: the previous good one)"})
