@@ -33,7 +33,9 @@ REPO_DIR = BENCH_DIR.parent
 APPS = {
     "hello": REPO_DIR / "examples" / "hello",
     "io20": BENCH_DIR / "apps" / "io20",
+    "flask": REPO_DIR / "examples" / "flaskapp",
 }
+DEFAULT_APPS = ["hello", "io20"]
 IO20_DELAY = 0.02
 DEFAULT_PEERS = ["gunicorn-gevent"]
 BASELINE = "gunicorn-gevent"
@@ -97,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              + " (default: %(default)s); missing ones are skipped")
     parser.add_argument("--no-railcar", action="store_true",
                         help="run the peers only (e.g. to check the setup)")
-    parser.add_argument("--apps", default=",".join(APPS),
-                        help="comma-separated apps: " + ", ".join(APPS) + " (default: all)")
+    parser.add_argument("--apps", default=",".join(DEFAULT_APPS),
+                        help="comma-separated apps: " + ", ".join(APPS) + " (default: "
+                        + ",".join(DEFAULT_APPS) + ")")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server and app "
                         "(default: %(default)s)")
     parser.add_argument("--duration", type=float, default=8, help="seconds of load per round "
