@@ -8,12 +8,14 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,8 @@ def application(environ, start_response):
         "app": os.environ["APP_NAME"], "demo_dep": demo_dep.VERSION, "uid": os.getuid(),
         "pid": os.getpid(), "path": environ["PATH_INFO"], "release": os.path.basename(os.getcwd()),
         "remote_addr": environ["REMOTE_ADDR"], "scheme": environ["wsgi.url_scheme"],
-        "host": environ.get("HTTP_HOST")}).encode()
+        "host": environ.get("HTTP_HOST"), "request_id": environ["HTTP_X_REQUEST_ID"],
+        "request_start": environ.get("HTTP_X_REQUEST_START")}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]
@@ -403,6 +406,27 @@ def test_app_sees_the_clients_address_and_the_proxys_scheme(site, server):
     forged = body(port, "alpha.test", headers={"X-Forwarded-For": "6.6.6.6",
                                                "X-Forwarded-Proto": "https"})
     assert (forged["remote_addr"], forged["scheme"]) == ("127.0.0.1", "http")
+
+
+@pytest.mark.parametrize("server", ["nginx", "apache"])
+def test_the_web_server_stamps_the_request_start_and_passes_the_request_id(site, server):
+    """nginx's `t=${msec}` and Apache's `%t` reach the app and read as a queue time; the
+    client's X-Request-Id reaches the app and comes back through the proxy."""
+    from railcar.http.requestinfo import queue_time
+
+    port = site.nginx_port if server == "nginx" else site.apache_port
+    pattern = r"t=\d{10}\.\d{3}" if server == "nginx" else r"t=\d{16}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": "alpha.test", "X-Request-Id": "trace-42"})
+        response = conn.getresponse()
+        seen = json.loads(response.read())
+        assert response.getheader("X-Request-Id") == "trace-42"
+    finally:
+        conn.close()
+    assert seen["request_id"] == "trace-42"
+    assert re.fullmatch(pattern, seen["request_start"]), seen["request_start"]
+    assert 0 <= queue_time(seen["request_start"], time.time()) < 5
 
 
 def test_a_trusted_peer_sets_address_and_scheme(site):

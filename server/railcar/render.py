@@ -93,11 +93,11 @@ def _name(name: str, where: str) -> str:
     return name
 
 
-def _listen(value: str) -> str:
+def _listen(value: str, option: str = "--listen") -> str:
     """nginx `listen` / Apache <VirtualHost> address: safe words separated by spaces."""
     words = value.split(" ")
     if not all(word and _SAFE.fullmatch(word) for word in words):
-        raise RenderError(f"option --listen: {value!r} has characters a web server config "
+        raise RenderError(f"option {option}: {value!r} has characters a web server config "
                           "cannot take (quotes, ; { } $ #, control characters)")
     return value
 
@@ -232,7 +232,7 @@ def _ssl(options: dict) -> dict | None:
         if not os.path.isabs(path):
             raise RenderError(f"option {option}: {path!r} is not an absolute path")
         _safe(path, None, f"option {option}:")
-    listen = _listen(options.get("ssl_listen") or DEFAULT_SSL_LISTEN)
+    listen = _listen(options.get("ssl_listen") or DEFAULT_SSL_LISTEN, "--ssl-listen")
     return {"certificate": cert, "certificate_key": key, "listen": listen}
 
 
