@@ -321,7 +321,11 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str
 
 
 def test_concurrent_deploy_fails_fast_on_the_lock(site):
-    first = site.popen_fab("-H", "host1", "deploy")
+    # a hook keeps the first deploy under its lock while the second starts: a repeat deploy
+    # can take less time than starting `fab`
+    slow = site.project / "slow-hook.yaml"
+    slow.write_text("railcar:\n  hooks: ['sleep 8']\n")
+    first = site.popen_fab("-f", str(slow), "-H", "host1", "deploy")
     try:
         read_until(first, "lock     ok")
         started = time.monotonic()
