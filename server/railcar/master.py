@@ -6,8 +6,10 @@ Signal handlers only queue the signal; the main loop dispatches each to one `han
     TERM  graceful stop: workers finish in-flight requests (up to graceful_timeout)
     INT, QUIT  fast stop
     USR1  reopen log files (master and workers)
-The loop also ticks once a second: `manage_workers` and `supervise` (limits, dynamic pool)
-of each app, and restart.txt checks. With `metrics_bind` the master also serves Prometheus
+The pools' events (a worker or preloader exited, something to reconcile: pool.Wake) come
+through the same queue; the pools that had events are reconciled once the queue is drained.
+The loop also ticks once a second: `reconcile` and `supervise` (limits, dynamic pool) of each
+app, and restart.txt checks. With `metrics_bind` the master also serves Prometheus
 metrics (railcar.metrics).
 """
 
@@ -23,7 +25,7 @@ import gevent.queue
 from . import __version__, envfile, logs, rundir, sockets
 from .config import ServerConfig
 from .control.server import ControlServer
-from .pool import AppPool, RestartOutcome
+from .pool import AppPool, RestartOutcome, Wake
 
 TICK = 1.0
 SIGNALS = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
@@ -37,10 +39,12 @@ class Master:
         self.listeners = listeners          # address -> socket, bound before daemonizing
         self.pid = os.getpid()
         self.started_at = time.time()
-        self.signals: gevent.queue.Queue = gevent.queue.Queue()
+        # Signals (by number) and the pools' events (pool.Wake, pool.Exited), in order.
+        self.queue: gevent.queue.Queue = gevent.queue.Queue()
         self.stopping = False
         self.pools = [
-            AppPool(app, [listeners[b] for b in app.binds], config.graceful_timeout, log)
+            AppPool(app, [listeners[b] for b in app.binds], config.graceful_timeout, log,
+                    notify=self.queue.put)
             for app in config.apps]
         self.control = ControlServer(config.admin_socket, self, log, group=config.admin_group)
         self.metrics = None
@@ -57,7 +61,7 @@ class Master:
         self.control.start()
         self._write_pid_file()
         for sig in SIGNALS:
-            gevent.signal_handler(sig, self.signals.put, sig)
+            gevent.signal_handler(sig, self.queue.put, sig)
         for app in self.config.apps:
             loose = app.env_file and envfile.loose_mode(app.env_file)
             if loose:
@@ -66,24 +70,43 @@ class Master:
         self.log.info("railcar %s master %d serving %s", __version__, self.pid,
                       ", ".join(f"{p.app.name} on {' '.join(p.app.binds)}" for p in self.pools))
         for pool in self.pools:
-            pool.manage_workers()
+            pool.reconcile()
         if on_started:
             gevent.spawn(on_started, self)
+        next_tick = time.monotonic() + TICK
         while not self.stopping:
             try:
-                sig = self.signals.get(timeout=TICK)
+                item = self.queue.get(timeout=max(next_tick - time.monotonic(), 0))
             except gevent.queue.Empty:
                 self.tick()
+                next_tick = time.monotonic() + TICK
                 continue
-            getattr(self, "handle_" + SIGNALS[sig])()
+            self.dispatch(item)
         return 0
+
+    def dispatch(self, item) -> None:
+        """One item of the queue, then every item queued behind it; the pools that had
+        events are reconciled once, after the queue is drained."""
+        woken: list[AppPool] = []
+        while True:
+            if isinstance(item, Wake):
+                if item.pool not in woken:
+                    woken.append(item.pool)
+            else:
+                getattr(self, "handle_" + SIGNALS[item])()
+            if self.stopping or self.queue.empty():
+                break
+            item = self.queue.get()
+        if not self.stopping:
+            for pool in woken:
+                pool.reconcile()
 
     def tick(self) -> None:
         for pool in self.pools:
             if pool.restart_txt_touched():
                 self.log.info("%s: tmp/restart.txt touched", pool.app.name)
                 gevent.spawn(pool.restart)
-            pool.manage_workers()
+            pool.reconcile()
             pool.supervise()
 
     def shutdown(self, graceful: bool) -> None:
@@ -140,7 +163,7 @@ class Master:
         return list(zip(pools, [job.value for job in jobs]))
 
     def request_stop(self, graceful: bool) -> None:
-        self.signals.put(signal.SIGTERM if graceful else signal.SIGQUIT)
+        self.queue.put(signal.SIGTERM if graceful else signal.SIGQUIT)
 
     # --- pid file -------------------------------------------------------------------------
     def _write_pid_file(self) -> None:

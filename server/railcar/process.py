@@ -4,6 +4,9 @@ Runs in the master (gevent). The worker's stdout and stderr come back through a 
 line goes to the server log prefixed with the app and pid, and the last lines are kept so a
 boot failure can be reported with the app's own error output.
 
+This is the real side of the process factory seam (railcar.seam): `OSProcessFactory` makes
+WorkerProcess handles; the pool never touches them but through that interface.
+
 Two ways to get the process, one handle: `start` runs `python -m railcar.worker` (or, for a
 preloader, `railcar.preloader`) as our child with gevent.subprocess.Popen; `start_forked` asks
 a preloader to fork one. `self.popen` is then either a Popen or a ForkedProcess, which offers
@@ -35,6 +38,7 @@ import gevent.socket
 import gevent.subprocess
 import psutil
 
+from . import release as release_module
 from . import replies, states
 from .channel import BadMessage, Channel
 from .config import HEALTH_MARGIN
@@ -340,6 +344,40 @@ class WorkerProcess:
     def describe(self) -> dict:
         return {"pid": self.pid, "release": self.release.path, "python": self.release.python,
                 "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at}
+
+
+class OSProcessFactory:
+    """The real process factory (railcar.seam.ProcessFactory): workers and preloaders as
+    processes of this machine, through WorkerProcess."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def resolve(self, root: str, module: str | None, python: str | None,
+                env: dict[str, str], run_as) -> Release:
+        return release_module.resolve(root, module, python, env, run_as)
+
+    def run_on_starting(self, release: Release, hooks_module: str, server: dict, run_as,
+                        timeout: float) -> str:
+        return release_module.run_on_starting(release, hooks_module, server, run_as, timeout)
+
+    def start(self, kind: str, app_name: str, release: Release, spec: dict, listeners,
+              env: dict[str, str], run_as, on_exit: Callable) -> WorkerProcess:
+        process = WorkerProcess(app_name, release, self.log, on_exit, kind=kind)
+        try:
+            process.start(listeners, spec, env, run_as)
+        except OSError:
+            pass    # state is FAILED with the reason in boot_error
+        return process
+
+    def fork(self, preloader: WorkerProcess, app_name: str, release: Release,
+             on_exit: Callable) -> WorkerProcess:
+        process = WorkerProcess(app_name, release, self.log, on_exit)
+        try:
+            process.start_forked(preloader)
+        except OSError:
+            pass    # state is FAILED with the reason in boot_error
+        return process
 
 
 class ForkedProcess:

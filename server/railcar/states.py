@@ -44,7 +44,7 @@ def check_transition(current: str, new: str) -> None:
 #                           nothing is spawned before `retry_at`, 1 s after the first failure,
 #                           doubling with each failure in a row up to MAX_BACKOFF
 #     BACKOFF -> BACKOFF    the retry failed too (the delay doubles)
-#     BACKOFF -> RUNNING    a new worker booted, or a rolling restart succeeded
+#     BACKOFF -> RUNNING    a new worker booted (by reconcile, a restart or a replacement)
 #
 # The state is a value: a frozen Spawning, replaced whole on each transition, so the count of
 # failures and the retry time are part of the state and never left over beside it.
