@@ -1,0 +1,1 @@
+"""Fast tests of the supervision core on a fake process factory (see fakes.py)."""
