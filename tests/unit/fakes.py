@@ -154,6 +154,10 @@ class FakeFactory:
             raise ReleaseError(self.resolve_error)
         return self.release(self.current)
 
+    def run_on_starting(self, release, hooks_module, server, run_as, timeout) -> str:
+        self.timeline.append(("on_starting", hooks_module))
+        return ""
+
     def _begin(self, process: FakeProcess) -> FakeProcess:
         self.processes.append(process)
         name = process.release.path.rsplit("/", 1)[1]

@@ -108,3 +108,14 @@ def test_snapshot_is_immutable_and_carries_every_counter_a_worker_reports():
         view.wanted = 5
     worker.stats.update(requests=9)
     assert row.counters["requests"] == 7, "a snapshot does not change after it is taken"
+
+
+def test_on_starting_runs_once_before_the_first_worker():
+    h = Harness(workers=2)
+    h.app.hooks_module = "hooks"
+    h.start()
+    starts = [i for i, e in enumerate(h.factory.timeline) if e[0] == "start"]
+    assert h.factory.timeline.index(("on_starting", "hooks")) < starts[0]
+    h.ready()[0].exit(1)
+    h.until(lambda: len(h.ready()) == 2, what="the respawn")
+    assert h.factory.timeline.count(("on_starting", "hooks")) == 1
