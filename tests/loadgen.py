@@ -11,6 +11,7 @@ import http.client
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Load:
     max_seconds: float = 60.0
     max_requests: int = 200_000
     headers: dict = field(default_factory=dict)     # sent with every request (e.g. Host)
+    ssl_context: Any = None          # an ssl.SSLContext: HTTPS instead of HTTP
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self):
@@ -67,7 +69,10 @@ class Load:
             started = time.monotonic()
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    conn = (http.client.HTTPSConnection(self.host, self.port, timeout=30,
+                                                        context=self.ssl_context)
+                            if self.ssl_context else
+                            http.client.HTTPConnection(self.host, self.port, timeout=30))
                 headers = dict(self.headers)
                 if self.mode == "close":
                     headers["Connection"] = "close"

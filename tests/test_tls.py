@@ -274,3 +274,28 @@ def test_nginx_tls_keys_in_fabric_yaml_are_validated():
                          ({"ssl_listen": "443; x"}, "railcar.nginx.ssl_listen:")):
         with pytest.raises(ConfigError, match="^fabric.yaml: " + message.replace(".", r"\.")):
             validate(dict(base, nginx=bad), where, None)
+
+
+def test_rolling_restart_over_tls_under_load_drops_nothing(railcar, tmp_path, ca):
+    """Clients connecting (new TLS handshakes) and reusing connections throughout a rolling
+    restart: none fails, including those whose handshake a retiring worker had begun."""
+    from loadgen import Load
+
+    certfile, keyfile, _ = ca.issue("server")
+    server = start_tls(railcar, tmp_path, certfile, keyfile, "--workers", "2",
+                       workers_ready=2)
+    context = client_context(ca)
+    loads = [Load("127.0.0.1", server.port, clients=3, mode=mode, max_seconds=60,
+                  ssl_context=context).start() for mode in ("close", "keepalive")]
+    try:
+        time.sleep(1)
+        for _ in range(2):
+            result = server.cli("restart")
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        for load in loads:
+            load.stop()
+    for load in loads:
+        assert len(load.outcomes) > 20, load.mode
+        assert not load.failures(), [f.error or f.status for f in load.failures()][:5]
+        assert all(o.body.startswith(b"https ") for o in load.outcomes)

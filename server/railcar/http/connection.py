@@ -142,20 +142,37 @@ class Connection:
         """The TLS handshake, within header_timeout. Until it is done the connection counts
         as idle, like one that has not sent a byte yet: a client that never completes it
         holds a connection slot for at most header_timeout (and may be evicted at
-        worker_connections), never the worker. False: close (failed, timed out, evicted)."""
+        worker_connections), never the worker. When the server retires meanwhile, the
+        client has ~1 s more to finish it (a client that connected just before the retire
+        is served, as an idle connection may still start its request). False: close
+        (failed, timed out, evicted)."""
         state = self.state
         state.idle_ticks += 1
         self.idle_since = state.idle_ticks
         self.idle = True
         try:
-            self.timeout = self.limits.header_timeout
+            self.timeout = _RETIRE_IDLE if state.retiring else self.limits.header_timeout
             self.sock.settimeout(self.timeout)
             self.sock.do_handshake()
             return True
-        except (OSError, _IdleRetire, _Evicted):  # ssl.SSLError and timeouts are OSErrors
+        except _IdleRetire:
+            self.idle = False
+            return self._finish_handshake()
+        except (OSError, _Evicted):  # ssl.SSLError and timeouts are OSErrors
             return False
         finally:
             self.idle = False
+
+    def _finish_handshake(self):
+        """The rest of a handshake cut short by the server retiring: ~1 s more (OpenSSL
+        resumes a non-blocking handshake where it stopped)."""
+        try:
+            self.timeout = _RETIRE_IDLE
+            self.sock.settimeout(self.timeout)
+            self.sock.do_handshake()
+            return True
+        except OSError:
+            return False
 
     def _serve(self):
         while True:
