@@ -329,3 +329,45 @@ def test_every_flow_is_derived_from_the_stages_table():
     assert flows["deploy"].index("hooks") < flows["deploy"].index("publish")
     assert flows["rollback"] == ["lock", "pick", "publish", "unlock"]
     assert all(flows[flow] for flow in flows)
+
+
+def timeout_stop_sec(unit: str) -> int:
+    [line] = [line for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    return int(line.split("=", 1)[1])
+
+
+def test_systemd_units_give_the_master_its_wait_for_a_retiring_worker(tmp_path):
+    """The deploy's unit and `railcar config systemd` take their stop timeout from the one
+    rule the master waits by (supervision.retire_timeout): long_lived_timeout + 2 s counts
+    when it is longer than graceful_timeout, for the defaults and for a config's values."""
+    from railcar import config as server_config
+    from railcar.deploy.paths import Paths
+    from railcar.deploy.unit import render_unit
+    from railcar.render import render
+    from railcar.settings import BY_NAME
+    from railcar.supervision import retire_timeout
+
+    graceful, long_lived = (BY_NAME[key].default for key in
+                            ("graceful_timeout", "long_lived_timeout"))
+    assert long_lived + 2 > graceful      # the defaults: the long-lived wait is the longer
+    wait = retire_timeout(graceful, long_lived)
+    assert wait == long_lived + 2
+    assert retire_timeout(90, 30) == 90 and retire_timeout(5, 0) == 5
+
+    config = load(config_from_file(tmp_path, f"railcar:\n  app: shop\n  source: {tmp_path}\n"),
+                  "web1")
+    deploy_unit = render_unit(Paths(config.deploy_to), config)
+    assert timeout_stop_sec(deploy_unit) == int(wait + 30)
+
+    (tmp_path / "app").mkdir()
+
+    def rendered(app_keys: str) -> str:
+        path = tmp_path / "railcar.toml"
+        path.write_text(f'[server]\n[[apps]]\nname = "shop"\nroot = "app"\nuser = "nobody"\n'
+                        f'{app_keys}')
+        loaded = server_config.load({"config": str(path)}, None, starting=False)
+        return render("systemd", loaded, railcar="/usr/bin/railcar")
+
+    assert timeout_stop_sec(rendered("")) == timeout_stop_sec(deploy_unit)
+    assert timeout_stop_sec(rendered("long_lived_timeout = 100\n")) == int(102 + 30)
+    assert timeout_stop_sec(rendered("long_lived_timeout = 0\n")) == int(graceful + 30)

@@ -32,6 +32,7 @@ import gevent.lock
 
 from . import release as releases
 from . import states
+from . import supervision
 from .config import AppConfig
 from .fallback import BootErrorResponder
 from .limits import Upkeep
@@ -94,9 +95,9 @@ class AppPool:
         return [w for w in self.workers if w.state in states.SERVING]
 
     def retire_timeout(self) -> float:
-        """How long a retiring worker may take: graceful_timeout for its requests, and
-        long_lived_timeout plus the close of its WebSockets and streams (http/server.py)."""
-        return max(self.graceful_timeout, self.app.limits.get("long_lived_timeout", 0.0) + 2)
+        """How long a retiring worker may take (supervision.retire_timeout)."""
+        return supervision.retire_timeout(self.graceful_timeout,
+                                          self.app.limits.get("long_lived_timeout", 0.0))
 
     def current_release(self) -> str | None:
         ready = [w for w in self.workers if w.state == states.READY]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from . import supervision
 from .config import AppConfig, ServerConfig
 from .settings import APP_NAME
 from .views import Limits
@@ -196,9 +197,9 @@ def _context(kind: str, config: ServerConfig, options: dict) -> dict:
         context.update(systemd_context(
             systemd_command([*railcar, "start", "--config", config.config_file]),
             max(app.ready_timeout for app in config.apps),
-            # A stopping worker may keep WebSockets and streams for long_lived_timeout.
-            max([config.graceful_timeout] + [app.limits.get("long_lived_timeout", 0.0) + 2
-                                             for app in config.apps]),
+            max(supervision.retire_timeout(config.graceful_timeout,
+                                           app.limits.get("long_lived_timeout", 0.0))
+                for app in config.apps),
             rendered_by="`railcar config systemd`", run_dir=config.run_dir))
     elif kind == "logrotate":
         logs = [config.log_file] if config.log_file else []
@@ -236,12 +237,13 @@ def _ssl(options: dict) -> dict | None:
     return {"certificate": cert, "certificate_key": key, "listen": listen}
 
 
-def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: float,
+def systemd_context(exec_start: str, boot_timeout: float, retire_timeout: float,
                     rendered_by: str, run_dir: str | None = None, user: str | None = None,
                     group: str | None = None,
                     read_write_paths: list[str] | None = None) -> dict:
     """What the systemd unit template needs: a foreground `railcar start` command line (the
-    master tells systemd it is ready, Type=notify), timeouts from boot and graceful times.
+    master tells systemd it is ready, Type=notify), timeouts from the boot time and the
+    master's wait for a retiring worker (`retire_timeout`: supervision.retire_timeout).
     `exec_start`: already quoted for systemd (see systemd_command). `user`/`group`: the
     account the master runs as (User=/Group=); `read_write_paths`: with them the unit is
     sandboxed (ProtectSystem=strict, ...) and may write only there."""
@@ -258,12 +260,12 @@ def systemd_context(exec_start: str, boot_timeout: float, graceful_timeout: floa
     return dict(
         exec_start=exec_start, rendered_by=rendered_by, user=user, group=group or user,
         read_write_paths=[_safe(path, None, "writable path") for path in read_write_paths or []],
-        start_timeout=int(boot_timeout + 30), stop_timeout=int(graceful_timeout + 30),
+        start_timeout=int(boot_timeout + 30), stop_timeout=int(retire_timeout + 30),
         runtime_directory=runtime_directory)
 
 
 def render_systemd_unit(exec_start: str | list[str], names: list[str], boot_timeout: float,
-                        graceful_timeout: float, source: str, rendered_by: str,
+                        retire_timeout: float, source: str, rendered_by: str,
                         **account) -> str:
     """The systemd unit for a master started by `exec_start` (used where no --config file
     exists, e.g. `fab setup`): the same template as `railcar config systemd`.
@@ -275,7 +277,7 @@ def render_systemd_unit(exec_start: str | list[str], names: list[str], boot_time
     template = _environment().get_template(KINDS["systemd"])
     return template.render(apps=[{"name": name} for name in names], source=source,
                            **systemd_context(systemd_command(argv), boot_timeout,
-                                             graceful_timeout, rendered_by, **account))
+                                             retire_timeout, rendered_by, **account))
 
 
 def _one_line(value):

@@ -22,6 +22,18 @@ MIB = 1024 * 1024
 USS_INTERVAL = 5.0
 # A worker that has not answered `stats` for this long (and for max_request_time) is stuck.
 UNRESPONSIVE_MIN = 10.0
+# Seconds a retiring worker may take past long_lived_timeout to close its WebSockets and
+# streams (a close frame, then the app's return; http/server.py bounds it at 1.5 s).
+LONG_LIVED_CLOSE = 2.0
+
+
+def retire_timeout(graceful_timeout: float, long_lived_timeout: float) -> float:
+    """How long the master waits for a retiring worker (rolling restart, replacement, stop):
+    graceful_timeout for its ordinary requests, or long_lived_timeout plus LONG_LIVED_CLOSE
+    for its long-lived connections, whichever is longer. The one rule: the pool waits so long,
+    and every systemd unit (`railcar config systemd`, the deploy's) gives the master that much
+    more time to stop (render.py)."""
+    return max(graceful_timeout, long_lived_timeout + LONG_LIVED_CLOSE)
 
 
 @dataclass

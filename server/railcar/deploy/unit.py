@@ -14,6 +14,7 @@ import shlex
 
 from ..render import render_systemd_unit
 from ..settings import BY_NAME
+from ..supervision import retire_timeout
 from .command import start_argv
 from .paths import Paths
 from .remote import Remote
@@ -49,11 +50,14 @@ def uses_systemd(remote: Remote, config: DeployConfig) -> bool:
 def render_unit(paths: Paths, config: DeployConfig) -> str:
     """The unit from the same template as `railcar config systemd`: the master in the
     foreground (Type=notify), started with the server's own command line, logging to the
-    journal."""
+    journal; its stop timeout from the same rule (supervision.retire_timeout) for the
+    server's defaults, which the deploy's command line keeps."""
     argv = start_argv(paths, config, daemon=False)
     return render_systemd_unit(
         shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
-        BY_NAME["graceful_timeout"].default, source=f"{config.app} on this host",
+        retire_timeout(BY_NAME["graceful_timeout"].default,
+                       BY_NAME["long_lived_timeout"].default),
+        source=f"{config.app} on this host",
         rendered_by="`fab setup` (railcar.deploy)", user=config.user, group=config.user,
         read_write_paths=[paths.shared, paths.run, paths.log])
 
