@@ -141,3 +141,52 @@ def test_a_subtable_names_the_bad_key():
     with pytest.raises(ValueError, match="unknown key 'colour'"):
         settings.subtable("nginx", {"colour": 1})
     assert settings.subtable("nginx", None)["test_command"] == "nginx -t"
+
+
+SECONDS_ROWS = [s for s in SETTINGS
+                if s.convert.__name__ in ("seconds", "seconds_or_off", "seconds_or_zero")]
+
+
+@pytest.mark.parametrize("setting", SECONDS_ROWS, ids=lambda s: s.name)
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
+def test_a_seconds_setting_refuses_nan_and_infinity_naming_its_key(tmp_path, setting, raw):
+    """From a flag and from railcar.toml (TOML's own nan and inf floats), the error names
+    the key and the value: no comparison refuses NaN, and an infinite timeout is none."""
+    from railcar import config
+
+    with pytest.raises(ConfigError) as error:
+        config.load({s.name: None for s in SETTINGS} | {setting.name: raw}, str(tmp_path))
+    assert f"option {setting.flag}: {setting.key}: " in str(error.value)
+    assert f"not {raw} (got '{raw}')" in str(error.value)
+    table = "server" if setting.section == "server" else "app"
+    (tmp_path / "railcar.toml").write_text(f"[{table}]\n{setting.key} = {raw}\n")
+    with pytest.raises(ConfigError, match=rf"railcar\.toml \[{table}\]: {setting.key}: "):
+        config.load({s.name: None for s in SETTINGS}, str(tmp_path))
+
+
+def test_the_seconds_rows_are_found():
+    names = {s.name for s in SECONDS_ROWS}
+    assert {"graceful_timeout", "long_lived_timeout", "max_request_time",
+            "keepalive_timeout"} <= names
+
+
+@pytest.mark.parametrize("key", [s.name for s in rows("deploy")
+                                 if s.convert.__name__ == "whole"])
+@pytest.mark.parametrize("raw", [float("nan"), float("inf")])
+def test_a_deploy_number_refuses_nan_and_infinity_naming_its_key(key, raw):
+    from railcar.deploy import settings as deploy_settings
+
+    with pytest.raises(ConfigError, match=rf"^fabric\.yaml: railcar\.{key}: expected a whole "):
+        deploy_settings.validate({"app": "a", "source": "/", key: raw},
+                                 lambda key: "fabric.yaml", None)
+
+
+def test_long_lived_timeout_says_what_0_means():
+    """0 ends long-lived connections at once: it does not turn anything off."""
+    from railcar import config
+
+    with pytest.raises(ConfigError) as error:
+        config.load({s.name: None for s in SETTINGS} | {"long_lived_timeout": "-1"}, ".")
+    assert str(error.value) == ("option --long-lived-timeout: long_lived_timeout: must not be "
+                                "negative (0: end them at once) (got '-1')")
+    assert "off" not in settings.BY_NAME["long_lived_timeout"].help.split("(0:")[-1]

@@ -12,6 +12,7 @@ Pure functions of their argument, standard library only: a worker imports this t
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shlex
 from typing import Any, Callable
@@ -34,11 +35,17 @@ Convert = Callable[[Any], Any]
 def _number(value: Any, convert, expected: str, out_of_range, message: str):
     """`value` as `convert` (int or float), refused if `out_of_range(number)`.
 
-    A boolean is refused outright: YAML/TOML `true` would otherwise pass as 1.
+    A boolean is refused outright: YAML/TOML `true` would otherwise pass as 1. So are NaN and
+    the infinities (TOML `nan`/`inf`, YAML `.nan`/`.inf`, the strings "nan" and "inf"): no
+    comparison refuses NaN, and an infinite timeout is none.
     """
     if isinstance(value, bool):
         raise ValueError(expected)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{expected}, not {value}")
     number = convert(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{expected}, not {number}")
     if out_of_range(number):
         raise ValueError(message)
     return number
@@ -59,10 +66,17 @@ def seconds(value: Any) -> float:
                    "must be more than 0 seconds")
 
 
-def seconds_or_off(value: Any) -> float:
-    """Seconds, or 0 to turn the limit off."""
-    return _number(value, float, "expected a number of seconds (0: off)", lambda n: n < 0,
-                   "must not be negative (0: off)")
+def seconds_or_zero(zero: str) -> Convert:
+    """Seconds, or 0, which means `zero` (said in the messages: "off", "end them at once")."""
+    def check(value: Any) -> float:
+        return _number(value, float, f"expected a number of seconds (0: {zero})",
+                       lambda n: n < 0, f"must not be negative (0: {zero})")
+    check.__name__ = "seconds_or_zero"
+    return check
+
+
+seconds_or_off = seconds_or_zero("off")     # seconds, or 0 to turn the limit off
+seconds_or_off.__name__ = "seconds_or_off"
 
 
 def fraction(value: Any) -> float:
@@ -71,7 +85,7 @@ def fraction(value: Any) -> float:
 
 
 def port(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         raise ValueError("expected a port number")
     number = int(value)
     if not 0 < number < 65536:
@@ -82,7 +96,8 @@ def port(value: Any) -> int:
 def whole(minimum: int) -> Convert:
     """A whole number of at least `minimum`, given as such (YAML: 3 or 3.0, not "3")."""
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or int(value) != value:
             raise ValueError("expected a whole number")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}")

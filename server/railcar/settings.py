@@ -44,8 +44,8 @@ from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_l
                       env_table, fraction, host_header, host_names, hooks, module_name, name_list,
                       nginx_listen, nginx_path, non_negative_int, one_of, optional, per_host, port,
                       positive_int, proxy_list, relative_dir, relative_list, seconds,
-                      seconds_or_off, status_ranges, statuses, str_list, systemd, tcp_bind,
-                      text, url_path, url_prefix, whole)
+                      seconds_or_off, seconds_or_zero, status_ranges, statuses, str_list,
+                      systemd, tcp_bind, text, url_path, url_prefix, whole)
 
 __all__ = ["APP_KEYS", "APP_NAME", "APP_SECTIONS", "BY_NAME", "DEPLOY_KEYS", "NGINX_KEYS",
            "SERVER_KEYS", "SETTINGS", "ConfigError", "Setting", "SubkeyError", "coerce",
@@ -243,7 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: no minimum).",
             section="limits", flag="--client-body-min-rate", key="client_body_min_rate",
             metavar="BYTES"),
-    Setting("long_lived_timeout", seconds_or_off, 30.0,
+    Setting("long_lived_timeout", seconds_or_zero("end them at once"), 30.0,
             "Seconds a retiring worker keeps its long-lived connections (WebSockets, "
             "server-sent events, responses streaming without a Content-Length) before it "
             "ends them, a WebSocket with the close frame 1001 (going away); separate from "
