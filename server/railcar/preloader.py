@@ -53,6 +53,10 @@ class Preloader:
         proctitle.set_title("preloader", self.spec.get("app"), self.spec["release"])
         self.signal_handlers = [gevent.signal_handler(sig, self.exit_now)
                                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
+        # gevent installs its SIGCHLD handler when the first child watcher starts, i.e. after
+        # the first fork returns: a worker that exits before that (an app whose at-fork hook
+        # exits) would send a SIGCHLD nobody hears, and its exit would go unreported.
+        gevent.get_hub().loop.install_sigchld()
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
                            "release": self.spec["release"]})
         for message in self.channel.messages():
