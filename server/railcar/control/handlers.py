@@ -81,11 +81,11 @@ def do_requests(master, progress, app: str | None = None) -> dict:
         pools = master.find_pools(app)
     except LookupError as exc:
         return protocol.failure(str(exc))
+    live = [{w.pid for w in pool.snapshot().workers
+             if w.state in (states.READY, states.RETIRING)} for pool in pools]
     rows = []
-    for pool in pools:
-        live = {w.pid for w in pool.snapshot().workers
-                if w.state in (states.READY, states.RETIRING)}
-        for pid, answer in pool.ask("requests", 2.0, live).items():
+    for pool, answers in zip(pools, _ask_all(pools, "requests", 2.0, live)):
+        for pid, answer in answers.items():
             for request in (answer or {}).get("requests", []):
                 rows.append(dict(request, app=pool.app.name, worker=pid))
     rows.sort(key=lambda row: -row["age"])
@@ -119,11 +119,20 @@ def do_backtraces(master, progress, app: str | None = None, worker: int | None =
         pools = master.find_pools(app)
     except LookupError as exc:
         return protocol.failure(str(exc))
-    answers = [(pool.app.name, pid, answer) for pool in pools
-               for pid, answer in pool.ask("backtraces", 5.0,
-                                           None if worker is None else {worker}).items()]
+    pids = None if worker is None else {worker}
+    answers = [(pool.app.name, pid, answer)
+               for pool, replies in zip(pools, _ask_all(pools, "backtraces", 5.0,
+                                                        [pids] * len(pools)))
+               for pid, answer in replies.items()]
     if worker is not None and not answers:
         return protocol.failure(f"no worker with pid {worker}")
     return protocol.success({"workers": [
         {"app": name, "pid": pid, "text": (answer or {}).get("text", "(no answer)")}
         for name, pid, answer in answers]})
+
+
+def _ask_all(pools, call: str, timeout: float, pids: list) -> list[dict]:
+    """pool.ask of every pool at once (one app's slow workers never add to another's)."""
+    jobs = [gevent.spawn(pool.ask, call, timeout, wanted) for pool, wanted in zip(pools, pids)]
+    gevent.joinall(jobs)
+    return [job.value or {} for job in jobs]
