@@ -25,7 +25,11 @@ def stage_lock(host: Host) -> str:
 def stage_check(host: Host) -> str:
     remote, paths, wheels = host.remote, host.paths, host.wheels
     shared_files = [posixpath.join(paths.shared, f) for f in host.config.shared_files]
-    host.facts = known = host_facts.read(remote, paths, wheels, shared_files)
+    login, user = remote.login, host.config.user
+    # whether the server runs matters only to a login that could not start it (the publish
+    # starts a server that is down): root and the app account skip that interpreter start
+    host.facts = known = host_facts.read(remote, paths, wheels, shared_files,
+                                         running=login not in ("root", user))
     if not known.server_python:
         raise DeployError(f"[{host.name}] {paths.server_python} is missing: run `fab setup` first")
     wanted = wheel_id(wheels[0])
@@ -38,7 +42,6 @@ def stage_check(host: Host) -> str:
         raise DeployError(f"[{host.name}] shared files missing in {paths.shared}: "
                           f"{', '.join(absent)} (railcar.shared_files)")
     host.previous = known.current
-    login, user = remote.login, host.config.user
     if not envfile.matches(known.env_sum, envfile.render(host.env)):
         if login not in ("root", user):
             names = ", ".join(sorted(host.env)) or "none"
