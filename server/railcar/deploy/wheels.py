@@ -9,6 +9,7 @@ it lacks, under temp names renamed into place in one round trip.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import os
@@ -25,12 +26,19 @@ if TYPE_CHECKING:
 
 
 def wheel_id(path: str) -> str:
-    """A wheel's identity: its name and the sha256 of its bytes."""
+    """A wheel's identity: its name and the sha256 of its bytes (hashed once per run for
+    each version of the file: every host and stage of a deploy asks for it)."""
+    stat = os.stat(path)
+    return f"{os.path.basename(path)} {_sha256(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, _size: int, _mtime_ns: int, _inode: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return f"{os.path.basename(path)} {digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def describe(wheel_id: str) -> str:
