@@ -15,10 +15,10 @@ import tarfile
 from typing import TYPE_CHECKING
 
 from .paths import VENV_DONE, VENV_LINK, Paths
-from .settings import DeployConfig
 
 if TYPE_CHECKING:    # not at run time: this module also runs on hosts (publish.py)
     from .remote import Remote
+    from .settings import DeployConfig
 
 # $1 venv, $2 its completion marker, $3 the release's link: link a complete venv (one round
 # trip); print "reused", or "missing" when it must be built.
