@@ -38,7 +38,6 @@ import os
 import posixpath
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -150,6 +149,8 @@ def swap(paths: Paths, release_dir: str) -> None:
 
 def run_command(argv: list[str]) -> str:
     """Run a service command; its output, or Failed with it."""
+    import subprocess   # here: only a server that is down needs it, and every host starts
+    #                     this interpreter on every deploy
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 timeout=COMMAND_TIMEOUT)
