@@ -16,9 +16,11 @@ per host of the deploy (median), split into `fab` (the local process), `ssh` (ss
 shells and host-side interpreters the SSH sessions run) and `server` (the railcar masters,
 preloaders and workers: restarts, health checks, the load), the median time of each stage
 across hosts, and the CPU-bound floor: CPU-seconds per host x hosts / cores, the least wall
-time the machine's cores allow when every host lives on them. The CPU split needs root and
-the cgroup v1 cpuacct controller (/sys/fs/cgroup/cpuacct); without them only `fab` is
-measured (its rusage).
+time the machine's cores allow when every host lives on them, and `busy`: how busy the
+machine's cores were during the deploy (/proc/stat: every process, ours and anyone else's;
+on a shared machine the difference between `floor` and `wall` is mostly other work). The
+CPU split needs root and the cgroup v1 cpuacct controller (/sys/fs/cgroup/cpuacct); without
+them only `fab` is measured (its rusage).
 
 Everything it started is stopped, its temp dir and cgroups removed. Run as root, it lets
 `fab setup` create an app account `rc` + random suffix (all hosts are this machine) and
@@ -256,6 +258,13 @@ railcar:
             subprocess.run(["groupdel", self.user], capture_output=True, timeout=60)
 
 
+def machine_busy() -> float:
+    """CPU-seconds all cores spent busy since boot (/proc/stat), every process's."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)      # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def stage_times(output: str) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     for line in output.splitlines():
@@ -291,10 +300,10 @@ def main() -> int:
             for size in sizes:
                 hosts = fleet.names[:size]
                 fleet.commit(f"{round_}-{size}")
-                before = cpu.usage()
+                before, busy = cpu.usage(), machine_busy()
                 with Load([fleet.ports[name] for name in hosts], args.rate) as load:
                     took, fab_cpu, output = fleet.fab(hosts, "deploy")
-                after = cpu.usage()
+                after, busy = cpu.usage(), machine_busy() - busy
                 if load.failures:
                     raise SystemExit(f"{len(load.failures)} of {load.requests} requests failed "
                                      f"during the deploy to {size} host(s): "
@@ -302,9 +311,11 @@ def main() -> int:
                 used = {k: (after[k] - before[k]) / size for k in after} or \
                     {"fab": fab_cpu / size}
                 runs[size].append({"seconds": took, "cpu_per_host": used,
+                                   "busy": busy / took / cores,
                                    "requests": load.requests, "stages": stage_times(output)})
                 print(f"round {round_ + 1}: {size:>3} host(s) {took:6.1f}s  "
-                      f"{sum(used.values()):.2f} CPU-s/host  {load.requests} requests, 0 failed",
+                      f"{sum(used.values()):.2f} CPU-s/host  cores {busy / took / cores:4.0%} "
+                      f"busy  {load.requests} requests, 0 failed",
                       flush=True)
     finally:
         fleet.stop()
@@ -325,15 +336,18 @@ def report(runs: dict[int, list[dict]], sizes: list[int], rounds: int, cores: in
           f"{cores} cores):")
     groups = [g for g in GROUPS if any(g in r["cpu_per_host"] for r in runs[sizes[0]])]
     print(f"  {'hosts':>5} {'wall':>7} {'ratio':>6}  CPU-s/host: "
-          + " ".join(f"{g:>6}" for g in groups) + f" {'total':>6}  {'floor':>6}")
+          + " ".join(f"{g:>6}" for g in groups) + f" {'total':>6}  {'floor':>6} {'busy':>5}")
     for size in sizes:
         wall = median([r["seconds"] for r in runs[size]])
         per = {g: median([r["cpu_per_host"].get(g, 0.0) for r in runs[size]]) for g in groups}
         total = median([sum(r["cpu_per_host"].values()) for r in runs[size]])
         floor = total * size / cores
+        busy = median([r["busy"] for r in runs[size]])
         print(f"  {size:>5} {wall:6.1f}s {wall / base:5.2f}x  {'':11} "
-              + " ".join(f"{per[g]:6.2f}" for g in groups) + f" {total:6.2f}  {floor:5.1f}s")
-    print("  (floor: CPU-s/host x hosts / cores, the least wall time the cores allow)")
+              + " ".join(f"{per[g]:6.2f}" for g in groups)
+              + f" {total:6.2f}  {floor:5.1f}s {busy:5.0%}")
+    print("  (floor: CPU-s/host x hosts / cores, the least wall time the cores allow;\n"
+          "   busy: the machine's cores busy during the deploy, every process's work)")
     print("\nmedian seconds of each stage across hosts:")
     names: list[str] = []
     for size in sizes:
