@@ -257,6 +257,8 @@ def test_second_deploy_under_load_reuses_the_venv(site):
     TIMINGS["second venv stage"] = stage_seconds(output, "venv")
     TIMINGS["second deploy stages but restart/health"] = stages_seconds(output, WAITS)
     CALLS["second deploy"] = len(calls)
+    print("\n" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in TIMINGS.items())
+          + "; remote calls: " + ", ".join(f"{name} {n}" for name, n in CALLS.items()))
     assert "reused venvs/" in output and "built venvs/" not in output
     assert not [call for call in calls if "pip" in call or "build-venv" in call], calls
     assert load.failures() == [], load.failures()[:3]
@@ -389,8 +391,3 @@ def test_two_hosts_prepare_all_before_any_swap(site):
     assert "failed before the swap" in output and "swap     point" not in output
     assert {name: site.current(name) for name in before} == before
     assert site.get("host1") == site.get("host2") == "version 6"
-
-
-def test_timings_reported():
-    print("\n" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in TIMINGS.items())
-          + "; remote calls: " + ", ".join(f"{name} {n}" for name, n in CALLS.items()))

@@ -86,9 +86,15 @@ def test_sections_and_names():
 
 
 def test_every_default_passes_its_own_converter():
+    """A default converts without error, into a canonical form that converts to itself (what
+    a rendered or re-read value goes through again)."""
+    converted = 0
     for setting in SETTINGS:
         if setting.default is not None:
-            setting.convert(setting.default)
+            value = setting.convert(setting.default)
+            assert setting.convert(value) == value, setting.name
+            converted += 1
+    assert converted > len(SETTINGS) / 2
 
 
 def test_views_carry_the_tables_defaults():
