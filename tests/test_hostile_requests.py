@@ -12,8 +12,9 @@ import threading
 import time
 
 import pytest
+import requests
 
-from conftest import RailcarServer, wait_for, write_app
+from conftest import RailcarServer, free_port, wait_for, write_app
 
 APP = '''
 import hashlib, json, os
@@ -378,4 +379,34 @@ def test_connections_mid_request_are_not_evicted(railcar, tmp_path):
     finally:
         busy.close()
         for sock in others:
+            sock.close()
+
+
+def test_evicted_connections_are_counted_per_worker(railcar, tmp_path):
+    """Each idle connection a worker closes at worker_connections to make room counts: in
+    its `status --json` row (`evicted`) and in metrics
+    (railcar_worker_evicted_connections_total{app,pid})."""
+    metrics = free_port()
+    app = write_app(tmp_path / "app", APP)
+    server = railcar().start(str(app), "--workers", "1", "--worker-connections", "2",
+                             "--metrics-bind", f"127.0.0.1:{metrics}")
+    [worker] = server.workers()
+    pid = worker["pid"]
+    assert worker["evicted"] == 0
+    socks = []
+    try:
+        for _ in range(5):  # the 3rd, 4th and 5th each close the longest-idle one
+            socks.append(server.connect())
+            time.sleep(0.2)
+        for sock in socks[:3]:
+            assert select.select([sock], [], [], 5)[0] and sock.recv(1) == b""
+        socks[-1].sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(socks[-1])[0] == 200
+        [worker] = server.workers()
+        assert worker["pid"] == pid and worker["evicted"] == 3 and worker["connections"] == 2
+        line = f'railcar_worker_evicted_connections_total{{app="app",pid="{pid}"}} 3.0'
+        wait_for(lambda: line in requests.get(f"http://127.0.0.1:{metrics}/metrics",
+                                              timeout=5).text, 10, what=line)
+    finally:
+        for sock in socks:
             sock.close()

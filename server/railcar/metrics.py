@@ -65,6 +65,10 @@ class RailcarCollector:
         long_lived = GaugeMetricFamily(
             "railcar_worker_long_lived_connections",
             "Open WebSockets and streaming responses of each worker.", labels=["app", "pid"])
+        evicted = CounterMetricFamily(
+            "railcar_worker_evicted_connections",
+            "Idle connections each worker closed at worker_connections to make room for a "
+            "new one (the longest-idle first).", labels=["app", "pid"])
         rss = GaugeMetricFamily("railcar_worker_rss_bytes", "Resident memory of each worker.",
                                 labels=["app", "pid"])
         uss = GaugeMetricFamily("railcar_worker_uss_bytes",
@@ -103,6 +107,8 @@ class RailcarCollector:
                 if worker.state in WORKER_STATES:
                     long_lived.add_metric([app, str(worker.pid)],
                                           worker.counters.get("long_lived", 0))
+                    evicted.add_metric([app, str(worker.pid)],
+                                       worker.counters.get("evicted", 0))
                 if worker.rss is not None:
                     rss.add_metric([app, str(worker.pid)], worker.rss)
                 if worker.uss is not None:
@@ -111,7 +117,7 @@ class RailcarCollector:
                     cpu.add_metric([app, str(worker.pid)], worker.cpu)
         return [requests, overloaded, timed_out, latency, queue, in_flight, workers, restarts,
                 replaced, canary_active, canary_requests, canary_errors, canaries,
-                health_failures, long_lived, rss, uss, cpu]
+                health_failures, long_lived, evicted, rss, uss, cpu]
 
 
 class MetricsServer:

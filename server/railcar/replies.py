@@ -19,7 +19,8 @@ MAX_BACKTRACES = 3 * 1024 * 1024    # a worker sends at most 2 Mi characters
 MAX_REQUESTS = 10_000            # rows of `status --requests` from one worker
 MAX_FIELD = 2048                 # method, path, client of one request in flight
 MAX_BUCKETS = 64
-COUNTERS = ("requests", "in_flight", "long_lived", "connections", "overloaded", "timed_out")
+COUNTERS = ("requests", "in_flight", "long_lived", "connections", "overloaded", "timed_out",
+            "evicted")
 REQUIRED_COUNTERS = ("requests", "in_flight")
 HISTOGRAMS = ("latency", "queue")     # {"buckets", "counts", "sum"} each
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")

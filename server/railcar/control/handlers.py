@@ -22,7 +22,7 @@ def _worker_row(worker, stats: dict | None, canary_pid: int | None) -> dict:
     """A `status --json` worker row: the process, its counters (every count it reports, as
     it answers now), its resources as last sampled."""
     row = worker.describe()
-    row.update(requests=None, in_flight=None, long_lived=None, connections=None)
+    row.update(requests=None, in_flight=None, long_lived=None, connections=None, evicted=None)
     row.update({k: v for k, v in (stats or {}).items() if type(v) is int})
     row.update(rss=worker.rss, uss=worker.uss, cpu=worker.cpu, replacing=worker.replacing,
                canary=canary_pid is not None and worker.pid == canary_pid)

@@ -16,7 +16,8 @@ Commands (args in parentheses):
                               "max_workers", "canary", "canaries", "health",
                               "health_failures", "canary_settings",
                               "workers": [{"pid", "release", "state",
-                              "requests", "in_flight", "long_lived", "started_at", "rss",
+                              "requests", "in_flight", "long_lived", "connections",
+                              "evicted", "started_at", "rss",
                               "uss", "cpu",
                               "replacing", "canary"}], "spawn_method",
                               "preloaders": [{"pid", "release", "state", "current"}]}]}
