@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -63,8 +64,34 @@ Host {name}
 """
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low, high = (int(part) for part in file.read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free TCP port on 127.0.0.1 outside the ephemeral range: a host's port is chosen
+    minutes before its server binds it (a fleet's setup), and in between any outgoing
+    connection (ssh, pip) could be given a port of the ephemeral range."""
+    ephemeral = _ephemeral_ports()
+    low = 10000 if ephemeral.start > 12000 else 1024
+    top = ephemeral.start if ephemeral.start > low + 1000 else 65536
+    for _ in range(200):
+        port = secrets.randbelow(top - low) + low
+        if port in ephemeral:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # crowded: any free port
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
