@@ -70,6 +70,14 @@ def served(site: Site, name: str = "host1") -> set[str]:
             for w in app["workers"] if w["state"] == "ready"}
 
 
+def sessions_ended(site: Site, name: str = "host1") -> None:
+    """Wait until the host's sshd serves no connection: a command the killed fab had already
+    sent (the start of a publish) has then run or been dropped, so what follows sees the
+    host's final state, not one a late-starting publish is about to change."""
+    sshd = psutil.Process(site.hosts[name].proc.pid)
+    wait_for(lambda: not sshd.children(), 60, what="the killed fab's SSH sessions to end")
+
+
 def assert_consistent(site: Site, name: str = "host1") -> str:
     """Once no publish runs: current is good and is what every worker serves, and `fab
     releases` / `fab status` say so. Returns the current release."""
@@ -101,6 +109,7 @@ def test_sigkill_of_fab_at_every_stage(site):
                 proc.kill()
                 proc.wait(timeout=30)
             release = re.search(r"^release (\S+):", seen, re.M).group(1)
+            sessions_ended(site)
             now = assert_consistent(site)
             ended[stage] = (now, site.states().get(release, "removed"))
             if stage in BEFORE_PUBLISH:     # unless fab got as far as starting the publish
