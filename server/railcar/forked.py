@@ -20,14 +20,9 @@ import psutil
 
 class ForkedProcess:
     """A worker forked by a preloader (a process.WorkerProcess), seen through the part of
-    Popen's interface that WorkerProcess uses. It is not our child: its exit is seen through a pidfd (psutil polling
-    where there is none) and its exit status comes from the preloader, when it can tell.
-
-    The pid comes from the preloader, which runs app code: it is verified to be a child of
-    that preloader before anything else, and from then on the process is named by a pidfd
-    (or a psutil.Process, which checks the start time before each signal), never by the
-    number alone, so a pid reused by another process is never signalled. Raises OSError if
-    the pid is not the preloader's child."""
+    Popen's interface that WorkerProcess uses (see the module's docstring); psutil polling
+    stands in for the pidfd where there is none. Raises OSError if the pid is not the
+    preloader's child."""
 
     POLL_INTERVAL = 0.2
     STATUS_WAIT = 2.0   # how long to wait for the preloader's word on the exit status
