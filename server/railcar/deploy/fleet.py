@@ -109,7 +109,7 @@ def publish_all(hosts: list[Host], archive: Archive, config: DeployConfig,
             reporter.line(f"batch {number + 1}/{len(batches)}"
                           + (" (canary)" if number == 0 and config.canary_hosts else "")
                           + f": {', '.join(h.name for h in batch)}")
-        errors = parallel(batch, lambda h: publish(h, archive))
+        errors = parallel(batch, publish)
         for host in batch:
             if host.name in errors:
                 outcome.failed[host.name] = str(errors[host.name]).strip().splitlines()[0]

@@ -198,7 +198,7 @@ def setup_hosts(hosts: list[Host], wheels: list[str]) -> dict[str, Exception]:
     return parallel(hosts, one)
 
 
-def publish(host: Host, archive: Archive | None = None) -> None:
+def publish(host: Host) -> None:
     """Publish the prepared release on the host (swap, restart, health, mark; undone there
     on failure)."""
     try:
