@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .build import Archive
 from .pipeline import Host, Reporter, fail_before_swap, parallel, publish, revert
 from .status import health_check
 from .settings import DeployConfig, resolve_hosts
@@ -96,8 +95,7 @@ def watch(hosts: list[Host], seconds: float, say) -> dict[str, str]:
     return failed
 
 
-def publish_all(hosts: list[Host], archive: Archive, config: DeployConfig,
-                reporter: Reporter) -> Outcome:
+def publish_all(hosts: list[Host], config: DeployConfig, reporter: Reporter) -> Outcome:
     """Publish to every (prepared, locked) host by the plan. Never raises for a host's
     failure: the outcome says who is where. Hosts left unpublished are unlocked here; the
     others stay locked for the finish stages."""
@@ -127,7 +125,7 @@ def publish_all(hosts: list[Host], archive: Archive, config: DeployConfig,
             outcome.over_budget = True
             for later in batches[number + 1:]:
                 for host in later:
-                    fail_before_swap(host, archive.revision)
+                    fail_before_swap(host)
                     outcome.skipped.append(host.name)
             if config.on_batch_failure == "rollback" and outcome.published:
                 reason = f"the failure budget ({budget}) was exceeded"

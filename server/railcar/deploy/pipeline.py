@@ -156,11 +156,11 @@ fi
 '''
 
 
-def fail_before_swap(host: Host, revision: str) -> None:
+def fail_before_swap(host: Host) -> None:
     """Mark the release failed (or remove it when it cannot be marked) and unlock; `current`
     was never touched. Never raises: the deploy's own error is what the user must see."""
     try:
-        mark_failed(host, revision)
+        mark_failed(host)
     finally:
         if host.locked:
             try:
@@ -169,14 +169,14 @@ def fail_before_swap(host: Host, revision: str) -> None:
                 host.say(f"could not drop the deploy lock: {exc}")
 
 
-def mark_failed(host: Host, revision: str) -> None:
+def mark_failed(host: Host) -> None:
     """Mark the release failed, or remove it when it cannot be marked; never raises."""
     try:
         if host.release and (host.unpacked or "upload" in host.timings):
             release = host.release_dir
             done = host.remote.script(FAIL, release, posixpath.join(release, rel.STATE_FILE),
                                       tarball(host), host.paths.revisions_log,
-                                      revision_line(host, "failed", revision),
+                                      revision_line(host, "failed", host.revision),
                                       host.paths.venvs, VENV_DONE,
                                       label="fail-release").stdout.strip()
             if done == "marked":
@@ -205,7 +205,7 @@ def publish(host: Host) -> None:
         run(host, STAGES, PUBLISH)
     except PublishError as exc:
         if not exc.changed:     # refused before the swap: the release was never marked
-            mark_failed(host, host.revision)
+            mark_failed(host)
         raise
 
 
@@ -237,15 +237,15 @@ def deploy(hosts: list[Host], archive: Archive, wheels: list[str], release: str)
         errors = parallel(hosts, lambda h: run(h, STAGES, PREPARE))
     except BaseException:
         for host in hosts:
-            fail_before_swap(host, archive.revision)
+            fail_before_swap(host)
         raise
     if errors:
         for host in hosts:
-            fail_before_swap(host, archive.revision)
+            fail_before_swap(host)
         details = "\n".join(f"{name}: {exc}" for name, exc in errors.items())
         raise DeployError(f"deploy of {release} failed before the swap; current is unchanged "
                           f"on every host:\n{details}")
-    outcome = fleet.publish_all(hosts, archive, hosts[0].config, hosts[0].reporter)
+    outcome = fleet.publish_all(hosts, hosts[0].config, hosts[0].reporter)
     finishing = [host for host in hosts if host.locked]
     errors = parallel(finishing, finish)
     if not outcome.ok:
