@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 from typing import Callable
 
 from .http import HTTPServer, Limits
@@ -26,9 +25,6 @@ MAX_CONNECTIONS = 100
 DEADLINE = 10.0          # seconds for a whole exchange: request head in, answer out
 MAX_HEAD = 16 * 1024     # bytes of header fields (names and values)
 EVICTION_LOG_INTERVAL = 10.0
-LIMITS = Limits(max_header_size=MAX_HEAD, header_timeout=DEADLINE, keepalive_timeout=DEADLINE,
-                client_body_timeout=DEADLINE, worker_connections=MAX_CONNECTIONS,
-                trusted_proxies=())
 
 
 def plain(start_response, status: str, body: bytes,
@@ -49,9 +45,9 @@ class Responder:
         self.name = name
         self.app = app
         self.log = log
-        self.limits = replace(LIMITS, worker_connections=max_connections,
-                              header_timeout=deadline, keepalive_timeout=deadline,
-                              client_body_timeout=deadline)
+        self.limits = Limits(max_header_size=MAX_HEAD, header_timeout=deadline,
+                             keepalive_timeout=deadline, client_body_timeout=deadline,
+                             worker_connections=max_connections, trusted_proxies=())
         self.deadline = deadline
         self.server: HTTPServer | None = None
         self.evicted = 0
