@@ -333,7 +333,7 @@ class Connection:
         if state.in_flight >= state.max_in_flight:
             state.overloaded += 1
             self._refuse(HTTPError(_OVERLOADED, "too many requests in progress; retry later"),
-                         request, f"Retry-After: 1\r\nX-Request-Id: {rid}\r\n", environ, queue)
+                         request, "Retry-After: 1\r\n" + _id_header(response), environ, queue)
             return False
         state.in_flight += 1
         self.busy_since = started
