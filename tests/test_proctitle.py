@@ -1,15 +1,16 @@
 """Process titles: with setproctitle importable (the titles extra, in this run's venv) `ps`
-shows `railcar: master`, `railcar: preloader APP RELEASE` and `railcar: worker APP RELEASE`;
-an app venv without it runs its workers all the same, under their command line."""
+shows `railcar: master [ARGS]`, `railcar: preloader APP RELEASE` and `railcar: worker APP
+RELEASE`; an app venv without it runs its workers all the same, under their command line."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import root_opt_in, wait_for
 
 APP = '''
 def application(environ, start_response):
@@ -40,7 +41,10 @@ def test_ps_shows_each_role_app_and_release(railcar, release, spawn_method):
     server = railcar().start(str(release), "--name", "shop", "--workers", "2",
                              "--spawn-method", spawn_method, workers_ready=2)
     master = server.proc.pid
-    assert ps_args(master) == "railcar: master"
+    args = ["start", str(release), "--name", "shop", "--workers", "2", "--spawn-method",
+            spawn_method, *root_opt_in([]), "--port", str(server.port),
+            "--admin-socket", server.admin_socket, "--log-file", str(server.log_file)]
+    assert ps_args(master) == f"railcar: master [{' '.join(args)}]"
     workers = [w["pid"] for w in server.workers()]
     for pid in workers:
         assert ps_args(pid) == "railcar: worker shop 20261129T101500Z-abc1234"
@@ -63,7 +67,7 @@ def test_without_setproctitle_workers_keep_their_command_line(railcar, release, 
     assert server.get().text == "ok"
     for worker in server.workers():
         assert "-m railcar.worker" in ps_args(worker["pid"])
-    assert ps_args(server.proc.pid) == "railcar: master"      # the master's venv has it
+    assert ps_args(server.proc.pid).startswith("railcar: master [start ")   # its venv has it
     server.stop()
     wait_for(lambda: server.proc.poll() is not None, 30, what="the master to exit")
 
@@ -72,6 +76,12 @@ def test_titles_name_role_app_and_release_directory():
     from railcar.proctitle import title
 
     assert title("master") == "railcar: master"
+    assert title("master", args=["start", "/srv/shop/current", "--allow-root", "--env-file",
+                                 "/srv/shop/shared/railcar.env"]) == \
+        "railcar: master [start /srv/shop/current --allow-root --env-file " \
+        "/srv/shop/shared/railcar.env]"
+    assert title("master", args=["start", "/srv/my app"]) == \
+        f"railcar: master [start {shlex.quote('/srv/my app')}]"
     assert title("worker", "shop", "/srv/shop/releases/20261129T101500Z-abc1234/") == \
         "railcar: worker shop 20261129T101500Z-abc1234"
     assert title("preloader", "blog", "/srv/blog") == "railcar: preloader blog blog"

@@ -117,7 +117,7 @@ def launch(config: ServerConfig) -> int:
 
     from . import logs, proctitle
 
-    proctitle.set_title("master")
+    proctitle.set_title("master", args=sys.argv[1:])
     from .master import Master, bind_all
     from .sockets import BindError
 
