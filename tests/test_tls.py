@@ -16,9 +16,11 @@ import pytest
 import requests
 from cryptography import x509
 
+from accounts import accounts, needs_root, shared_dir  # noqa: F401 (fixtures)
 from certs import TestCA
 from conftest import free_port, railcar_command, wait_for, write_app
-from railcar import tls
+from railcar import config, tls
+from railcar.settings import SETTINGS, ConfigError
 
 APP = '''
 def application(environ, start_response):
@@ -156,6 +158,40 @@ def test_bad_certificate_or_key_is_refused_at_start(tmp_path, ca):
         assert result.returncode != 0, args
         for word in words:
             assert word in result.stderr, (args, result.stderr)
+
+
+@needs_root()
+def test_a_key_the_app_account_cannot_read_is_refused_at_start_naming_file_and_account(
+        accounts, shared_dir):
+    """A root master reads any key, its workers (the app's account) only theirs: the start
+    check reads the files as that account too, before any worker fails on them."""
+    account = accounts.user()
+    certfile, keyfile, _ = TestCA(shared_dir / "pki").issue("server")   # key: root's, 0600
+    app = write_app(shared_dir / "app", APP)
+    args = ["--user", account.pw_name, "--certfile", str(certfile), "--keyfile", str(keyfile)]
+    result = subprocess.run(railcar_command() + ["start", str(app), "--port", str(free_port()),
+                                                 "--admin-socket", str(shared_dir / "a.sock"),
+                                                 *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    for word in ("keyfile", str(keyfile), f"account {account.pw_name}"):
+        assert word in result.stderr, result.stderr
+    assert "certfile" not in result.stderr, result.stderr    # that one is world-readable
+
+    cli = {s.name: None for s in SETTINGS} | {"user": account.pw_name,
+                                               "certfile": str(certfile),
+                                               "keyfile": str(keyfile)}
+    os.chown(keyfile, 0, account.pw_gid)
+    keyfile.chmod(0o640)                        # readable through the account's group
+    [app_config] = config.load(cli, str(app)).apps
+    keyfile.chmod(0o600)                        # as before a spawn batch: checked again
+    with pytest.raises(ConfigError, match=f"app 'app': keyfile {keyfile}: cannot be read by "
+                                          f"the app's account {account.pw_name}"):
+        app_config.check_tls()
+    (shared_dir / "pki").chmod(0o700)           # a directory on the way counts too
+    certfile.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"certfile {certfile}: cannot be read"):
+        app_config.check_tls()
 
 
 def test_restart_onto_a_broken_certificate_is_refused(railcar, tmp_path, ca):

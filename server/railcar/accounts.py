@@ -11,12 +11,16 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 from .settings import ConfigError
 
 WEB_SERVER_GROUP = "www-data"   # default group of app sockets when the master runs as root
+# Prints each argument the shell cannot open for reading, one a line. It opens them rather
+# than ask `[ -r ]`, whose answer from some shells and libcs comes from the mode bits alone.
+_UNREADABLE = 'for path; do { true; } <"$path" || printf "%s\\n" "$path"; done'
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,19 @@ class Account:
     def process_options(self) -> dict[str, Any]:
         """Keyword arguments of subprocess.Popen/run that start a process as this account."""
         return {"user": self.uid, "group": self.gid, "extra_groups": list(self.extra_groups)}
+
+    def unreadable(self, paths: list[str]) -> list[str]:
+        """Those of `paths` this account cannot read, asked of the kernel as the account:
+        a short `sh` started as it opens each for reading (so modes, ACLs and every directory
+        on the way count). Runs in a root master, which reads anything itself."""
+        try:
+            result = subprocess.run(
+                ["/bin/sh", "-c", _UNREADABLE, "sh", *paths], capture_output=True, text=True,
+                errors="replace", timeout=30, cwd="/", env={"PATH": "/usr/bin:/bin"},
+                stdin=subprocess.DEVNULL, **self.process_options())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"cannot check what account {self.user} may read: {exc}") from None
+        return result.stdout.splitlines()
 
     def environ(self) -> dict[str, str]:
         """USER, LOGNAME and HOME of the account, for the environment of its processes."""

@@ -71,13 +71,26 @@ class AppConfig:
         return self.boot_timeout + (self.health_timeout + HEALTH_MARGIN if self.health else 0)
 
     def check_tls(self) -> None:
-        """Load the certificate and key as they are now (the master does before each spawn
-        batch); ConfigError naming the setting and the file if they cannot serve."""
-        if self.tls:
-            try:
-                tls.server_context(self.tls["certfile"], self.tls["keyfile"])
-            except tls.TLSError as exc:
-                raise ConfigError(f"app {self.name!r}: {exc}") from None
+        """The one check of the certificate and key, as they are now (the master runs it at
+        start and before each spawn batch): they load and match, and, under a root master,
+        the app's account (`run_as`), which the workers read them as, can read them.
+        ConfigError naming the app, the setting and the file (and the account) otherwise."""
+        if not self.tls:
+            return
+        try:
+            tls.server_context(self.tls["certfile"], self.tls["keyfile"])
+        except tls.TLSError as exc:
+            raise ConfigError(f"app {self.name!r}: {exc}") from None
+        if self.run_as is None:
+            return
+        unreadable = self.run_as.unreadable(list(dict.fromkeys(self.tls.values())))
+        for key in ("certfile", "keyfile"):
+            if self.tls[key] in unreadable:
+                account = self.run_as.user
+                raise ConfigError(
+                    f"app {self.name!r}: {key} {self.tls[key]}: cannot be read by the app's "
+                    f"account {account}, which the workers read it as: give {account} read "
+                    f"access (e.g. group {self.run_as.group}, mode 0640)")
 
     def environment(self) -> dict[str, str]:
         """What the app's processes get on top of the master's environment: `env`, then the
@@ -175,8 +188,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         env_file = os.path.abspath(os.path.join(base_dir, os.path.expanduser(env_file)))
         if starting:
             envfile.read(env_file)  # refuse a missing or malformed file before anything runs
-    tls_files = _tls_files(values, where, base_dir, starting)
-    return AppConfig(
+    app = AppConfig(
         name=name,
         root=root,
         module=values.get("module"),
@@ -187,7 +199,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         env_file=env_file,
         access_log=values.get("access_log"),
         access_log_format=values["access_log_format"],
-        tls=tls_files,
+        tls=_tls_files(values, where, base_dir),
         boot_timeout=values["boot_timeout"],
         limits={name: values[name] for name in names("limits")},
         supervision=Supervision.from_values(values),
@@ -202,24 +214,20 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         hooks_module=values.get("hooks_module"),
         gc_freeze=values["gc_freeze"],
     )
+    if starting:
+        app.check_tls()
+    return app
 
 
-def _tls_files(values: dict[str, Any], where: str, base_dir: str,
-               starting: bool) -> dict[str, str] | None:
-    """certfile/keyfile as absolute paths, checked by loading them when `starting`."""
+def _tls_files(values: dict[str, Any], where: str, base_dir: str) -> dict[str, str] | None:
+    """certfile/keyfile as absolute paths (AppConfig.check_tls checks the files)."""
     certfile, keyfile = values.get("certfile"), values.get("keyfile")
     if not certfile:
         if keyfile:
             raise ConfigError(f"{where}: keyfile: given without certfile (--certfile)")
         return None
-    files = {key: os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
-             for key, path in (("certfile", certfile), ("keyfile", keyfile or certfile))}
-    if starting:
-        try:
-            tls.server_context(files["certfile"], files["keyfile"])
-        except tls.TLSError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return files
+    return {key: os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+            for key, path in (("certfile", certfile), ("keyfile", keyfile or certfile))}
 
 
 def default_name(root: str) -> str:

@@ -129,7 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
             "again by the new workers of every restart (a renewed certificate is picked up).",
             flag="--certfile", key="certfile", metavar="PATH"),
     Setting("keyfile", text, None,
-            "Private key (PEM, without passphrase) of --certfile (default: in --certfile).",
+            "Private key (PEM, without passphrase) of --certfile (default: in --certfile). "
+            "Under a root master both files must be readable by the app's account, which the "
+            "workers read them as.",
             flag="--keyfile", key="keyfile", metavar="PATH"),
     Setting("spawn_method", either("smart", "direct"), "smart",
             "smart: a preloader per release imports the app once and forks the workers "
