@@ -5,6 +5,13 @@ number of worker processes and a fresh loopback port. Each runs in its own sessi
 group), so Ctrl-C at the terminal reaches only the benchmark, which then stops the server.
 Only processes started here are ever signalled: the server's pid, and as a last resort its
 process group (whose id is that same pid).
+
+A running server can also be restarted gracefully (`RunningServer.restart`), each server its
+own way: railcar with `railcar restart` (a rolling restart, returns when it is done), gunicorn,
+uWSGI and granian with SIGHUP to their master (gunicorn starts new workers then retires the
+old; uWSGI reloads gracefully: old workers finish, then it re-executes and forks new ones;
+granian respawns its workers one by one). For the SIGHUP servers the restart is done when
+none of the master's children from before the signal is left and as many new ones run.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 STOP_TIMEOUT = 20.0      # seconds from SIGTERM to SIGKILL of the process group
 POLL_INTERVAL = 0.1
+RESTART_POLL = 0.02      # how often a SIGHUP restart's progress is looked at
 
 
 class ServerError(Exception):
@@ -47,6 +57,14 @@ class ServerKind:
     argv: Callable[[Launch], list[str]]
     install: str                           # how to get it, shown when it is missing
     note: str = ""                         # how it runs, shown in the report
+    restart: str | None = None             # "railcar restart", "SIGHUP" or None: not supported
+
+
+@dataclass
+class RestartOutcome:
+    ok: bool
+    seconds: float                         # from the request to the restart's end
+    detail: str = ""                       # the command's output, or why it failed
 
 
 def _railcar(launch: Launch) -> list[str]:
@@ -67,9 +85,13 @@ def _gunicorn(worker_class: str, *extra: str) -> Callable[[Launch], list[str]]:
 
 
 def _uwsgi(launch: Launch) -> list[str]:
+    # --http-socket closes the connection after each response without saying so, which wrk
+    # counts as a read error per request; the header tells the client, as HTTP/1.1 wants.
+    # (--http11-socket, the keep-alive variant, stalls after a request per connection under
+    # --gevent.)
     return [launch.executable, "--master", "--processes", str(launch.workers),
-            "--http-socket", f"127.0.0.1:{launch.port}", "--gevent", "1000",
-            "--gevent-monkey-patch", "--chdir", str(launch.app_dir),
+            "--http-socket", f"127.0.0.1:{launch.port}", "--add-header", "Connection: close",
+            "--gevent", "1000", "--gevent-monkey-patch", "--chdir", str(launch.app_dir),
             "--wsgi-file", "wsgi.py", "--callable", "application",
             "--need-app", "--die-on-term", "--disable-logging"]
 
@@ -86,18 +108,19 @@ def _waitress(launch: Launch) -> list[str]:
 
 KINDS = {kind.name: kind for kind in [
     ServerKind("railcar", "railcar", _railcar, "pip install -e '.[server]'",
-               "master + N gevent workers"),
+               "master + N gevent workers", restart="railcar restart"),
     ServerKind("gunicorn-gevent", "gunicorn", _gunicorn("gevent"), "pip install gunicorn",
-               "-k gevent, worker_connections 1000"),
+               "-k gevent, worker_connections 1000", restart="SIGHUP"),
     ServerKind("gunicorn-sync", "gunicorn", _gunicorn("sync"), "pip install gunicorn",
-               "-k sync: one request at a time per worker, no keep-alive"),
+               "-k sync: one request at a time per worker, no keep-alive", restart="SIGHUP"),
     ServerKind("gunicorn-gthread", "gunicorn", _gunicorn("gthread", "--threads", "{threads}"),
                "pip install gunicorn", "-k gthread --threads T per worker (time.sleep blocks "
-               "a thread)"),
+               "a thread)", restart="SIGHUP"),
     ServerKind("uwsgi", "uwsgi", _uwsgi, "pip install uwsgi",
-               "--http-socket, --gevent 1000 --gevent-monkey-patch"),
+               "--http-socket (Connection: close, no keep-alive), --gevent 1000 "
+               "--gevent-monkey-patch", restart="SIGHUP"),
     ServerKind("granian", "granian", _granian, "pip install granian",
-               "--interface wsgi, default blocking threads"),
+               "--interface wsgi, default blocking threads", restart="SIGHUP"),
     ServerKind("waitress", "waitress-serve", _waitress, "pip install waitress",
                "one process, --threads T x workers"),
 ]}
@@ -183,6 +206,61 @@ class RunningServer:
             time.sleep(POLL_INTERVAL)
         raise ServerError(f"{self.kind.name} did not answer GET / with 200 within "
                           f"{self.boot_timeout:g} s (last status: {status})\n{self.log_tail()}")
+
+    def restart(self, timeout: float) -> RestartOutcome:
+        """Restart the server gracefully, its own way (see the module's docstring), and return
+        once that is done, failed, or TIMEOUT seconds passed (a failure)."""
+        how = self.kind.restart
+        if how is None:
+            raise ServerError(f"{self.kind.name} has no graceful restart")
+        started = time.monotonic()
+        if how == "railcar restart":
+            argv = [self.launch.executable, "restart",
+                    "--admin-socket", str(self.tmp / "admin.sock")]
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return RestartOutcome(False, time.monotonic() - started,
+                                      f"railcar restart did not return within {timeout:g} s")
+            output = (done.stdout + done.stderr).strip()
+            return RestartOutcome(done.returncode == 0, time.monotonic() - started,
+                                  output if done.returncode == 0
+                                  else f"railcar restart exited {done.returncode}: {output}")
+        return self._signal_restart(signal.SIGHUP, started, timeout)
+
+    def _children(self) -> set[int]:
+        """The master's live children (zombies, already exited, left out)."""
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return set()
+        alive = set()
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.add(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def _signal_restart(self, signum: int, started: float, timeout: float) -> RestartOutcome:
+        old = self._children()
+        self.process.send_signal(signum)
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return RestartOutcome(False, time.monotonic() - started,
+                                      f"{self.kind.name} exited with status "
+                                      f"{self.process.returncode} during the restart")
+            now = self._children()
+            if not (now & old) and len(now) >= len(old):
+                return RestartOutcome(True, time.monotonic() - started,
+                                      f"{len(old)} old processes replaced by {sorted(now)}")
+            time.sleep(RESTART_POLL)
+        return RestartOutcome(False, time.monotonic() - started,
+                              f"after {signal.Signals(signum).name} the old processes were not "
+                              f"all replaced within {timeout:g} s")
 
     def log_tail(self, lines: int = 15) -> str:
         texts = []

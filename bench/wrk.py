@@ -1,15 +1,19 @@
 """Run wrk once and parse its text report into a WrkResult.
 
 Parsed from `wrk --latency` output: Requests/sec, the latency distribution (50/75/90/99 %),
-the average latency, the request count, "Socket errors: connect N, read N, write N, timeout N"
-and "Non-2xx or 3xx responses: N". wrk prints the last two lines only when they are non-zero.
+the average and maximum latency, the request count, "Socket errors: connect N, read N, write N,
+timeout N" and "Non-2xx or 3xx responses: N". wrk prints the last two lines only when they are
+non-zero. wrk runs with bench/tail.lua, which adds "Latency max: N us" (the slowest request to
+the microsecond) and, when a threshold is given, "Over N us: [at least] N requests".
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 # wrk's time units (units.c): us, ms, s, m, h; converted to milliseconds.
 TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -19,6 +23,11 @@ _TIME = r"([\d.]+)(us|ms|s|m|h)"
 _REQUESTS_PER_SEC = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.M)
 _PERCENTILE = re.compile(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", re.M)
 _LATENCY_AVG = re.compile(r"^\s+Latency\s+" + _TIME, re.M)
+_LATENCY_MAX = re.compile(r"^\s+Latency\s+\S+\s+\S+\s+" + _TIME, re.M)   # Avg Stdev Max
+_EXACT_MAX = re.compile(r"^Latency max: (\d+) us\s*$", re.M)
+_OVER = re.compile(r"^Over (\d+) us:( at least)? (\d+) requests\s*$", re.M)
+TAIL_SCRIPT = Path(__file__).resolve().parent / "tail.lua"
+OVER_ENV = "BENCH_OVER_US"
 _REQUESTS = re.compile(r"^\s+(\d+) requests in " + _TIME + ",", re.M)
 _SOCKET_ERRORS = re.compile(
     r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
@@ -38,6 +47,10 @@ class WrkResult:
     percentiles_ms: dict[str, float]          # "50", "75", "90", "99" -> ms
     socket_errors: dict[str, int] = field(default_factory=dict)
     non_2xx_3xx: int = 0
+    max_ms: float | None = None               # the slowest request
+    over_ms: float | None = None              # the threshold asked for, if any
+    over_count: int | None = None             # requests slower than over_ms
+    over_capped: bool = False                 # over_count is a lower bound
 
     @property
     def p50_ms(self) -> float | None:
@@ -78,6 +91,9 @@ def parse(output: str) -> WrkResult:
     average = _LATENCY_AVG.search(output)
     errors = _SOCKET_ERRORS.search(output)
     non_2xx = _NON_2XX_3XX.search(output)
+    exact_max = _EXACT_MAX.search(output)
+    wrk_max = _LATENCY_MAX.search(output)
+    over = _OVER.search(output)
     percentiles = {}
     for match in _PERCENTILE.finditer(output):
         label = match.group(1).removesuffix(".0")
@@ -91,25 +107,67 @@ def parse(output: str) -> WrkResult:
         socket_errors=dict(zip(SOCKET_ERRORS, map(int, errors.groups())))
         if errors else dict.fromkeys(SOCKET_ERRORS, 0),
         non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        max_ms=int(exact_max.group(1)) / 1000 if exact_max
+        else _ms(wrk_max.group(1), wrk_max.group(2)) if wrk_max else None,
+        over_ms=int(over.group(1)) / 1000 if over else None,
+        over_count=int(over.group(3)) if over else None,
+        over_capped=bool(over and over.group(2)),
     )
 
 
-def command(wrk: str, url: str, threads: int, connections: int, seconds: float) -> list[str]:
-    return [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+def command(wrk: str, url: str, threads: int, connections: int, seconds: float,
+            script: Path | None = TAIL_SCRIPT) -> list[str]:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    return argv + (["-s", str(script)] if script else []) + [url]
 
 
-def run(wrk: str, url: str, threads: int, connections: int,
-        seconds: float) -> tuple[WrkResult, str]:
-    """Load URL for SECONDS; return the parsed result and wrk's raw stdout.
+class Load:
+    """One wrk run in the background: start it, do something meanwhile, then `wait()`.
 
-    Bounded: wrk is killed if it runs 30 s past its duration.
+    OVER_MS asks wrk to count the requests slower than that (bench/tail.lua).
     """
-    argv = command(wrk, url, threads, connections, seconds)
+
+    def __init__(self, wrk: str, url: str, threads: int, connections: int, seconds: float,
+                 over_ms: float | None = None):
+        self.seconds = seconds
+        env = dict(os.environ)
+        env.pop(OVER_ENV, None)
+        if over_ms is not None:
+            env[OVER_ENV] = str(int(over_ms * 1000))
+        argv = command(wrk, url, threads, connections, seconds)
+        try:
+            self.process = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True, env=env)
+        except OSError as exc:
+            raise WrkError(f"cannot run {wrk}: {exc}") from None
+
+    def wait(self) -> tuple[WrkResult, str]:
+        """The parsed result and wrk's raw stdout. Bounded: wrk is killed 30 s past its
+        duration."""
+        limit = self.seconds + 30
+        try:
+            stdout, stderr = self.process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise WrkError(f"wrk did not finish within {limit:g} s") from None
+        if self.process.returncode != 0:
+            detail = (stderr.strip() or stdout.strip()).splitlines()[-1:] or ["no output"]
+            raise WrkError(f"wrk exited {self.process.returncode}: {detail[0]}")
+        return parse(stdout), stdout
+
+    def stop(self) -> None:
+        """Kill wrk if it still runs (an interrupted round)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+def run(wrk: str, url: str, threads: int, connections: int, seconds: float,
+        over_ms: float | None = None) -> tuple[WrkResult, str]:
+    """Load URL for SECONDS; return the parsed result and wrk's raw stdout."""
+    load = Load(wrk, url, threads, connections, seconds, over_ms)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    except subprocess.TimeoutExpired:
-        raise WrkError(f"wrk did not finish within {seconds + 30:g} s") from None
-    if done.returncode != 0:
-        detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise WrkError(f"wrk exited {done.returncode}: {detail[0]}")
-    return parse(done.stdout), done.stdout
+        return load.wait()
+    finally:
+        load.stop()
