@@ -303,7 +303,7 @@ def describe_round(round_: Round) -> str:
     if errors:
         text += f"  ERRORS: {errors}"
     if round_.failure:
-        text += f"  ({round_.failure})"
+        text += f"  FAILED: {round_.failure.splitlines()[0]}"
     return text
 
 
