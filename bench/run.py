@@ -351,7 +351,7 @@ def fmt_mb(value: float | None) -> str:
 def over_text(result: wrk.WrkResult | None) -> str:
     if result is None or result.over_count is None:
         return "-"
-    return (">=" if result.over_capped else "") + f"{result.over_count}"
+    return f"{result.over_count}"
 
 
 def ratio(numerator: float | None, denominator: float | None) -> str:

@@ -4,7 +4,8 @@ Parsed from `wrk --latency` output: Requests/sec, the latency distribution (50/7
 the average and maximum latency, the request count, "Socket errors: connect N, read N, write N,
 timeout N" and "Non-2xx or 3xx responses: N". wrk prints the last two lines only when they are
 non-zero. wrk runs with bench/tail.lua, which adds "Latency max: N us" (the slowest request to
-the microsecond) and, when a threshold is given, "Over N us: [at least] N requests".
+the microsecond) and, when a threshold is given, "Over N us: N requests" (counted in wrk's
+histogram, corrected for coordinated omission like its percentiles: see tail.lua).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _PERCENTILE = re.compile(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", re.M)
 _LATENCY_AVG = re.compile(r"^\s+Latency\s+" + _TIME, re.M)
 _LATENCY_MAX = re.compile(r"^\s+Latency\s+\S+\s+\S+\s+" + _TIME, re.M)   # Avg Stdev Max
 _EXACT_MAX = re.compile(r"^Latency max: (\d+) us\s*$", re.M)
-_OVER = re.compile(r"^Over (\d+) us:( at least)? (\d+) requests\s*$", re.M)
+_OVER = re.compile(r"^Over (\d+) us: (\d+) requests\s*$", re.M)
 TAIL_SCRIPT = Path(__file__).resolve().parent / "tail.lua"
 OVER_ENV = "BENCH_OVER_US"
 _REQUESTS = re.compile(r"^\s+(\d+) requests in " + _TIME + ",", re.M)
@@ -50,7 +51,6 @@ class WrkResult:
     max_ms: float | None = None               # the slowest request
     over_ms: float | None = None              # the threshold asked for, if any
     over_count: int | None = None             # requests slower than over_ms
-    over_capped: bool = False                 # over_count is a lower bound
 
     @property
     def p50_ms(self) -> float | None:
@@ -110,8 +110,7 @@ def parse(output: str) -> WrkResult:
         max_ms=int(exact_max.group(1)) / 1000 if exact_max
         else _ms(wrk_max.group(1), wrk_max.group(2)) if wrk_max else None,
         over_ms=int(over.group(1)) / 1000 if over else None,
-        over_count=int(over.group(3)) if over else None,
-        over_capped=bool(over and over.group(2)),
+        over_count=int(over.group(2)) if over else None,
     )
 
 
