@@ -68,5 +68,5 @@ def test_counters_add_deltas_and_survive_workers():
                      "latency": {"buckets": [0.1, 1.0], "counts": [1, 0, 0], "sum": 0.01}})
     assert counters.requests == 6
     assert counters.status == {"2xx": 5, "5xx": 1}
-    assert counters.latency_counts == [4, 1, 1]
-    assert abs(counters.latency_sum - 2.51) < 1e-9
+    assert counters.latency.counts == [4, 1, 1]
+    assert abs(counters.latency.sum - 2.51) < 1e-9

@@ -2,7 +2,7 @@
 
 Runs in the master (gevent). `Upkeep.round()` starts one round in its own greenlet unless the
 previous one still runs (a worker slow to answer never holds up the master's loop). A round:
-- asks every READY or RETIRING worker for its `stats` and reads its RSS/CPU (USS every
+- asks every READY or RETIRING worker for its `stats` (the pool's `ask`) and reads its RSS/CPU (USS every
   supervision.USS_INTERVAL seconds), keeping the latest in `samples` and adding its counters
   to the app's totals (`counters`, which only grow);
 - replaces each READY worker over a limit (max_requests, memory_limit, max_request_time:
@@ -43,19 +43,18 @@ class Upkeep:
     def run(self) -> None:
         pool = self.pool
         watched = [w for w in pool.workers if w.state in (states.READY, states.RETIRING)]
-        answers = [gevent.spawn(w.call, "stats", 1.0) for w in watched]
-        gevent.joinall(answers)
+        answers = pool.ask("stats", 1.0, {w.pid for w in watched})
         now = pool.clock()
-        for worker, answer in zip(watched, answers):
+        for worker in watched:
+            stats = answers.get(worker.pid)
             sample = self.samples.get(worker)
             if sample is None:
                 sample = self.samples[worker] = supervision.Sample(
                     first_seen=now, active_at=now,
                     request_budget=supervision.request_budget(pool.app.supervision))
-            sample.record(answer.value, worker.resources(supervision.uss_due(sample, now)),
-                          now)
-            if answer.value:
-                self.counters.add(worker.pid, answer.value)
+            sample.record(stats, worker.resources(supervision.uss_due(sample, now)), now)
+            if stats:
+                self.counters.add(worker.pid, stats)
         if pool.stopping:
             return
         for worker in watched:

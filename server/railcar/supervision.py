@@ -191,14 +191,6 @@ class AppCounters:
     queue: HistogramSum = field(default_factory=HistogramSum)     # queue times
     seen: dict[int, dict] = field(default_factory=dict)   # pid -> last stats counted
 
-    @property
-    def latency_counts(self) -> list[int]:
-        return self.latency.counts
-
-    @property
-    def latency_sum(self) -> float:
-        return self.latency.sum
-
     def add(self, pid: int, stats: dict) -> None:
         """Count what worker `pid` did since its previous stats (checked by
         railcar.replies). A counter that went down counts nothing: totals only grow."""

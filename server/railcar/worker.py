@@ -98,9 +98,9 @@ def boot_failed(channel: Channel, error: str) -> None:
     sys.exit(1)
 
 
-def import_app(spec: dict, channel: Channel):
+def import_release(spec: dict, channel: Channel) -> tuple:
     """Enter the release (cwd and first on sys.path) and import its app, then its hooks
-    module if it has one (so a preloader's workers share it too).
+    module if it has one (so a preloader's workers share it too); (app, Hooks).
 
     Shared by the worker and the preloader. If an import fails, the traceback goes to stderr
     and to the master as {"event": "boot_error"}, and the process exits 1.
@@ -109,11 +109,15 @@ def import_app(spec: dict, channel: Channel):
     os.chdir(release)
     sys.path[:] = [release] + [p for p in sys.path if p not in ("", release)]
     try:
-        app = load_app(spec["module"])
-        Hooks(spec.get("hooks_module"))
-        return app
+        return load_app(spec["module"]), Hooks(spec.get("hooks_module"))
     except BaseException:
         boot_failed(channel, traceback.format_exc())
+
+
+def import_app(spec: dict, channel: Channel):
+    """The preloader's import_release: it keeps the app for the workers it forks, which
+    take the hooks' functions from the module it imported."""
+    return import_release(spec, channel)[0]
 
 
 class Worker:
@@ -232,9 +236,10 @@ class Worker:
         """Serve until retired or stopped; imports the app first unless given one (by the
         preloader that forked us)."""
         preloaded = app is not None
-        if app is None:
-            app = import_app(self.spec, self.channel)
-        self.hooks = Hooks(self.spec.get("hooks_module"))   # imported with the app already
+        if preloaded:   # the preloader imported the hooks module: only its functions are taken
+            self.hooks = Hooks(self.spec.get("hooks_module"))
+        else:
+            app, self.hooks = import_release(self.spec, self.channel)
         self.info = WorkerInfo(pid=os.getpid(), app=self.spec.get("app", ""),
                                release=self.spec["release"], preloaded=preloaded)
         proctitle.set_title("worker", self.info.app, self.info.release)
