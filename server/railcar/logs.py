@@ -34,33 +34,23 @@ def open_log_file(path: str, line_buffered: bool = False) -> TextIO:
     return open(fd, "a", encoding="utf-8", buffering=1 if line_buffered else -1)
 
 
-class SafeFileHandler(logging.StreamHandler):
-    """A handler appending to the file at `path`, opened with O_NOFOLLOW (open_log_file).
+class SafeFileHandler(logging.FileHandler):
+    """logging.FileHandler appending to the file at `path`, opened with O_NOFOLLOW
+    (open_log_file, through the `_open` FileHandler calls for every open).
 
     `reopen()` opens the path again and swaps the stream in with StreamHandler.setStream, so
     a file logrotate moved away is replaced by a new one at the path (what USR1 asks for;
     logging.handlers.WatchedFileHandler does the same by checking the file at every record).
     """
 
-    def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        super().__init__(open_log_file(self.path))
+    def _open(self) -> TextIO:
+        return open_log_file(self.baseFilename)
 
     def reopen(self) -> None:
         """Raises LogFileError (the old file is kept) if the path cannot be opened."""
-        old = self.setStream(open_log_file(self.path))
+        old = self.setStream(self._open())
         if old is not None:
             old.close()
-
-    def close(self) -> None:
-        self.acquire()
-        try:
-            stream, self.stream = self.stream, None
-            if stream is not None:
-                stream.close()
-        finally:
-            self.release()
-        super().close()
 
 
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
