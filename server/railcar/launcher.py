@@ -111,9 +111,9 @@ def launch(config: ServerConfig) -> int:
     # Ours alone: workers must not inherit it (they would pose as the main process).
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
 
-    from gevent import monkey
+    from .patching import patch_all
 
-    monkey.patch_all()
+    patch_all()
 
     from . import logs, proctitle
 
