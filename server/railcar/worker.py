@@ -25,9 +25,9 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   whose handler interrupts it (railcar.http.deadline).
 """
 
-from gevent import monkey
+from railcar.patching import patch_all
 
-monkey.patch_all()
+patch_all()
 
 import faulthandler  # noqa: E402
 import importlib  # noqa: E402  (the app and everything below must see patched modules)
@@ -41,7 +41,6 @@ import traceback  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.ssl  # noqa: E402
-import gevent.util  # noqa: E402
 
 from railcar import __version__, health, logs, proctitle, tls  # noqa: E402
 from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
@@ -226,6 +225,10 @@ class Worker:
         return {}
 
     def call_backtraces(self) -> dict:
+        # Imported here, not with the worker: gevent.util brings pprint, dataclasses and
+        # inspect, which a worker would otherwise carry only for this rare call.
+        import gevent.util
+
         # Cut to what the master takes from a worker (railcar.channel.MAX_LINE).
         text = "\n".join(gevent.util.format_run_info())
         if len(text) > BACKTRACES_MAX:
