@@ -6,14 +6,13 @@ master accepts on the app's listening sockets itself and answers every request w
 - environment "production": a plain 503 (the error is in the server log, never shown).
 It stops as soon as a worker is ready again (the pool calls `stop`). Idempotent start/stop.
 Served by the same HTTP code as the workers, bounded in number and time like every listener
-of the master's own (railcar.responder).
+of the master's own (railcar.responder). That code (and the HTTP server under it) is
+imported at the first start only: a master whose apps boot never needs it.
 """
 
 from __future__ import annotations
 
 import html
-
-from .responder import Responder, plain
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{app}: the app failed to boot</title>
@@ -36,21 +35,29 @@ class BootErrorResponder:
         self.listeners = listeners
         self.snapshot = snapshot
         self.development = development
-        self.responder = Responder(f"{app_name}: the answer while the app is down",
-                                   self.answer, log)
+        self.log = log
+        self.responder = None       # a railcar.responder.Responder from the first start on
 
     @property
     def running(self) -> bool:
-        return self.responder.running
+        return self.responder is not None and self.responder.running
 
     def start(self) -> None:
+        if self.responder is None:
+            from .responder import Responder
+
+            self.responder = Responder(f"{self.app_name}: the answer while the app is down",
+                                       self.answer, self.log)
         self.responder.start(self.listeners)
 
     def stop(self) -> None:
-        self.responder.stop()
+        if self.responder is not None:
+            self.responder.stop()
 
     def answer(self, environ, start_response):
         """The WSGI app: 503 with the boot error (development) or without it (production)."""
+        from .responder import plain
+
         error = self.snapshot().error or "the app is not ready"
         if self.development:
             body = PAGE.format(app=html.escape(self.app_name),
