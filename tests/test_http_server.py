@@ -1,6 +1,7 @@
 """HTTPServer over real sockets on 127.0.0.1: a server subprocess (tests/http/serve.py, the
 apps in tests/http/apps.py), raw socket clients and `requests`."""
 
+import email.utils
 import hashlib
 import json
 import os
@@ -237,6 +238,15 @@ def test_date_server_and_hop_by_hop_headers(server):
     assert custom.headers["Server"] == "custom/1.0"
     assert custom.headers["Date"] == "Thu, 01 Jan 2026 00:00:00 GMT"
     assert "Transfer-Encoding" not in custom.headers and custom.text == "ok"
+    sent = email.utils.parsedate_to_datetime(default.headers["Date"]).timestamp()
+    assert abs(sent - time.time()) < 5
+
+
+def test_date_is_an_imf_fixdate_whatever_the_day():
+    from railcar.http.wire import http_date
+
+    for seconds in (0, 951782400, 1796038308, 1798761599, 2**31 + 12345):
+        assert http_date(seconds) == email.utils.formatdate(seconds, usegmt=True)
 
 
 def test_write_callable(server):

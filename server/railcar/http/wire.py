@@ -6,8 +6,7 @@ is the one builder of a whole response that ends the connection (an error the se
 answers itself: 4xx, 503, 504, 500), used wherever the server answers without the app.
 """
 
-from email.utils import formatdate
-from time import time
+from time import gmtime, time
 
 from gevent.socket import socket as _PlainSocket
 
@@ -16,6 +15,10 @@ __all__ = ["SERVER", "ClientDisconnected", "date_header", "error_response", "sen
 SERVER = "Server: railcar\r\n"
 _SEND_CHUNK = 1 << 20
 _date_cache = [0, ""]
+# RFC 9110's IMF-fixdate names, whatever the locale (not email.utils.formatdate: the email
+# package it brings would stay in every worker's memory for this one line).
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class ClientDisconnected(OSError):
@@ -26,9 +29,16 @@ def date_header():
     """The Date header line, formatted at most once per second."""
     now = int(time())
     if now != _date_cache[0]:
-        _date_cache[1] = "Date: " + formatdate(now, usegmt=True) + "\r\n"
+        _date_cache[1] = f"Date: {http_date(now)}\r\n"
         _date_cache[0] = now
     return _date_cache[1]
+
+
+def http_date(seconds: int) -> str:
+    """`seconds` since the epoch as an HTTP date: `Sun, 29 Nov 2026 11:31:48 GMT`."""
+    t = gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def error_response(status, detail="", headers=""):
