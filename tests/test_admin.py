@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
 import psutil
+import pytest
 import requests
 
 from conftest import gone, wait_for, write_app
@@ -83,6 +85,30 @@ def test_usr1_reopens_the_log(railcar, tmp_path):
     # The file appears before the master's line is written into it: wait for the line.
     wait_for(lambda: "log files reopened" in server.log(), 10, what="the reopened log's line")
     server.stop()
+
+
+@pytest.mark.parametrize("release_toml, stop_seconds", [
+    ("[server]\ngraceful_timeout = 45\n", 45 + 30),
+    ("[app]\nlong_lived_timeout = 100\n\n[server]\ngraceful_timeout = 45\n", 100 + 2 + 30),
+])
+def test_a_graceful_stop_asks_systemd_for_as_long_as_its_settings_give_it(
+        railcar, tmp_path, monkeypatch, release_toml, stop_seconds):
+    """A unit's TimeoutStopSec= comes from the settings it was rendered with (the deploy's:
+    the defaults); a release's railcar.toml may raise graceful_timeout or long_lived_timeout.
+    The master under systemd (Type=notify) asks for what its own settings need: the longer of
+    graceful_timeout and long_lived_timeout + 2 s, plus 30 s, as the unit's rule."""
+    app = make_app(tmp_path)
+    (app / "railcar.toml").write_text(release_toml)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(60)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        server = railcar().start(str(app), "--workers", "1")
+        assert "READY=1" in notify.recv(4096).decode()
+        server.proc.send_signal(signal.SIGTERM)
+        assert notify.recv(4096).decode().split("\n") == [
+            "STOPPING=1", f"EXTEND_TIMEOUT_USEC={stop_seconds * 1_000_000}"]
+        assert server.proc.wait(timeout=60) == 0
 
 
 def test_workers_exit_when_the_master_is_killed(railcar, tmp_path):

@@ -129,7 +129,8 @@ def launch(config: ServerConfig) -> int:
         return 1
     try:
         listeners = bind_all(config)
-        master = Master(config, log, listeners)
+        master = Master(config, log, listeners,
+                        lambda *lines: notify_systemd(notify_socket, *lines))
         return master.run(on_started=lambda m: _report_first_boot(m, notify_socket))
     except (BindError, RuntimeError) as exc:
         log.error("%s", exc)

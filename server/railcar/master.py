@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Callable
 
 import gevent
 import gevent.queue
 
-from . import __version__, envfile, logs, rundir, sockets
+from . import __version__, envfile, logs, rundir, sockets, supervision
 from .config import ServerConfig
 from .control.server import ControlServer
 from .pool import AppPool, RestartOutcome, Wake
@@ -33,9 +34,12 @@ SIGNALS = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
 
 
 class Master:
-    def __init__(self, config: ServerConfig, log, listeners: dict[str, object]):
+    def __init__(self, config: ServerConfig, log, listeners: dict[str, object],
+                 notify_systemd: Callable[..., None] = lambda *lines: None):
+        """`notify_systemd(*lines)`: tells systemd (launcher.notify_systemd), or nobody."""
         self.config = config
         self.log = log
+        self.notify_systemd = notify_systemd
         self.listeners = listeners          # address -> socket, bound before daemonizing
         self.pid = os.getpid()
         self.started_at = time.time()
@@ -116,6 +120,13 @@ class Master:
         self.stopping = True
         self.log.info("%s stop", "graceful" if graceful else "fast")
         timeout = self.config.graceful_timeout if graceful else 5.0
+        if graceful:
+            # A unit's TimeoutStopSec= comes from the settings it was rendered with (the
+            # defaults, for the deploy's); this stop waits as long as ours say, and systemd
+            # gives it that much past TimeoutStopSec= when asked (systemd 236 and later).
+            longest = max(pool.retire_timeout() for pool in self.pools)
+            self.notify_systemd("STOPPING=1", "EXTEND_TIMEOUT_USEC=%d" % (
+                (longest + supervision.STOP_MARGIN) * 1_000_000))
         gevent.joinall([gevent.spawn(p.stop, graceful, timeout) for p in self.pools])
         for address, sock in self.listeners.items():
             sockets.close(address, sock)

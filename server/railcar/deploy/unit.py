@@ -51,7 +51,9 @@ def render_unit(paths: Paths, config: DeployConfig) -> str:
     """The unit from the same template as `railcar config systemd`: the master in the
     foreground (Type=notify), started with the server's own command line, logging to the
     journal; its stop timeout from the same rule (supervision.retire_timeout) for the
-    server's defaults, which the deploy's command line keeps."""
+    server's defaults, which the deploy's command line keeps. A release's railcar.toml that
+    raises graceful_timeout or long_lived_timeout is not read here: the master asks systemd
+    for the longer stop itself (EXTEND_TIMEOUT_USEC, master.Master.shutdown)."""
     argv = start_argv(paths, config, daemon=False)
     return render_systemd_unit(
         shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
