@@ -515,6 +515,18 @@ def versions(wrk_path: str) -> dict[str, str]:
     return out
 
 
+def has_flask(bin_dir: Path) -> bool:
+    """Whether the servers' Python (BIN_DIR's, else this one) can import Flask."""
+    python = bin_dir / "python"
+    if not python.is_file():
+        return importlib.util.find_spec("flask") is not None
+    try:
+        return subprocess.run([str(python), "-c", "import flask"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.wrk = servers.find_program("wrk", args.bin_dir)
@@ -529,10 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "railcar" not in found and not args.no_railcar:
         print("railcar is not installed here; running the peers only")
-    if "flask" in args.apps and importlib.util.find_spec("flask") is None:
+    if "flask" in args.apps and not has_flask(args.bin_dir):
         args.apps.remove("flask")
         notes.append("skipped flask: Flask is not installed (pip install -e '.[bench]')")
         print(notes[-1])
+        if not args.apps:
+            print("no scenario to run", file=sys.stderr)
+            return 2
     env = versions(args.wrk)
     print(f"{os.cpu_count()} CPUs, " + ", ".join(f"{k} {v}" for k, v in env.items()))
     load = " ".join(wrk.command("wrk", "URL", args.wrk_threads, "N", args.duration,
@@ -540,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load: {load} (N: " + ", ".join(f"{a} {connections(args, a)}" for a in args.apps)
           + f") after {args.warmup:g} s warm-up; {args.workers} workers per server; "
           f"{args.rounds} rounds, alternating")
+    if "restart" in args.apps:
+        print(f"restart: two {args.restart_window:g} s loads per round, the server restarted "
+              f"{args.restart_at:g} s into the second")
     for name in found:
         kind = servers.KINDS[name]
         print(f"  {name}: {kind.note}; restart: {kind.restart or 'not supported'}")
