@@ -134,6 +134,23 @@ def find_program(program: str, bin_dir: Path) -> str | None:
     return shutil.which(program)
 
 
+def live_children(pid: int, recursive: bool = False) -> set[int]:
+    """The pids of PID's live children (RECURSIVE: and theirs); exited ones that their parent
+    has not reaped yet (zombies) are left out. Empty if PID is gone."""
+    try:
+        children = psutil.Process(pid).children(recursive=recursive)
+    except psutil.NoSuchProcess:
+        return set()
+    alive = set()
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -229,23 +246,8 @@ class RunningServer:
                                   else f"railcar restart exited {done.returncode}: {output}")
         return self._signal_restart(signal.SIGHUP, started, timeout)
 
-    def _children(self) -> set[int]:
-        """The master's live children (zombies, already exited, left out)."""
-        try:
-            children = psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return set()
-        alive = set()
-        for child in children:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    alive.add(child.pid)
-            except psutil.NoSuchProcess:
-                pass
-        return alive
-
     def _signal_restart(self, signum: int, started: float, timeout: float) -> RestartOutcome:
-        old = self._children()
+        old = live_children(self.process.pid)
         self.process.send_signal(signum)
         deadline = started + timeout
         while time.monotonic() < deadline:
@@ -253,7 +255,7 @@ class RunningServer:
                 return RestartOutcome(False, time.monotonic() - started,
                                       f"{self.kind.name} exited with status "
                                       f"{self.process.returncode} during the restart")
-            now = self._children()
+            now = live_children(self.process.pid)
             if not (now & old) and len(now) >= len(old):
                 return RestartOutcome(True, time.monotonic() - started,
                                       f"{len(old)} old processes replaced by {sorted(now)}")

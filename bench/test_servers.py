@@ -25,15 +25,7 @@ def _start(name):
 
 
 def _workers(running):
-    """The live processes under the master (an exited worker not yet reaped is left out)."""
-    alive = set()
-    for process in psutil.Process(running.process.pid).children(recursive=True):
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                alive.add(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+    return servers.live_children(running.process.pid, recursive=True)
 
 
 def _settled(running, count=2, age=1.0, timeout=30):
