@@ -59,7 +59,7 @@ class Round:
     port: int | None = None
     result: wrk.WrkResult | None = None     # the load (for `restart`: during the restart)
     raw: str = ""
-    failure: str = ""            # why there is no result (start failure, wrk failure)
+    failure: str = ""            # why the round failed: start, wrk, no answer, the restart
     pss: int | None = None       # bytes, the server's whole tree after the load
     control: wrk.WrkResult | None = None    # `restart` only: the load without a restart
     control_raw: str = ""
@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark railcar against peer WSGI servers under wrk, side by side.")
     parser.add_argument("--peers", default=",".join(DEFAULT_PEERS),
-                        help="comma-separated peers to compare with, or 'all': "
+                        help="comma-separated peers to compare with, '' for none, or 'all': "
                              + ", ".join(k for k in servers.KINDS if k != "railcar")
                              + " (default: %(default)s); missing ones are skipped")
     parser.add_argument("--no-railcar", action="store_true",
