@@ -113,7 +113,9 @@ def launch(config: ServerConfig) -> int:
 
     from .patching import patch_all
 
-    patch_all()
+    # The master opens no TLS connection (it only loads the apps' certificates to check
+    # them, railcar.tls): ssl stays unpatched, and unimported unless an app has TLS.
+    patch_all(ssl=False)
 
     from . import logs, proctitle
 

@@ -67,16 +67,17 @@ def plugins_declared(path: list[str] | None = None) -> bool:
     return False
 
 
-def patch_all() -> None:
-    """gevent.monkey.patch_all(), calling plugins by entry point only if any is declared."""
+def patch_all(**modules: bool) -> None:
+    """gevent.monkey.patch_all(**modules), calling plugins by entry point only if any is
+    declared."""
     from gevent import events, monkey
 
     lookup = getattr(events, "notify_and_call_entry_points", None)
     if lookup is None or plugins_declared():
-        monkey.patch_all()
+        monkey.patch_all(**modules)
         return
     events.notify_and_call_entry_points = events.notify
     try:
-        monkey.patch_all()
+        monkey.patch_all(**modules)
     finally:
         events.notify_and_call_entry_points = lookup

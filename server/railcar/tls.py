@@ -9,31 +9,40 @@ Defaults are those of ssl.create_default_context(Purpose.CLIENT_AUTH) (OpenSSL's
 cipher list, no SSLv2/3), plus: TLS 1.2 at least, no TLS compression (CRIME), the server's
 cipher preference, no client-initiated renegotiation, ALPN "http/1.1". Client certificates
 are not asked for.
+
+`ssl` is imported by the functions that use it: the master imports this module with its
+config, and only a master with a TLS app needs ssl (about 1.3 MB a process keeps).
 """
 
 from __future__ import annotations
 
-import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["TLSError", "server_context"]
 
-MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+MINIMUM_VERSION = "TLSv1_2"     # a member of ssl.TLSVersion
 
 
 class TLSError(ValueError):
     """The certificate or key cannot be used; the message names the setting and the file."""
 
 
-def server_context(certfile: str, keyfile: str | None = None, ssl_module=ssl) -> ssl.SSLContext:
+def server_context(certfile: str, keyfile: str | None = None,
+                   ssl_module=None) -> ssl.SSLContext:
     """A server SSLContext serving `certfile` (PEM: the certificate, then any intermediates)
     with `keyfile` (PEM private key; None: the key is in `certfile`). `ssl_module`: the
-    stdlib's `ssl`, or `gevent.ssl` in a worker (its sockets cooperate with the hub).
+    stdlib's `ssl` (None), or `gevent.ssl` in a worker (its sockets cooperate with the hub).
     Raises TLSError naming `certfile` or `keyfile` and the file that is wrong."""
+    import ssl
+
     _readable("certfile", certfile)
     if keyfile:
         _readable("keyfile", keyfile)
-    context = ssl_module.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = MINIMUM_VERSION
+    context = (ssl_module or ssl).create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion[MINIMUM_VERSION]
     context.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
                         | getattr(ssl, "OP_NO_RENEGOTIATION", 0))
     context.set_alpn_protocols(["http/1.1"])
@@ -73,6 +82,8 @@ def _explain(exc: ssl.SSLError, certfile: str, keyfile: str | None) -> str:
 
 
 def _has_certificate(certfile: str) -> bool:
+    import ssl
+
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         probe.load_verify_locations(cafile=certfile)
