@@ -78,6 +78,8 @@ def test_command_matches_the_documented_default():
         "wrk", "-t2", "-c50", "-d8s", "--latency", "-s", str(wrk.TAIL_SCRIPT),
         "http://127.0.0.1:1/"]
     assert wrk.command("wrk", "URL", 2, 50, 8, script=None)[-2:] == ["--latency", "URL"]
+    assert wrk.command("wrk", "URL", 2, 50, 8, script=None, timeout=5)[-3:] == [
+        "--latency", "--timeout=5s", "URL"]
     assert wrk.TAIL_SCRIPT.is_file()
 
 

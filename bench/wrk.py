@@ -115,25 +115,30 @@ def parse(output: str) -> WrkResult:
 
 
 def command(wrk: str, url: str, threads: int, connections: int, seconds: float,
-            script: Path | None = TAIL_SCRIPT) -> list[str]:
+            script: Path | None = TAIL_SCRIPT, timeout: float | None = None) -> list[str]:
+    """wrk's argv; TIMEOUT (seconds, wrk's default 2) is how long a request may take before
+    wrk counts it as a timeout error instead of recording its latency."""
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    if timeout is not None:
+        argv.append(f"--timeout={timeout:g}s")
     return argv + (["-s", str(script)] if script else []) + [url]
 
 
 class Load:
     """One wrk run in the background: start it, do something meanwhile, then `wait()`.
 
-    OVER_MS asks wrk to count the requests slower than that (bench/tail.lua).
+    OVER_MS asks wrk to count the requests slower than that (bench/tail.lua); TIMEOUT is
+    wrk's --timeout (see command()).
     """
 
     def __init__(self, wrk: str, url: str, threads: int, connections: int, seconds: float,
-                 over_ms: float | None = None):
+                 over_ms: float | None = None, timeout: float | None = None):
         self.seconds = seconds
         env = dict(os.environ)
         env.pop(OVER_ENV, None)
         if over_ms is not None:
             env[OVER_ENV] = str(int(over_ms * 1000))
-        argv = command(wrk, url, threads, connections, seconds)
+        argv = command(wrk, url, threads, connections, seconds, timeout=timeout)
         try:
             self.process = subprocess.Popen(argv, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True, env=env)
@@ -163,9 +168,9 @@ class Load:
 
 
 def run(wrk: str, url: str, threads: int, connections: int, seconds: float,
-        over_ms: float | None = None) -> tuple[WrkResult, str]:
+        over_ms: float | None = None, timeout: float | None = None) -> tuple[WrkResult, str]:
     """Load URL for SECONDS; return the parsed result and wrk's raw stdout."""
-    load = Load(wrk, url, threads, connections, seconds, over_ms)
+    load = Load(wrk, url, threads, connections, seconds, over_ms, timeout)
     try:
         return load.wait()
     finally:
