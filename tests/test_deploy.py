@@ -7,6 +7,7 @@ a killed deploy, two hosts, cleanup. Traffic goes to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -275,6 +276,21 @@ def test_second_deploy_under_load_reuses_the_venv(site):
     log = (site.root() / "revisions.log").read_text().splitlines()
     assert len(log) == 2 and log[-1].split()[1:3] == ["deployed", site.current()]
     assert sha in log[-1]
+
+
+def test_status_is_one_round_trip(site):
+    """`fab status`: where current points and its state, then `railcar status`, in one
+    remote call (`--json`: railcar status --json alone, one call too)."""
+    output = site.fab("-H", "host1", "status", trace=True)
+    assert len(remote_calls(output)) == 1, remote_calls(output)
+    lines = output[output.index("[host1]\n"):].splitlines()
+    assert lines[1] == f"current -> releases/{site.current()} (good)", output
+    assert lines[2].startswith("railcar ") and "master pid" in lines[2], output
+    assert "\nsite  [serving]" in output and "railcar-status" not in output, output
+    output = site.fab("-H", "host1", "status", "--json", trace=True)
+    assert len(remote_calls(output)) == 1, remote_calls(output)
+    status = json.loads(output[output.index("[host1]\n") + 8:].split("\n[host1]")[0])
+    assert [app["name"] for app in status["apps"]] == ["site"]
 
 
 def test_broken_release_is_refused_and_skipped_by_rollback(site):

@@ -108,7 +108,7 @@ class Host:
             return self.paths.tmp
         if name == "venv":
             return self.paths.venvs
-        if self.release and name in ("unpack", "link", "hooks", "publish", "mark"):
+        if self.release and name in ("unpack", "link", "hooks", "publish"):
             return self.release_dir
         return self.paths.root
 

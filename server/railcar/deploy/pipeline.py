@@ -58,11 +58,11 @@ def stage_nginx(host: Host) -> str:
 
 
 # --- the table ------------------------------------------------------------------------------
-SETUP, PREPARE, PUBLISH, FINISH = "setup", "prepare", "publish", "finish"
-ROLLBACK, REVERT, RESTART = "rollback", "revert", "restart"
+SETUP, DEPLOY, ROLLBACK, REVERT, RESTART = "setup", "deploy", "rollback", "revert", "restart"
+PREPARE, PUBLISH, FINISH = "prepare", "publish", "finish"     # the deploy's phases
 FLOWS = {                               # flow -> its phases (a phase is a flow of its own)
-    "setup": (SETUP,), "deploy": (PREPARE, PUBLISH, FINISH), "rollback": (ROLLBACK,),
-    "revert": (REVERT,), "restart": (RESTART,)}
+    SETUP: (SETUP,), DEPLOY: (PREPARE, PUBLISH, FINISH), ROLLBACK: (ROLLBACK,),
+    REVERT: (REVERT,), RESTART: (RESTART,)}
 
 
 def _nginx_enabled(host: Host) -> bool:

@@ -4,7 +4,8 @@ A release's state is the file releases/NAME/.railcar-state: "good" once it serve
 deploy, "failed" when its deploy failed, "publishing" while the host-side publish runs
 (publish.py); no file means incomplete (a deploy in progress, or debris of one that was
 killed before its publish). Only good releases are rollback targets or count against
-keep_releases. The read-only `inventory` feeds the `releases` task, rollback and cleanup.
+keep_releases. The read-only inventory (read_inventory) feeds the `releases` and `status`
+tasks, rollback and cleanup.
 """
 
 from __future__ import annotations
@@ -77,8 +78,18 @@ class Inventory:
 
 
 def read_inventory(remote: Remote, paths: Paths) -> Inventory:
-    out = remote.script(LIST_SCRIPT, paths.current, paths.releases, paths.venvs,
-                        label="list-releases").stdout
+    """What is on the host (LIST_SCRIPT), in one round trip."""
+    return parse_inventory(remote.script(LIST_SCRIPT, *list_args(paths),
+                                         label="list-releases").stdout)
+
+
+def list_args(paths: Paths) -> list[str]:
+    """LIST_SCRIPT's arguments."""
+    return [paths.current, paths.releases, paths.venvs]
+
+
+def parse_inventory(out: str) -> Inventory:
+    """LIST_SCRIPT's output read; other lines are ignored."""
     current, rows, venvs = None, [], []
     for line in out.splitlines():
         kind, _, rest = line.partition("\t")
@@ -92,11 +103,6 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
     releases = [Release(name, known_state(state), mtime, revision, name == current, venv)
                 for name, state, mtime, venv, revision in rows]
     return Inventory(current, sorted(releases, key=lambda r: r.name), sorted(venvs))
-
-
-def inventory(remote: Remote, paths: Paths) -> list[Release]:
-    """Every release, oldest first."""
-    return read_inventory(remote, paths).releases
 
 
 def previous_good(releases: list[Release], before: str | None = None) -> Release | None:

@@ -4,16 +4,31 @@ app's unix socket, every ready worker on the release)."""
 
 from __future__ import annotations
 
+from . import releases as rel
 from .paths import Paths
-from .remote import Remote
+from .remote import Remote, RemoteError
 from .settings import DeployConfig
+
+STATUS_MARK = "railcar-status"
+# The releases' inventory (LIST_SCRIPT: $1-$3), a line STATUS_MARK, then `railcar status` of
+# the server venv ($4) through the admin socket ($5): `fab status` in one round trip.
+STATUS_SCRIPT = rel.LIST_SCRIPT + f'echo {STATUS_MARK}\nexec "$4" status --admin-socket "$5"\n'
 
 
 def status(remote: Remote, paths: Paths, as_json: bool = False) -> str:
-    """`railcar status` (or `--json`) of the server's venv; raises RemoteError when the
-    server does not answer."""
+    """`railcar status --json` of the server's venv; without `as_json`, where `current`
+    points and its state (releases.summary), then `railcar status`: one round trip either
+    way. Raises RemoteError when the server does not answer."""
     argv = [paths.railcar, "status", "--admin-socket", paths.admin_socket]
-    return remote.run(argv + (["--json"] if as_json else [])).stdout
+    if as_json:
+        return remote.run(argv + ["--json"]).stdout
+    result = remote.script(STATUS_SCRIPT, *rel.list_args(paths), paths.railcar,
+                           paths.admin_socket, label="status", check=False)
+    listing, _, text = result.stdout.partition(f"\n{STATUS_MARK}\n")
+    if not result.ok:
+        raise RemoteError(remote.name, remote.command(argv), result.exit_code,
+                          text + result.stderr)
+    return rel.summary(rel.parse_inventory(listing)) + "\n" + text
 
 
 def probe_args(paths: Paths, config: DeployConfig, release_dir: str,

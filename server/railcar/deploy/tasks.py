@@ -158,7 +158,8 @@ def releases(c):
     """List the releases of each host: current, good/failed, age, revision."""
     try:
         for host in _hosts(_connections(c), Reporter()):
-            print(rel.render(host.name, rel.inventory(host.remote, host.paths)), flush=True)
+            print(rel.render(host.name, rel.read_inventory(host.remote, host.paths).releases),
+                  flush=True)
     except FAILURES as exc:
         raise _fail(exc) from None
 
@@ -169,10 +170,8 @@ def status(c, json=False):
     and a host-side publish in progress."""
     try:
         for host in _hosts(_connections(c), Reporter()):
-            text = server_status(host.remote, host.paths, json)
-            if not json:
-                text = rel.summary(rel.read_inventory(host.remote, host.paths)) + "\n" + text
-            print(f"[{host.name}]\n" + text, flush=True)
+            print(f"[{host.name}]\n" + server_status(host.remote, host.paths, json),
+                  flush=True)
     except FAILURES as exc:
         raise _fail(exc) from None
 
