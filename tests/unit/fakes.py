@@ -203,7 +203,10 @@ class FakeClock:
 class Harness:
     """One AppPool on a FakeFactory, run like the master runs it."""
 
-    def __init__(self, workers: int = 2, boot_timeout: float = 0.5, canary=None, **policy):
+    def __init__(self, workers: int = 2, boot_timeout: float = 0.5, canary=None,
+                 root: str = "/srv/app/current", listeners=(), **policy):
+        """`root`: the app root (its tmp/restart.txt is watched); `listeners`: the app's
+        sockets (the master answers on them while the app is down)."""
         self.factory = FakeFactory()
         self.clock = FakeClock()
         self.queue: gevent.queue.Queue = gevent.queue.Queue()
@@ -211,13 +214,13 @@ class Harness:
         policy.setdefault("spawn_method", "direct")
         supervision = dataclasses.replace(Supervision(), **policy)
         self.app = AppConfig(
-            name="app", root="/srv/app/current", module=None, binds=[], workers=workers,
+            name="app", root=root, module=None, binds=[], workers=workers,
             python=None, env={}, access_log=None, boot_timeout=boot_timeout,
             limits={"max_request_time": max_request_time},
             supervision=supervision,
             canary=canary or {"canary_duration": 0, "canary_min_requests": 0,
                               "canary_max_error_rate": 0.0})
-        self.pool = AppPool(self.app, [], graceful_timeout=0.5,
+        self.pool = AppPool(self.app, list(listeners), graceful_timeout=0.5,
                             log=logging.getLogger("railcar.unit"), factory=self.factory,
                             notify=self.queue.put, clock=self.clock)
         self.reconciles = 0
@@ -238,13 +241,16 @@ class Harness:
         self.reconciles += 1
         self.pool.reconcile()
 
-    def tick(self) -> None:
-        """The master's tick: reconcile, then one supervision round, run to its end."""
+    def tick(self) -> gevent.Greenlet | None:
+        """The master's tick: a rolling restart if tmp/restart.txt was touched (returned),
+        reconcile, then one supervision round, run to its end."""
+        restart = self.restart() if self.pool.restart_txt_touched() else None
         self.reconcile()
         self.pool.supervise()
         if self.pool.upkeep.greenlet is not None:
             self.pool.upkeep.greenlet.join(2)
         self.step()
+        return restart
 
     def until(self, predicate, timeout: float = 3.0, what: str = "condition"):
         deadline = time.monotonic() + timeout
