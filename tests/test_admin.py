@@ -87,24 +87,28 @@ def test_usr1_reopens_the_log(railcar, tmp_path):
     server.stop()
 
 
-@pytest.mark.parametrize("release_toml, stop_seconds", [
-    ("[server]\ngraceful_timeout = 45\n", 45 + 30),
-    ("[app]\nlong_lived_timeout = 100\n\n[server]\ngraceful_timeout = 45\n", 100 + 2 + 30),
+@pytest.mark.parametrize("release_toml, start_seconds, stop_seconds", [
+    ("[server]\ngraceful_timeout = 45\n", 60 + 30, 45 + 30),
+    ("[app]\nboot_timeout = 200\nlong_lived_timeout = 100\n\n[server]\ngraceful_timeout = 45\n",
+     200 + 30, 100 + 2 + 30),
 ])
-def test_a_graceful_stop_asks_systemd_for_as_long_as_its_settings_give_it(
-        railcar, tmp_path, monkeypatch, release_toml, stop_seconds):
-    """A unit's TimeoutStopSec= comes from the settings it was rendered with (the deploy's:
-    the defaults); a release's railcar.toml may raise graceful_timeout or long_lived_timeout.
-    The master under systemd (Type=notify) asks for what its own settings need: the longer of
-    graceful_timeout and long_lived_timeout + 2 s, plus 30 s, as the unit's rule."""
+def test_the_master_asks_systemd_for_the_start_and_stop_its_settings_need(
+        railcar, tmp_path, monkeypatch, release_toml, start_seconds, stop_seconds):
+    """A unit's TimeoutStartSec= and TimeoutStopSec= come from the settings it was rendered
+    with (the deploy's: the defaults); a release's railcar.toml may raise boot_timeout,
+    graceful_timeout or long_lived_timeout. The master under systemd (Type=notify) asks for
+    what its own settings need, by the unit's rule: a new worker's ready time (boot_timeout
+    here) plus 30 s to start; the longer of graceful_timeout and long_lived_timeout + 2 s,
+    plus 30 s, to stop gracefully."""
     app = make_app(tmp_path)
     (app / "railcar.toml").write_text(release_toml)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify.sock"))
         notify.settimeout(60)
         monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
-        server = railcar().start(str(app), "--workers", "1")
-        assert "READY=1" in notify.recv(4096).decode()
+        server = railcar().start(str(app), "--workers", "1", wait=False)
+        assert notify.recv(4096).decode() == f"EXTEND_TIMEOUT_USEC={start_seconds * 1_000_000}"
+        assert "READY=1" in notify.recv(4096).decode().split("\n")
         server.proc.send_signal(signal.SIGTERM)
         assert notify.recv(4096).decode().split("\n") == [
             "STOPPING=1", f"EXTEND_TIMEOUT_USEC={stop_seconds * 1_000_000}"]

@@ -509,6 +509,7 @@ def test_app_failing_to_boot_leaves_the_other_serving(site, tmp_path):
         master = processes.start(
             railcar_command() + ["start", "--config", str(config), "--admin-socket", admin],
             base / "railcar.out", env=dict(os.environ, NOTIFY_SOCKET=str(base / "notify.sock")))
+        assert notify.recv(4096).decode().startswith("EXTEND_TIMEOUT_USEC=")
         message = notify.recv(4096).decode()
         assert "READY=1" in message and "broken" in message, message
         assert master.poll() is None

@@ -71,7 +71,14 @@ def _report_first_boot(master, notify_socket: str | None = None) -> None:
     """Once each app has all its workers ready, or has failed to boot: report (daemon mode)."""
     import gevent
 
-    limit = time.monotonic() + max(app.ready_timeout for app in master.config.apps) + 10
+    from .supervision import SYSTEMD_MARGIN
+
+    longest = max(app.ready_timeout for app in master.config.apps)
+    # A unit's TimeoutStartSec= comes from the settings it was rendered with (the deploy's:
+    # the defaults); ask systemd for what ours need (systemd 236 and later).
+    notify_systemd(notify_socket, "EXTEND_TIMEOUT_USEC=%d" % (
+        (longest + SYSTEMD_MARGIN) * 1_000_000))
+    limit = time.monotonic() + longest + 10
     while time.monotonic() < limit:
         views = [p.snapshot() for p in master.pools]
         pending = [v for v in views

@@ -126,7 +126,7 @@ class Master:
             # gives it that much past TimeoutStopSec= when asked (systemd 236 and later).
             longest = max(pool.retire_timeout() for pool in self.pools)
             self.notify_systemd("STOPPING=1", "EXTEND_TIMEOUT_USEC=%d" % (
-                (longest + supervision.STOP_MARGIN) * 1_000_000))
+                (longest + supervision.SYSTEMD_MARGIN) * 1_000_000))
         gevent.joinall([gevent.spawn(p.stop, graceful, timeout) for p in self.pools])
         for address, sock in self.listeners.items():
             sockets.close(address, sock)

@@ -260,8 +260,8 @@ def systemd_context(exec_start: str, boot_timeout: float, retire_timeout: float,
     return dict(
         exec_start=exec_start, rendered_by=rendered_by, user=user, group=group or user,
         read_write_paths=[_safe(path, None, "writable path") for path in read_write_paths or []],
-        start_timeout=int(boot_timeout + 30),
-        stop_timeout=int(retire_timeout + supervision.STOP_MARGIN),
+        start_timeout=int(boot_timeout + supervision.SYSTEMD_MARGIN),
+        stop_timeout=int(retire_timeout + supervision.SYSTEMD_MARGIN),
         runtime_directory=runtime_directory)
 
 

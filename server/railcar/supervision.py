@@ -27,16 +27,17 @@ UNRESPONSIVE_MIN = 10.0
 LONG_LIVED_CLOSE = 2.0
 
 
-# Seconds systemd gives a stopping master past its wait for a retiring worker (the last
-# workers killed, sockets closed, the pid file removed).
-STOP_MARGIN = 30.0
+# Seconds systemd gives the master past its own longest wait: to start, past a new worker's
+# ready_timeout; to stop, past its wait for a retiring worker (the last workers killed,
+# sockets closed, the pid file removed).
+SYSTEMD_MARGIN = 30.0
 
 
 def retire_timeout(graceful_timeout: float, long_lived_timeout: float) -> float:
     """How long the master waits for a retiring worker (rolling restart, replacement, stop):
     graceful_timeout for its ordinary requests, or long_lived_timeout plus LONG_LIVED_CLOSE
     for its long-lived connections, whichever is longer. The one rule: the pool waits so long,
-    and systemd gives the master STOP_MARGIN more to stop: every unit (`railcar config
+    and systemd gives the master SYSTEMD_MARGIN more to stop: every unit (`railcar config
     systemd`, the deploy's) as its TimeoutStopSec= (render.py), and a master stopping
     gracefully asks for it from its own settings (master.py, EXTEND_TIMEOUT_USEC)."""
     return max(graceful_timeout, long_lived_timeout + LONG_LIVED_CLOSE)

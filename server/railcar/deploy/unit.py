@@ -52,8 +52,9 @@ def render_unit(paths: Paths, config: DeployConfig) -> str:
     foreground (Type=notify), started with the server's own command line, logging to the
     journal; its stop timeout from the same rule (supervision.retire_timeout) for the
     server's defaults, which the deploy's command line keeps. A release's railcar.toml that
-    raises graceful_timeout or long_lived_timeout is not read here: the master asks systemd
-    for the longer stop itself (EXTEND_TIMEOUT_USEC, master.Master.shutdown)."""
+    raises boot_timeout, graceful_timeout or long_lived_timeout is not read here: the master
+    asks systemd for the longer start or stop itself (EXTEND_TIMEOUT_USEC: launcher,
+    master.Master.shutdown)."""
     argv = start_argv(paths, config, daemon=False)
     return render_systemd_unit(
         shlex.join(argv), [config.app], BY_NAME["boot_timeout"].default,
