@@ -64,8 +64,9 @@ def start(app_dir, **values) -> None:
         server_config = config.load(values, app_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    from .launcher import launch
+    from .launcher import exec_master, launch
 
+    exec_master(values, app_dir, sys.argv[1:])     # returns only if it cannot exec
     sys.exit(launch(server_config))
 
 

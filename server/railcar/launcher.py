@@ -6,10 +6,15 @@ status tell the user the outcome (the master keeps running and retrying either w
 Under systemd (Type=notify, $NOTIFY_SOCKET set) the same report becomes READY=1 and a STATUS=
 line: ready means every app has booted or failed to, so one broken app cannot hold up (or get
 killed along with) the others.
+
+`railcar start` (railcar.cli) hands over to a fresh interpreter before launching
+(`exec_master`): the master runs for months, and the CLI's libraries (click and what it
+brings, the start options), about 1.5 MB, would stay in it for nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -102,7 +107,53 @@ def _report_first_boot(master, notify_socket: str | None = None) -> None:
     notify_systemd(notify_socket, "READY=1", f"STATUS={summary}", f"MAINPID={master.pid}")
 
 
-def launch(config: ServerConfig) -> int:
+def exec_master(values: dict, app_dir: str | None, args: list[str]) -> None:
+    """Go on as the master in a new interpreter of this same process (exec: same pid, open
+    files, environment and working directory), without the CLI's modules. `values` (the
+    parsed `start` options) and `app_dir` go over an anonymous memory file, never on a
+    command line or in the environment (they may hold secrets); the new interpreter loads
+    the config from them again and launches (`main`). `args`: the command's arguments, for
+    the master's process title. Returns only if the exec cannot be done: the caller then
+    launches in this process."""
+    try:
+        payload = json.dumps({"values": values, "app_dir": app_dir, "args": args}).encode()
+        fd = os.memfd_create("railcar-start", 0)
+    except (AttributeError, TypeError, ValueError, OSError):
+        return
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # -P: the working directory is not put on sys.path (the master may run as root).
+        os.execv(sys.executable, [sys.executable, "-P", "-m", __name__, str(fd), *args])
+    except OSError:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The master's interpreter after exec_master: ARGV is the memory file's descriptor and
+    the command's arguments."""
+    from .config import load
+    from .settings import ConfigError
+
+    argv = sys.argv[1:] if argv is None else argv
+    with os.fdopen(int(argv[0]), "rb") as handle:
+        start = json.loads(handle.read())
+    try:
+        config = load(start["values"], start["app_dir"])
+    except ConfigError as exc:     # the files changed since the command checked them
+        sys.stderr.write(f"Error: {exc}\n")
+        return 1
+    return launch(config, start["args"])
+
+
+def launch(config: ServerConfig, args: list[str] | None = None) -> int:
+    """Run the master in this process until it stops; returns the exit status. `args`: the
+    command's arguments for the process title (default: sys.argv[1:])."""
     if config.daemon:
         if not config.log_file:
             config.log_file = os.path.join(os.path.dirname(config.admin_socket), "railcar.log")
@@ -126,7 +177,7 @@ def launch(config: ServerConfig) -> int:
 
     from . import logs, proctitle
 
-    proctitle.set_title("master", args=sys.argv[1:])
+    proctitle.set_title("master", args=sys.argv[1:] if args is None else args)
     from .master import Master, bind_all
     from .sockets import BindError
 
@@ -147,3 +198,7 @@ def launch(config: ServerConfig) -> int:
         if config.log_file and not config.daemon:
             sys.stderr.write(f"railcar: {exc}\n")
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
