@@ -112,7 +112,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 NOT_IN_MASTER = ["importlib.metadata", "email", "zipfile", "csv", "ssl", "railcar.http",
-                 "click", "railcar.cli",
+                 "click", "railcar.cli", "html",
                  "railcar.responder", "httptools", "jinja2", "prometheus_client",
                  "railcar.metrics", "railcar.render", "railcar.status_table"]
 

@@ -12,8 +12,6 @@ imported at the first start only: a master whose apps boot never needs it.
 
 from __future__ import annotations
 
-import html
-
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{app}: the app failed to boot</title>
 <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f4f4f4;padding:1em;
@@ -60,6 +58,8 @@ class BootErrorResponder:
 
         error = self.snapshot().error or "the app is not ready"
         if self.development:
+            import html     # here: its entities table would stay in every master otherwise
+
             body = PAGE.format(app=html.escape(self.app_name),
                                error=html.escape(error)).encode("utf-8")
             content_type = "text/html; charset=utf-8"
