@@ -371,3 +371,73 @@ def test_systemd_units_give_the_master_its_wait_for_a_retiring_worker(tmp_path):
     assert timeout_stop_sec(rendered("")) == timeout_stop_sec(deploy_unit)
     assert timeout_stop_sec(rendered("long_lived_timeout = 100\n")) == int(102 + 30)
     assert timeout_stop_sec(rendered("long_lived_timeout = 0\n")) == int(graceful + 30)
+
+
+def test_each_connection_has_its_own_remote_session():
+    """A host's commands go to that host's one `sh`: never to another host's, even when the
+    connections share one Fabric config (as a run's connections do)."""
+    from fabric import Connection
+    from fabric import Config as FabricConfig
+
+    from railcar.deploy.remote import Session
+
+    shared = FabricConfig()
+    one, two = Connection("one", config=shared), Connection("two", config=shared)
+    assert Session.of(one) is not Session.of(two)
+    assert Session.of(one) is Session.of(one) and Session.of(one).connection is one
+    assert Session.of(two).connection is two
+
+
+class _FakeChannel:
+    """A session channel whose shell answers each command with `payload`, then the end
+    markers, handed out in small pieces (a marker split across reads)."""
+
+    def __init__(self, payload: bytes):
+        import queue
+
+        self.payload, self.closed = payload, False
+        self.out, self.err = queue.Queue(), queue.Queue()
+
+    def exec_command(self, command):
+        assert command == "exec sh"
+
+    def sendall(self, data: bytes):
+        mark = re.search(rb"railcar-done-[0-9a-f]+", data).group()
+        pieces = [self.payload[i:i + 4096] for i in range(0, len(self.payload), 4096)]
+        tail = mark + b" 3\n"
+        pieces += [tail[i:i + 5] for i in range(0, len(tail), 5)]
+        for piece in pieces:
+            self.out.put(piece)
+        err = mark + b"\n"
+        for i in range(0, len(err), 3):
+            self.err.put(err[i:i + 3])
+
+    def recv(self, size):
+        return self.out.get(timeout=30)
+
+    def recv_stderr(self, size):
+        return self.err.get(timeout=30)
+
+    def close(self):
+        self.closed = True
+        self.out.put(b"")
+        self.err.put(b"")
+
+
+def test_a_session_finds_its_end_marker_split_across_reads_after_much_output():
+    import time
+    from types import SimpleNamespace
+
+    from railcar.deploy.remote import Session
+
+    payload = b"".join(b"line %d\n" % i for i in range(100_000))     # ~1 MB
+    channel = _FakeChannel(payload)
+    transport = SimpleNamespace(open_session=lambda: channel, is_active=lambda: True)
+    connection = SimpleNamespace(open=lambda: None, transport=transport)
+    lines: list[str] = []
+    started = time.monotonic()
+    result = Session(connection).run("host", "cat big", 30, lines.append)
+    assert result.exited == 3 and result.stdout.encode() == payload and result.stderr == ""
+    assert len(lines) == 100_000 and lines[-1] == "line 99999"
+    assert time.monotonic() - started < 20
+    channel.close()

@@ -272,9 +272,14 @@ class Session:
 
     @classmethod
     def of(cls, connection) -> "Session":
-        session = getattr(connection, "_railcar_session", None)
+        """The connection's Session. It lives in the Connection object's own __dict__: an
+        attribute set the ordinary way on a Fabric Connection goes into its config, which
+        the connections of one run share (and which Fabric may rebuild), so a host would
+        find another host's session, or none and start a second `sh`."""
+        session = vars(connection).get("_railcar_session")
         if session is None:
-            session = connection._railcar_session = cls(connection)
+            session = cls(connection)
+            object.__setattr__(connection, "_railcar_session", session)
         return session
 
     def _alive(self) -> bool:
@@ -332,17 +337,26 @@ class Session:
                                   f"printf '%s %d\\n' {mark} \"$?\"; "
                                   f"printf '%s\\n' {mark} >&2\n").encode())
             deadline = None if timeout is None else time.monotonic() + timeout
-            streamed = 0
+            # Each wake-up looks only at what arrived since the last one (a marker may
+            # straddle two reads: the search starts a marker's length before the new
+            # bytes), so a command with much output costs linear time, not quadratic.
+            streamed = out_seen = err_seen = 0
+            found, at = None, -1
             with self.changed:
                 while True:
-                    found = done_out.search(self.out)
+                    if found is None:
+                        found = done_out.search(self.out, max(0, out_seen - len(mark) - 24))
+                        out_seen = len(self.out)
+                    if at < 0:
+                        at = self.err.find(done_err, max(0, err_seen - len(done_err)))
+                        err_seen = len(self.err)
                     if on_line is not None:
                         end = found.start() if found else self.out.rfind(b"\n", streamed) + 1
                         if end > streamed:
                             for line in bytes(self.out[streamed:end]).splitlines():
                                 on_line(line.decode("utf-8", "replace"))
                             streamed = end
-                    if found and done_err in self.err:
+                    if found and at >= 0:
                         break
                     if self.ended or self.channel is None:
                         self.channel = None
@@ -354,7 +368,6 @@ class Session:
                         self.channel = None
                         raise RemoteError(host, text, None, f"no answer in {timeout:g} s")
                     self.changed.wait(left)
-                at = self.err.index(done_err)
                 result = _Exited(bytes(self.out[:found.start()]).decode("utf-8", "replace"),
                                  bytes(self.err[:at]).decode("utf-8", "replace"),
                                  int(found.group(1)))
