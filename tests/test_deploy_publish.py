@@ -237,3 +237,45 @@ def test_a_full_disk_is_named_and_the_next_deploy_succeeds(site):
         subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=60)
     assert load.failures() == [], load.failures()[:3]
     assert len(load.outcomes) > 50
+
+
+def test_a_publisher_killed_like_by_a_reboot_leaves_no_release_publishing(site):
+    """The host-side publisher itself dies (SIGKILL, as a reboot would end it) during its
+    restart: nothing is left `publishing` for ever. `fab releases` and `fab status` say the
+    publish was interrupted, and the next deploy marks that release by what is true (good:
+    current and served healthy; failed otherwise) before it publishes its own."""
+    site.commit("interrupted")
+    proc = site.popen_fab("-H", "host1", "deploy")
+    try:
+        seen = read_until(proc, "[host1] restart ")
+        for pid in publishes_running(site.root()):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    release = re.search(r"^release (\S+):", seen, re.M).group(1)
+    sessions_ended(site)
+    wait_for(lambda: not publishes_running(site.root()), 60, what="the publishers to die")
+    assert site.states()[release] == "publishing"       # what the file says
+    listing = site.fab("-H", "host1", "releases")
+    assert re.search(rf" {re.escape(release)} +interrupted ", listing), listing
+    assert "publishing" not in listing
+    status = site.fab("-H", "host1", "status")
+    assert "publish interrupted" in status and release in status, status
+    # a release a publish killed before its swap: never current, so it did not publish
+    older = sorted(name for name, state in site.states().items() if state == "good")[0]
+    (site.root() / "releases" / older / ".railcar-state").write_text("publishing\n")
+    site.commit("after-interrupt")
+    output = site.fab("-H", "host1", "deploy")
+    assert f"resolve  {release}: its publish was interrupted; marked" in output, output
+    states = site.states()
+    assert states.get(older, "removed") in ("failed", "removed")  # marked, maybe cleaned up
+    assert states.get(release, "removed") in ("good", "failed", "removed")
+    assert "publishing" not in states.values()
+    assert site.get() == "version after-interrupt"
+    assert_consistent(site)
+    log = (site.root() / "revisions.log").read_text()
+    assert f"interrupted {release} marked" in log

@@ -13,6 +13,11 @@ child carries on to the end. A later deploy that finds the lock of a dead `fab` 
 flock before taking the lock over (lock.py), so it never races a publish in progress.
 
 The operation, for the release TARGET ("kind" deploy: a new release; rollback: a good one):
+    resolve  a release left "publishing" by a publish that died without an outcome (a reboot,
+             a SIGKILL: this process holds the flock, so no other publish runs) is marked
+             "good" if it is `current` and its health check passes (the workers serve it),
+             else "failed"; when `current` names one that failed, the newest good release
+             is what a failure of this publish restores
     state    TARGET/.railcar-state := publishing (deploy only; also reserves its disk block)
     swap     `current` -> TARGET (symlink under a temp name, renamed over)
     restart  the rolling restart through the admin socket (blocks until done), or the start
@@ -48,6 +53,9 @@ from .venvs import unused
 
 PUBLISHED, RESTORED, BROKEN, REFUSED = 0, 1, 2, 3
 COMMAND_TIMEOUT = 3600      # bound on one restart/stop command (they have their own timeouts)
+RESOLVE_TIMEOUT = 5         # seconds the health check of an interrupted current release takes
+LOCK_WAIT = 2.0             # seconds to wait for the holder's flock: a reader (LIST_SCRIPT)
+#                             holds a shared one for an instant
 
 
 class Refused(Exception):
@@ -193,6 +201,7 @@ class Publish:
     def run(self) -> int:
         if not os.path.isdir(self.target_dir):
             raise Refused(f"{self.target_dir} does not exist")
+        self.resolve_interrupted()
         if self.kind == "deploy":
             try:
                 set_state(self.target_dir, "publishing")
@@ -212,6 +221,35 @@ class Publish:
                 pass
         self.progress.line("outcome good" if status == PUBLISHED else self.failure)
         return status
+
+    def resolve_interrupted(self) -> None:
+        """Mark the releases an earlier publish left "publishing" (see the module doc)."""
+        found = inventory(self.paths)
+        stuck = [r for r in found.releases if r.state == rel.PUBLISHING and r.name != self.target]
+        for release in stuck:
+            healthy = release.current and self.healthy(self.paths.release(release.name))
+            state = rel.GOOD if healthy else rel.FAILED
+            try:
+                set_state(self.paths.release(release.name), state)
+            except OSError as exc:
+                self.progress.line(f"warning  {release.name} left publishing: "
+                                   f"{_no_space(exc, release.name)}")
+                continue
+            self.progress.line(f"resolve  {release.name}: its publish was interrupted; marked "
+                               f"{state}" + (" (current, healthy)" if healthy else
+                                             " (current, unhealthy)" if release.current else ""))
+            log_revision(self.paths, self.progress,
+                         f"interrupted {release.name} marked {state} by {self.spec.get('by', '-')}")
+            if release.current and not healthy:
+                good = [r.name for r in found.releases if r.state == rel.GOOD
+                        and r.name not in (release.name, self.target)]
+                self.previous = good[-1] if good else self.previous
+
+    def healthy(self, release_dir: str) -> bool:
+        """The health check of the publish, for another release, briefly."""
+        args = probe.parser().parse_args(self.spec["probe"])
+        args.release, args.timeout = release_dir, min(args.timeout, RESOLVE_TIMEOUT)
+        return probe.wait_healthy(args) is None
 
     def publish(self) -> None:
         p = self.progress
@@ -371,12 +409,16 @@ def lock_holder(paths: Paths) -> int:
         fd = os.open(holder, os.O_RDONLY)
     except OSError as exc:
         raise Refused(f"the deploy lock {paths.lock} is not held ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Refused("another publish is running on this host") from None
-    return fd
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Refused("another publish is running on this host") from None
+            time.sleep(0.05)
 
 
 def detach_and_publish(spec: dict, pipe_fd: int) -> int:

@@ -3,9 +3,13 @@
 A release's state is the file releases/NAME/.railcar-state: "good" once it served after a
 deploy, "failed" when its deploy failed, "publishing" while the host-side publish runs
 (publish.py); no file means incomplete (a deploy in progress, or debris of one that was
-killed before its publish). Only good releases are rollback targets or count against
-keep_releases. The read-only inventory (read_inventory) feeds the `releases` and `status`
-tasks, rollback and cleanup.
+killed before its publish). A release whose file says "publishing" while no publish holds
+the deploy lock's flock (publish.py holds it as long as it lives; a reboot or a SIGKILL of
+the publisher frees it) is shown as "interrupted": nothing will finish that publish. The next
+publish on the host (a deploy or a rollback) resolves it before it starts: "good" when it is
+`current` and the workers serve it healthy, "failed" otherwise (publish.py). Only good
+releases are rollback targets or count against keep_releases. The read-only inventory
+(read_inventory) feeds the `releases` and `status` tasks, rollback and cleanup.
 """
 
 from __future__ import annotations
@@ -23,22 +27,29 @@ if TYPE_CHECKING:    # not at run time: this module also runs on hosts (publish.
 __all__ = ["PUBLISH_LOG", "STATE_FILE"]
 
 GOOD, FAILED, INCOMPLETE, PUBLISHING = "good", "failed", "incomplete", "publishing"
+INTERRUPTED = "interrupted"     # read as "publishing", but no publish runs: see the module doc
 
 
 def known_state(text: str) -> str:
     """A state file's first line as a state: anything but good/failed/publishing (absent,
-    empty, garbled) is incomplete."""
-    return text if text in (GOOD, FAILED, PUBLISHING) else INCOMPLETE
+    empty, garbled) is incomplete; "interrupted" is what LIST_SCRIPT reads for a publishing
+    release that no publish works on."""
+    return text if text in (GOOD, FAILED, PUBLISHING, INTERRUPTED) else INCOMPLETE
 
 
 # One remote round trip: where `current` points, every release with its state, REVISION and
-# venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir.
+# venv link, and the venvs present. $1 current, $2 releases dir, $3 venvs dir, $4 the deploy
+# lock's holder file: a publish runs while it is flocked (a shared lock taken for an instant
+# fails then); "publishing" without one is "interrupted".
 LIST_SCRIPT = r'''
+running=no
+[ -e "$4" ] && ! flock -s -n "$4" true 2>/dev/null && running=yes
 printf 'current\t%s\n' "$(readlink "$1" 2>/dev/null)"
 if cd "$2" 2>/dev/null; then
   for d in */; do
     d=${d%/}; [ -d "$d" ] || continue
     s=$(head -n 1 "$d/.railcar-state" 2>/dev/null || echo incomplete)
+    [ "$s" = publishing ] && [ $running = no ] && s=interrupted
     r=$(head -c 200 "$d/REVISION" 2>/dev/null | head -n 1)
     m=$(stat -c %Y "$d")
     v=$(readlink "$d/.venv" 2>/dev/null)
@@ -84,8 +95,8 @@ def read_inventory(remote: Remote, paths: Paths) -> Inventory:
 
 
 def list_args(paths: Paths) -> list[str]:
-    """LIST_SCRIPT's arguments."""
-    return [paths.current, paths.releases, paths.venvs]
+    """LIST_SCRIPT's arguments ($1-$4)."""
+    return [paths.current, paths.releases, paths.venvs, posixpath.join(paths.lock, "holder")]
 
 
 def parse_inventory(out: str) -> Inventory:
@@ -136,7 +147,10 @@ def summary(found: Inventory) -> str:
     else:
         line = "current: none"
     running = [r.name for r in found.releases if r.state == PUBLISHING]
-    return line + (f"; publishing on the host: {', '.join(running)}" if running else "")
+    dead = [r.name for r in found.releases if r.state == INTERRUPTED]
+    return line + (f"; publishing on the host: {', '.join(running)}" if running else "") \
+        + (f"; publish interrupted (no publish runs; the next deploy or rollback marks it "
+           f"good if current and healthy, else failed): {', '.join(dead)}" if dead else "")
 
 
 def render(host: str, releases: list[Release]) -> str:

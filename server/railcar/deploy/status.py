@@ -10,9 +10,9 @@ from .remote import Remote, RemoteError
 from .settings import DeployConfig
 
 STATUS_MARK = "railcar-status"
-# The releases' inventory (LIST_SCRIPT: $1-$3), a line STATUS_MARK, then `railcar status` of
-# the server venv ($4) through the admin socket ($5): `fab status` in one round trip.
-STATUS_SCRIPT = rel.LIST_SCRIPT + f'echo {STATUS_MARK}\nexec "$4" status --admin-socket "$5"\n'
+# The releases' inventory (LIST_SCRIPT: $1-$4), a line STATUS_MARK, then `railcar status` of
+# the server venv ($5) through the admin socket ($6): `fab status` in one round trip.
+STATUS_SCRIPT = rel.LIST_SCRIPT + f'echo {STATUS_MARK}\nexec "$5" status --admin-socket "$6"\n'
 
 
 def status(remote: Remote, paths: Paths, as_json: bool = False) -> str:
