@@ -9,32 +9,42 @@ Exit 0 when healthy, 1 with the reason on stderr. Bounded by --timeout seconds.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import socket
 import sys
 import time
 
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
+MAX_HEAD = 64 * 1024        # bytes of status line and headers read at most
+BODY_SHOWN = 2000           # bytes of the body kept for the reason of a failure
 
 
 def get(path: str, unix_socket: str, timeout: float = 10) -> tuple[int, bytes]:
-    conn = UnixHTTPConnection(unix_socket, timeout)
+    """GET `path` through the app's unix socket: (status, the start of the body).
+
+    One HTTP/1.0 request on its own connection (the server closes it after the answer),
+    read with a plain socket: the publish on every host runs this, and http.client (with
+    the email package it loads) would be most of that interpreter's start."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     try:
-        conn.request("GET", path, headers={"Host": "localhost", "User-Agent": "railcar-probe"})
-        response = conn.getresponse()
-        return response.status, response.read(2000)
+        sock.connect(unix_socket)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n"
+                     "User-Agent: railcar-probe\r\n\r\n".encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) - data.index(b"\r\n\r\n") < BODY_SHOWN + 4:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_HEAD + BODY_SHOWN and b"\r\n\r\n" not in data:
+                raise OSError(f"no end of the headers in {MAX_HEAD} bytes")
     finally:
-        conn.close()
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    words = head.split(b"\r\n", 1)[0].split(None, 2)
+    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+        raise OSError(f"not an HTTP answer: {head[:80]!r}")
+    return int(words[1]), body[:BODY_SHOWN]
 
 
 def releases_served(admin_socket: str, app: str | None) -> set[str]:

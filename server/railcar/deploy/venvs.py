@@ -9,9 +9,7 @@ one is rebuilt, a complete one is reused without running pip.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
-import tarfile
 from typing import TYPE_CHECKING
 
 from .paths import VENV_DONE, VENV_LINK, Paths
@@ -42,6 +40,8 @@ ln -s "$venv" "$link"
 
 
 def key(requirements: str, wheel_id: str, config: DeployConfig) -> str:
+    import hashlib      # here and below: the host-side publish imports this module for
+    #                     `unused` alone, on every host of every deploy
     digest = hashlib.sha256()
     for part in (requirements, wheel_id, config.python, "\0".join(config.pip_args)):
         digest.update(part.encode() + b"\0")
@@ -50,6 +50,8 @@ def key(requirements: str, wheel_id: str, config: DeployConfig) -> str:
 
 def requirements_in(archive_path: str, requirements: str) -> str:
     """The requirements file's text inside the release tarball ("" when it has none)."""
+    import tarfile
+
     wanted = posixpath.normpath(requirements)
     with tarfile.open(archive_path, "r:gz") as tar:
         for member in tar.getmembers():
