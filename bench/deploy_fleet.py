@@ -240,6 +240,19 @@ railcar:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return took, cpu, output
 
+    def login_cost(self, cpu: Cpu, times: int = 5) -> float | None:
+        """CPU-seconds of one SSH connection that runs `true` (median of `times`), on the
+        hosts' side: part of every host's `ssh` share that railcar does not choose."""
+        if not cpu.cgroups:
+            return None
+        costs = []
+        for _ in range(times):
+            before = cpu.usage()["ssh"]
+            subprocess.run(["ssh", "-F", str(self.ssh.ssh_config), self.names[0], "true"],
+                           check=True, capture_output=True, timeout=60)
+            costs.append(cpu.usage()["ssh"] - before)
+        return statistics.median(costs)
+
     def _enter_fab(self) -> None:
         if self.cpu.cgroups:
             self.cpu.enter("fab", os.getpid())
@@ -296,6 +309,11 @@ def main() -> int:
               flush=True)
         print(f"first deploy: {fleet.fab(fleet.names, 'deploy')[0]:.1f}s", flush=True)
         cpu.adopt_servers()
+        login = fleet.login_cost(cpu)
+        if login is not None:
+            print(f"one SSH connection running `true` on a host: {login:.3f} CPU-s in the ssh "
+                  "group (sshd and the SSH user's login shell with its rc files; a deploy "
+                  "opens one per host)", flush=True)
         for round_ in range(args.rounds):
             for size in sizes:
                 hosts = fleet.names[:size]
