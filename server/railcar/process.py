@@ -100,6 +100,9 @@ class WorkerProcess:
         fds = [sock.fileno() for sock in listeners]
         spec = dict(spec, release=self.release.path, module=self.release.module,
                     listen_fds=fds, control_fd=theirs.fileno())
+        inherited = fds + [theirs.fileno()]
+        if spec.get("balance_fd") is not None:  # the app's connection counts (http.balance)
+            inherited.append(spec["balance_fd"])
         child_env = dict(os.environ, **env, RAILCAR_WORKER=json.dumps(spec), PYTHONUNBUFFERED="1")
         account = {}
         if run_as is not None:
@@ -108,7 +111,7 @@ class WorkerProcess:
         try:
             self.popen = gevent.subprocess.Popen(
                 [self.release.python, "-m", f"railcar.{self.kind}"], cwd=self.release.path,
-                env=child_env, pass_fds=fds + [theirs.fileno()], stdin=subprocess.DEVNULL,
+                env=child_env, pass_fds=inherited, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, **account)
         except OSError as exc:
             ours.close()

@@ -22,6 +22,7 @@ from typing import Callable
 from . import release as releases
 from . import states
 from .config import AppConfig
+from . import balance
 from .seam import Process, ProcessFactory
 from .settings import ConfigError
 
@@ -38,6 +39,9 @@ class Spawner:
         self.preloaders: list[Process] = []     # alive (smart spawning)
         self.preloader: Process | None = None   # the one new workers fork from
         self.started = False    # on_starting ran (railcar.hooks): once, before any spawn
+        # The open-connection counts every worker of the app publishes (railcar.balance),
+        # inherited by each worker and preloader; for the master's whole life.
+        self.balance_fd = balance.create()
 
     @property
     def smart(self) -> bool:
@@ -50,7 +54,7 @@ class Spawner:
                 "access_log_format": self.app.access_log_format,
                 "graceful_timeout": self.graceful_timeout, "health": self.app.health,
                 "hooks_module": self.app.hooks_module, "gc_freeze": self.app.gc_freeze,
-                "tls": self.app.tls}
+                "tls": self.app.tls, "balance_fd": self.balance_fd}
 
     def resolve(self) -> releases.Release:
         """The release to spawn now, with the app's environment (the env file read now);

@@ -5,7 +5,8 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   that imported the app already; both run the same Worker.
 - The environment variable RAILCAR_WORKER holds a JSON spec: app, module, release,
   listen_fds, control_fd, limits, access_log, access_log_format, graceful_timeout, health,
-  hooks_module, gc_freeze, tls ({"certfile", "keyfile"} or null).
+  hooks_module, gc_freeze, tls ({"certfile", "keyfile"} or null), balance_fd (the app's
+  table of open-connection counts, railcar.balance, or null).
 - gevent monkey-patches the process before the app is imported.
 - The worker sends {"event": "ready"} only after the app imported and is callable, passed
   its health check (spec "health", see railcar.health) and the listeners accept; if the
@@ -46,6 +47,7 @@ from railcar import __version__, health, logs, proctitle, tls  # noqa: E402
 from railcar.hooks import HookFailed, Hooks, WorkerInfo  # noqa: E402
 from railcar.channel import Channel  # noqa: E402
 from railcar.http import HTTPServer, Limits  # noqa: E402
+from railcar.balance import LoadTable  # noqa: E402
 
 SPEC_VARIABLE = "RAILCAR_WORKER"
 BACKTRACES_MAX = 2 * 1024 * 1024
@@ -147,7 +149,8 @@ class Worker:
             listeners, app, limits=Limits(**self.spec["limits"]), access_log=self.access_log,
             base_environ=extra_environ, on_timeout=self.request_timed_out,
             tls_context=tls_context,
-            access_log_format=self.spec.get("access_log_format", "text"))
+            access_log_format=self.spec.get("access_log_format", "text"),
+            load=self.load_table())
         self.server.start()
         gevent.signal_handler(signal.SIGTERM, self.retire)
         gevent.signal_handler(signal.SIGINT, self.exit_now)
@@ -155,6 +158,18 @@ class Worker:
         faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
                            "release": self.spec["release"]})
+
+    def load_table(self):
+        """This worker's slot in the app's shared open-connection counts (spec
+        "balance_fd"), or None: then it accepts as if it were alone, by timing."""
+        fd = self.spec.get("balance_fd")
+        if fd is None:
+            return None
+        try:
+            return LoadTable(fd)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"railcar: connection balancing off in this worker: {exc}\n")
+            return None
 
     def check_health(self, app, extra_environ: dict) -> None:
         """Run the app's health check (if it has one) before touching the listeners; if it

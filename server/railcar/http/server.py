@@ -15,6 +15,7 @@ connections update the state and never reach back into the server.
 
 import errno
 import resource
+import select
 import socket
 import sys
 from operator import attrgetter
@@ -22,6 +23,7 @@ from time import monotonic
 
 import gevent
 from gevent.hub import get_hub
+from gevent.monkey import get_original
 from gevent.socket import socket as gsocket
 
 from ..views import Limits
@@ -35,11 +37,14 @@ __all__ = ["HTTPServer", "Limits"]
 
 _ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to idler workers
 _ACCEPT_BURST = 64  # most connections accepted at once after a deferral that timed out
+_BALANCE_POLL = 0.001  # deferring to a less-loaded worker: how often to look whether it took it
+_BALANCE_STUCK = 1.0  # a second deferral timed out within this: the other worker is stuck
 _EVICT_POLL = 0.2  # at worker_connections with none idle: how often to look again
 _RETIRE_POLL = 0.25  # past long_lived_timeout: how often to look for new long-lived ones
 _END_WAIT = 1.5  # after ending a long-lived connection: how long its app has to return
 # accept() errors that mean "try again later" rather than "this listener is gone".
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_select = get_original("select", "select")  # a non-blocking look at a listener, no switch
 
 
 class HTTPServer:
@@ -61,6 +66,9 @@ class HTTPServer:
     whether it was blocked or computing without a pause (see deadline.py).
 
     `state` (a ServerState) holds the counters its connections update; `stats()` reads them.
+    `load` (a railcar.balance.LoadTable), if given, is the table of open-connection counts this
+    worker shares with the other workers of its app: new connections go to the least loaded
+    (see `_accept_budget`).
 
     The master serves its own small listeners (railcar.responder) with this same server,
     under a stricter policy than a worker's:
@@ -73,7 +81,7 @@ class HTTPServer:
 
     def __init__(self, listeners, app, limits=None, access_log=None, base_environ=None,
                  on_timeout=None, *, lifetime=0.0, evict_busy=False, on_evict=None,
-                 own_listeners=True, tls_context=None, access_log_format="text"):
+                 own_listeners=True, tls_context=None, access_log_format="text", load=None):
         self.listeners = list(listeners)
         self.lifetime = lifetime
         self.evict_busy = evict_busy
@@ -82,7 +90,7 @@ class HTTPServer:
         self.limits = limits = limits or Limits()
         self.extra_environ = dict(base_environ or {})
         self.state = state = ServerState(limits.worker_connections,
-                                         limits.max_concurrent_requests)
+                                         limits.max_concurrent_requests, load)
         # max_request_time: a watchdog for blocked requests, a CPU timer for busy ones.
         self.deadline = (Deadline(state, limits.max_request_time, on_timeout)
                          if limits.max_request_time else None)
@@ -90,6 +98,7 @@ class HTTPServer:
                                self.deadline, access_log_format)
         self.tls_context = tls_context
         self._acceptors = []
+        self._last_timeout = -_BALANCE_STUCK  # monotonic() of the last deferral timed out
 
     # -- public interface ---------------------------------------------------------------------
 
@@ -203,10 +212,12 @@ class HTTPServer:
         while it is busy, so they wait for its event loop while other workers sit idle
         (gunicorn -k gevent shows this as requests queued up to half a second). So: accept
         one connection per wake, non-blocking (EAGAIN just means another process won the
-        race), and when this worker already has connections, first let its event loop run
-        everything that is ready (`gevent.idle()`): an idle worker gets to the accept first.
-        The deferral is bounded (`_ACCEPT_DEFER`) so that a worker saturated on its own, with
-        no idle peer, still accepts, and then takes the whole queue (`_accept_budget`).
+        race), and when this worker already has connections, defer to the others: to a
+        worker with fewer open connections, and otherwise let this worker's event loop run
+        everything that is ready first (`gevent.idle()`), so an idle worker gets to the
+        accept first. The deferral is bounded (`_ACCEPT_DEFER`) so that a worker saturated on
+        its own, with no idle peer, still accepts, and then takes the whole queue
+        (`_accept_budget`).
 
         At `worker_connections`, a new connection is accepted only if an idle one can be
         closed to make room (`_evict_oldest_idle`); otherwise we stop accepting until a
@@ -233,7 +244,11 @@ class HTTPServer:
                 if not room.is_set() and not self._can_evict():
                     room.wait(_EVICT_POLL)
                     continue
-                for _ in range(self._accept_budget()):
+                budget = self._accept_budget(raw)
+                if not budget:  # a less-loaded worker took what was queued
+                    hub.wait(watcher)
+                    continue
+                for _ in range(budget):
                     try:
                         fd, addr = raw._accept()
                     except BlockingIOError:
@@ -284,17 +299,56 @@ class HTTPServer:
             if self.on_evict is not None:
                 self.on_evict(state.evicted)
 
-    def _accept_budget(self):
-        """How many queued connections to accept now: one after letting an idler worker
-        take it, or, when this worker's loop stayed busy for `_ACCEPT_DEFER` (every worker is
-        busy, or there is no other), a burst, so that a burst of new connections waits for
-        one deferral rather than one each."""
-        if not self.state.connections:
+    def _accept_budget(self, listener):
+        """How many connections queued on `listener` to accept now (0: none is queued any
+        more). A worker without connections: one, at once.
+
+        With the shared table (`state.load`), a worker that has more open connections than
+        another (that accepts) leaves the accept to that one: every worker is woken for a new
+        connection, and which one wins must not be timing luck, or one can end up with most
+        of a client's simultaneous connections, which then queue behind each other (the
+        p99) while the other worker idles. It looks again every `_BALANCE_POLL` s whether
+        the connection was taken (0). A worker with the fewest connections takes one at
+        once; one level with the least loaded, one after letting its own loop run what is
+        ready (an idler worker gets there first).
+
+        Every deferral is bounded by `_ACCEPT_DEFER`. Alone (no table, or no other worker
+        accepting), a worker whose loop stayed busy that long takes a burst, so that a burst
+        of new connections waits for one deferral rather than one each. With other workers,
+        it takes one (the other was only late, say not scheduled on a busy machine), or a
+        burst when that happens again within `_BALANCE_STUCK` s (it is stuck in a long
+        request)."""
+        state = self.state
+        connections = state.connections
+        if not connections:
             return 1
-        with gevent.Timeout(_ACCEPT_DEFER, False):
+        started = monotonic()
+        load = state.load
+        least = None
+        if load is not None:
+            while True:
+                least = load.least_other()
+                if least is None or len(connections) <= least:
+                    break
+                if monotonic() - started >= _ACCEPT_DEFER:
+                    return self._deferral_timed_out()
+                gevent.sleep(_BALANCE_POLL)
+                if state.retiring or not _select([listener], (), (), 0)[0]:
+                    return 0
+            if least is not None and len(connections) < least:
+                return 1
+        with gevent.Timeout(max(_ACCEPT_DEFER - (monotonic() - started), _BALANCE_POLL),
+                            False):
             gevent.idle()
             return 1
-        return _ACCEPT_BURST
+        return _ACCEPT_BURST if least is None else self._deferral_timed_out()
+
+    def _deferral_timed_out(self):
+        """A deferral to other workers timed out: the budget (see `_accept_budget`)."""
+        now = monotonic()
+        stuck = now - self._last_timeout < _BALANCE_STUCK
+        self._last_timeout = now
+        return _ACCEPT_BURST if stuck else 1
 
     def _accept_failed(self, exc, listener):
         """Handle an accept() error; False when the listener is unusable."""
@@ -329,6 +383,8 @@ class HTTPServer:
         (unless they are not ours to close)."""
         gevent.killall(self._acceptors)
         self._acceptors = []
+        if self.state.load is not None:
+            self.state.load.leave()
         if self.own_listeners:
             for listener in self.listeners:
                 listener.close()

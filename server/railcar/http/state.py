@@ -41,15 +41,17 @@ class ServerState:
       their request with `Connection: close` and end;
     - `connections`: the open connections, oldest first (a dict used as an ordered set);
       a connection is added by the server when accepted and removes itself (`closed`);
-    - `idle_ticks`: counts idle waits begun, so idle connections can be ordered by age.
+    - `idle_ticks`: counts idle waits begun, so idle connections can be ordered by age;
+    - `load`: the app's shared table of open-connection counts (railcar.balance.LoadTable), kept up
+      to date here, or None.
     """
 
     __slots__ = ("requests", "in_flight", "long_lived", "max_in_flight", "overloaded",
                  "timed_out", "evicted", "status_counts", "latency_counts", "latency_sum",
                  "queue_counts", "queue_sum", "retiring",
-                 "idle_ticks", "connections", "max_connections", "room", "all_closed")
+                 "idle_ticks", "connections", "max_connections", "room", "all_closed", "load")
 
-    def __init__(self, max_connections, max_in_flight=0):
+    def __init__(self, max_connections, max_in_flight=0, load=None):
         self.requests = 0
         self.in_flight = 0
         self.long_lived = 0
@@ -69,19 +71,26 @@ class ServerState:
         self.room = Event()  # set while under max_connections
         self.room.set()
         self.all_closed = Event()  # set when the last connection of a retiring server closed
+        self.load = load
 
     def opened(self, conn):
         """Count a newly accepted connection."""
-        self.connections[conn] = None
-        if len(self.connections) >= self.max_connections:
+        connections = self.connections
+        connections[conn] = None
+        if len(connections) >= self.max_connections:
             self.room.clear()
+        if self.load is not None and not self.retiring:
+            self.load.publish(len(connections))
 
     def closed(self, conn):
         """A connection ended (called once, by the connection itself)."""
         self.connections.pop(conn, None)
         self.room.set()
-        if self.retiring and not self.connections:
-            self.all_closed.set()
+        if self.retiring:
+            if not self.connections:
+                self.all_closed.set()
+        elif self.load is not None:
+            self.load.publish(len(self.connections))
 
     def answered(self, code, elapsed):
         """Count a request the app answered with status `code` in `elapsed` seconds."""
