@@ -275,10 +275,12 @@ class WorkerProcess:
             parts.append("\n".join(self.output_tail))
         return "\n".join(parts)
 
-    def call(self, name: str, timeout: float = 2.0, fds: list[int] = ()) -> dict | None:
+    def call(self, name: str, timeout: float = 2.0, fds: list[int] = (),
+             args: dict | None = None) -> dict | None:
         """Ask the worker something over its channel: its reply, checked by
         railcar.replies; None if it does not answer in time or answers nonsense.
-        `fds` travel with the request (the worker side must expect them)."""
+        `fds` travel with the request (the worker side must expect them); `args`, if
+        given, are the call's keyword arguments (the message's "args")."""
         if self.state not in (states.READY, states.RETIRING) or self.channel is None:
             return None
         # The id is this call's own: other calls to the same worker may start (and bump
@@ -289,6 +291,8 @@ class WorkerProcess:
         self.pending[call_id] = (name, waiter)
         try:
             message = {"call": name, "id": call_id}
+            if args:
+                message["args"] = args
             if fds:
                 message["fds"] = len(fds)
             self.channel.send(message, fds)

@@ -33,6 +33,7 @@ from .spawner import exit_reason
 from .supervision import Replacement
 
 CANARY_POLL = 0.5      # seconds between looks at the canary's counters
+TAKE_OVER_CALL = 1.0   # seconds a new worker has to acknowledge `take_over`
 EXIT_MARGIN = 5.0      # seconds past graceful_timeout before a retiring worker is killed
 
 
@@ -115,7 +116,7 @@ class Rollout:
                 self.abort()
                 return
             if index < len(old):
-                old[index].retire()
+                hand_over(old[index], worker)
                 self.retired.append(old[index])
         wait_exited(self.retired, pool.retire_timeout())
         pool.last_error = None
@@ -185,11 +186,23 @@ def replace(pool, worker, reason: Replacement) -> None:
         if not ok:
             pool.boot_failed(error)
             return
-        worker.retire()
+        hand_over(worker, fresh)
         pool.record.replacements[reason.limit.value] += 1
         pool.record.last_replacement = {"pid": worker.pid, "new_pid": fresh.pid,
                                         "reason": str(reason), "at": time.time()}
     wait_exited([worker], pool.retire_timeout())
+
+
+def hand_over(old, fresh) -> None:
+    """Retire `old`, its clients going to `fresh` (READY): `fresh` is told first to accept
+    as many reconnections as `old` has connections at once (`take_over`, see
+    railcar.http.server.HTTPServer.take_over) rather than defer them to idler workers, of
+    which there are none under load: each of those clients would wait up to the accept
+    deferral (50 ms) of a busy worker."""
+    stats = old.call("stats", timeout=TAKE_OVER_CALL) or {}
+    fresh.call("take_over", timeout=TAKE_OVER_CALL,
+               args={"connections": stats.get("connections")})
+    old.retire()
 
 
 def wait_exited(workers: list, retire_timeout: float) -> None:

@@ -17,6 +17,11 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   (failing to import it is a boot error); post_fork runs before the health check (raising is
   a boot error), worker_exit once the worker stopped serving, on_timeout in a greenlet of
   its own after a request past max_request_time got its 504.
+- A call may carry keyword arguments ({"call": NAME, "id": N, "args": {...}}).
+- `take_over` {"connections": N} (from the master just before it retires another worker of
+  the app, which holds N connections): accept the next N connections, for a moment, without
+  deferring them to idler workers (the retiring worker's clients reconnect together; see
+  HTTPServer.take_over).
 - SIGTERM (or the master's channel closing): retire gracefully, then exit 0.
   SIGINT/SIGQUIT: exit at once. SIGUSR2: write the stack of every thread to stderr (works even
   when the event loop is stuck in CPU-bound code).
@@ -214,7 +219,12 @@ class Worker:
         """Answer the master's calls; the channel closing means the master is gone."""
         for message in self.channel.messages():
             handler = getattr(self, "call_" + str(message.get("call")), None)
-            result = handler() if handler else {"error": f"unknown call {message.get('call')!r}"}
+            args = message.get("args") or {}
+            try:
+                result = handler(**args) if handler \
+                    else {"error": f"unknown call {message.get('call')!r}"}
+            except TypeError as exc:    # arguments this call does not take
+                result = {"error": str(exc)}
             if "id" in message:
                 self.channel.send({"reply": message["id"], "result": result})
         self.retire()
@@ -230,6 +240,12 @@ class Worker:
         if self.replace_reason:
             stats["replace"] = self.replace_reason
         return stats
+
+    def call_take_over(self, connections: int | None = None) -> dict:
+        """A retiring worker's clients (`connections` of them) are about to reconnect:
+        accept them at once (HTTPServer.take_over)."""
+        self.server.take_over(connections)
+        return {}
 
     def call_requests(self) -> dict:
         return {"requests": self.server.requests_in_flight()}

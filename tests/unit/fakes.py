@@ -3,8 +3,9 @@ the way the master does: events through a queue, one reconcile per drained batch
 
 FakeProcess keeps railcar.states' transitions (it changes state through check_transition),
 so a pool that drives a process through a transition the real one refuses fails here too.
-Every start, fork, ready, retire, signal and exit is appended to `timeline` as a tuple, so
-tests assert order ("the new worker was ready before the old one retired").
+Every start, fork, ready, retire, signal, exit and call (but `stats`) is appended to
+`timeline` as a tuple, so tests assert order ("the new worker was ready before the old one
+retired").
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class FakeProcess:
         return (f"{self.kind} {self.pid} of {self.app_name} {what} (release "
                 f"{self.release.path})\n{self.health_error or self.boot_error or ''}")
 
-    def call(self, name: str, timeout: float = 2.0, fds=()) -> dict | None:
+    def call(self, name: str, timeout: float = 2.0, fds=(), args=None) -> dict | None:
+        if name != "stats":
+            self.factory.timeline.append(("call", self.pid, name, args))
         if self.state not in (states.READY, states.RETIRING) or not self.answers:
             return None
         return dict(self.stats) if name == "stats" else {}

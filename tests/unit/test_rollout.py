@@ -130,3 +130,20 @@ def test_smart_restart_abort_keeps_forking_from_the_old_preloader():
     h.until(lambda: len(h.ready()) == 1, what="the respawn")
     assert h.ready()[0].preloader is preloader_a
     assert h.factory.alive("preloader") == [preloader_a], "no new preloader was started"
+
+
+def test_each_new_worker_takes_over_the_clients_of_the_old_one_it_replaces():
+    """Before an old worker retires, the new one is told how many connections the old one
+    holds: it accepts that many reconnections at once (HTTPServer.take_over)."""
+    h = Harness(workers=2).start()
+    old = sorted(h.pids())
+    for worker, connections in zip(sorted(h.pool.workers, key=lambda w: w.pid), (7, 3)):
+        worker.stats["connections"] = connections
+    h.factory.current = "B"
+    assert restart(h).ok
+    new = [e[2] for e in h.factory.timeline if e[:2] == ("start", "worker") and e[3] == "B"]
+    for fresh, gone, connections in zip(new, old, (7, 3)):
+        told = ("call", fresh, "take_over", {"connections": connections})
+        assert h.index(("ready", fresh)) < h.index(told) < h.index(("retire", gone)), \
+            h.factory.timeline
+

@@ -32,6 +32,18 @@ def test_a_worker_over_max_requests_is_replaced():
     assert signal.SIGUSR2 not in worker.signals
 
 
+def test_a_replacement_takes_over_the_clients_of_the_worker_it_replaces():
+    """The new worker is told, before the old one retires, how many connections it takes
+    over (HTTPServer.take_over)."""
+    h = Harness(workers=1, max_requests=100).start()
+    [worker] = h.ready()
+    worker.stats.update(requests=100, connections=12)
+    h.tick()
+    new_pid = replaced(h, worker)
+    told = ("call", new_pid, "take_over", {"connections": 12})
+    assert h.index(("ready", new_pid)) < h.index(told) < h.index(("retire", worker.pid))
+
+
 def test_a_worker_over_memory_limit_is_replaced_once_it_served_a_request():
     h = Harness(workers=1, memory_limit=100).start()
     [worker] = h.ready()

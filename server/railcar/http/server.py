@@ -39,6 +39,8 @@ _ACCEPT_DEFER = 0.05  # longest a worker with connections defers accepting to id
 _ACCEPT_BURST = 64  # most connections accepted at once after a deferral that timed out
 _BALANCE_POLL = 0.001  # deferring to a less-loaded worker: how often to look whether it took it
 _BALANCE_STUCK = 1.0  # a second deferral timed out within this: the other worker is stuck
+_TAKE_OVER = 2.0  # how long a worker taking over from a retiring one accepts without deferring
+_TAKE_OVER_ANY = 1 << 16  # the connections taken over when the retiring worker's count is unknown
 _EVICT_POLL = 0.2  # at worker_connections with none idle: how often to look again
 _RETIRE_POLL = 0.25  # past long_lived_timeout: how often to look for new long-lived ones
 _END_WAIT = 1.5  # after ending a long-lived connection: how long its app has to return
@@ -99,6 +101,8 @@ class HTTPServer:
         self.tls_context = tls_context
         self._acceptors = []
         self._last_timeout = -_BALANCE_STUCK  # monotonic() of the last deferral timed out
+        self._take_over_left = 0  # connections still to accept without deferring (take_over)
+        self._take_over_until = 0.0  # monotonic(): ... until then at most
 
     # -- public interface ---------------------------------------------------------------------
 
@@ -185,6 +189,18 @@ class HTTPServer:
             gevent.killall(overdue, timeout=5)
         return bool(overdue)
 
+    def take_over(self, connections=None, seconds=_TAKE_OVER):
+        """A peer worker holding `connections` (None: unknown) is retiring (rolling restart,
+        replacement): accept that many new connections at once, within `seconds`, instead
+        of deferring them to idler workers (`_accept_budget`). The retiring worker closes
+        its keep-alive connections within ~1 s (connection.py _RETIRE_IDLE) and its clients
+        reconnect together: the other workers are as busy as before, so deferring would only
+        make each of those clients wait `_ACCEPT_DEFER`. Bounded by the count, this worker
+        takes the retiring one's share and no more, so the next retiring worker's clients
+        go to the next new worker."""
+        self._take_over_left = _TAKE_OVER_ANY if connections is None else max(connections, 0)
+        self._take_over_until = monotonic() + seconds
+
     def stop(self):
         """Immediate stop: close the listeners and every connection."""
         self.state.retiring = True
@@ -260,6 +276,8 @@ class HTTPServer:
                         break
                     self._spawn_connection(gsocket(family, socket.SOCK_STREAM, 0, fileno=fd),
                                            addr, base, tls)
+                    if self._take_over_left:
+                        self._take_over_left -= 1
                     if len(state.connections) > self.limits.worker_connections:
                         self._evict()
                     if not room.is_set():
@@ -317,11 +335,19 @@ class HTTPServer:
         of new connections waits for one deferral rather than one each. With other workers,
         it takes one (the other was only late, say not scheduled on a busy machine), or a
         burst when that happens again within `_BALANCE_STUCK` s (it is stuck in a long
-        request)."""
+        request).
+
+        While taking over from a retiring worker (`take_over`), the whole queue at once, up
+        to the count it was given, whatever the table says: its clients are reconnecting,
+        and a deferral would only make them wait."""
         state = self.state
         connections = state.connections
         if not connections:
             return 1
+        if self._take_over_left:
+            if monotonic() < self._take_over_until:
+                return min(self._take_over_left, _ACCEPT_BURST)
+            self._take_over_left = 0
         started = monotonic()
         load = state.load
         least = None
