@@ -58,6 +58,7 @@ class AppConfig:
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
     hooks_module: str | None = None     # the app's lifecycle hooks (railcar.hooks)
     gc_freeze: bool = True              # the preloader freezes the GC before forking
+    boot_nice: int = 10                 # added to a booting process's nice value (priority.py)
 
     @property
     def health_timeout(self) -> float:
@@ -213,6 +214,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         canary={name: values[name] for name in CANARY_NAMES},
         hooks_module=values.get("hooks_module"),
         gc_freeze=values["gc_freeze"],
+        boot_nice=values["boot_nice"],
     )
     if starting:
         app.check_tls()

@@ -93,6 +93,12 @@ def port(value: Any) -> int:
     return number
 
 
+def nice_increment(value: Any) -> int:
+    """How much to add to a nice value: a whole number from 0 to 19."""
+    return _number(value, int, "expected a whole number", lambda n: not 0 <= n <= 19,
+                   "must be from 0 to 19")
+
+
 def whole(minimum: int) -> Convert:
     """A whole number of at least `minimum`, given as such (YAML: 3 or 3.0, not "3")."""
     def check(value):

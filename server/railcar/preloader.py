@@ -9,6 +9,9 @@ user/group). Contract with the master:
   (the default) it runs gc.collect() and gc.freeze() after the import, before it forks: the
   objects the app made at import go to the collector's permanent generation, so a worker's
   collections never write to them and their pages stay shared with the preloader.
+- With spec "boot_nice" N (railcar.priority) it runs at N more nice until then (gevent and
+  the app imported), when that can be undone, so a rolling restart's boot leaves the CPU to
+  the workers serving; it is back to its own priority before it says ready and forks.
 - {"call": "fork", "id": N, "fds": 2} comes with two descriptors: the worker's end of its own
   channel to the master and the write end of its output pipe. The preloader forks; the child
   re-initialises gevent, takes fd 1 and 2 from the pipe and runs railcar.worker's Worker with
@@ -19,7 +22,11 @@ user/group). Contract with the master:
   not affected: each is tied to the master by its own channel.
 """
 
-from railcar import worker as serving  # noqa: I001  (monkey-patches before anything else)
+from railcar import priority  # noqa: I001  (the boot's CPU priority, before its imports)
+
+priority.lower_from_spec()
+
+from railcar import worker as serving  # noqa: E402  (monkey-patches before anything else)
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -50,6 +57,7 @@ class Preloader:
         if self.spec.get("gc_freeze", True):
             gc.collect()
             gc.freeze()
+        priority.restore()      # before any fork: the workers inherit it
         proctitle.set_title("preloader", self.spec.get("app"), self.spec["release"])
         self.signal_handlers = [gevent.signal_handler(sig, self.exit_now)
                                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]

@@ -42,7 +42,7 @@ from typing import Any, Callable
 from .convert import (APP_NAME, abs_path, account, app_account, app_name, bind_list, boolean,
                       command, count_or_percent, deploy_root, either, env_lines, env_names,
                       env_table, fraction, host_header, host_names, hooks, module_name, name_list,
-                      nginx_listen, nginx_path, non_negative_int, one_of, optional, per_host, port,
+                      nginx_listen, nice_increment, nginx_path, non_negative_int, one_of, optional, per_host, port,
                       positive_int, proxy_list, relative_dir, relative_list, seconds,
                       seconds_or_off, seconds_or_zero, status_ranges, statuses, str_list,
                       systemd, tcp_bind, text, url_path, url_prefix, whole)
@@ -150,6 +150,12 @@ SETTINGS: tuple[Setting, ...] = (
             "leaves the preloaded objects' pages shared (copy-on-write); "
             "--no-gc-freeze turns it off.",
             flag="--gc-freeze", key="gc_freeze", is_flag=True),
+    Setting("boot_nice", nice_increment, 10,
+            "Added to the nice value of a preloader (a worker with --spawn-method direct) while "
+            "it imports the app, so a restart's boot leaves the CPU to the workers serving; "
+            "back to normal before it forks or serves. Only where the priority can be "
+            "restored (root, or RLIMIT_NICE, e.g. systemd LimitNICE=+0); 0 turns it off.",
+            flag="--boot-nice", key="boot_nice", metavar="N"),
     Setting("boot_timeout", seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
     # Health check: a new worker calls it in-process before it takes any connection.

@@ -54,6 +54,7 @@ class Spawner:
                 "access_log_format": self.app.access_log_format,
                 "graceful_timeout": self.graceful_timeout, "health": self.app.health,
                 "hooks_module": self.app.hooks_module, "gc_freeze": self.app.gc_freeze,
+                "boot_nice": self.app.boot_nice,
                 "tls": self.app.tls, "balance_fd": self.balance_fd}
 
     def resolve(self) -> releases.Release:

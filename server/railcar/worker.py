@@ -5,9 +5,11 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   that imported the app already; both run the same Worker.
 - The environment variable RAILCAR_WORKER holds a JSON spec: app, module, release,
   listen_fds, control_fd, limits, access_log, access_log_format, graceful_timeout, health,
-  hooks_module, gc_freeze, tls ({"certfile", "keyfile"} or null), balance_fd (the app's
-  table of open-connection counts, railcar.balance, or null).
-- gevent monkey-patches the process before the app is imported.
+  hooks_module, gc_freeze, boot_nice, tls ({"certfile", "keyfile"} or null), balance_fd
+  (the app's table of open-connection counts, railcar.balance, or null).
+- gevent monkey-patches the process before the app is imported. With spec "boot_nice" a
+  direct worker does both at a lower CPU priority and restores it once its health check
+  passed, before it serves (railcar.priority; a preloader did the same before forking).
 - The worker sends {"event": "ready"} only after the app imported and is callable, passed
   its health check (spec "health", see railcar.health) and the listeners accept; if the
   import fails it sends {"event": "boot_error", "error": traceback} and exits 1. The health
@@ -31,7 +33,11 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   whose handler interrupts it (railcar.http.deadline).
 """
 
-from railcar.patching import patch_all
+from railcar import priority  # noqa: I001  (the boot's CPU priority, before its imports)
+
+priority.lower_from_spec()  # a direct worker; in a preloader it did so already
+
+from railcar.patching import patch_all  # noqa: E402
 
 patch_all()
 
@@ -146,6 +152,7 @@ class Worker:
         we are ready."""
         extra_environ = {"SERVER_SOFTWARE": f"railcar/{__version__}"}
         self.check_health(app, extra_environ)
+        priority.restore()  # a direct worker's boot is over (forked ones inherit it restored)
         tls_context = self.tls_context()
         listeners = [socket.socket(fileno=fd) for fd in self.spec["listen_fds"]]
         if self.spec.get("access_log"):
