@@ -133,3 +133,10 @@ def test_take_over_without_a_count_takes_every_connection_while_it_lasts(
 def test_take_over_ends_after_its_time(long_deferral, busy):
     busy.server.take_over(5, seconds=0.0)
     assert still_waiting(busy, 2)
+
+
+def test_take_over_ends_a_deferral_under_way(long_deferral, busy):
+    assert still_waiting(busy, 1), "deferred (for 30 s)"
+    busy.server.take_over(2)
+    busy.wait_accepted(2)       # the one waiting, at once
+    assert busy.arrivals(1), "and the take-over goes on"

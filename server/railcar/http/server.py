@@ -22,6 +22,7 @@ from operator import attrgetter
 from time import monotonic
 
 import gevent
+from gevent import getcurrent
 from gevent.hub import get_hub
 from gevent.monkey import get_original
 from gevent.socket import socket as gsocket
@@ -103,6 +104,7 @@ class HTTPServer:
         self._last_timeout = -_BALANCE_STUCK  # monotonic() of the last deferral timed out
         self._take_over_left = 0  # connections still to accept without deferring (take_over)
         self._take_over_until = 0.0  # monotonic(): ... until then at most
+        self._deferring = set()  # acceptor greenlets in a deferral (_accept_budget)
 
     # -- public interface ---------------------------------------------------------------------
 
@@ -200,6 +202,8 @@ class HTTPServer:
         go to the next new worker."""
         self._take_over_left = _TAKE_OVER_ANY if connections is None else max(connections, 0)
         self._take_over_until = monotonic() + seconds
+        if self._deferring and self._take_over_left:
+            get_hub().loop.run_callback(self._end_deferrals)
 
     def stop(self):
         """Immediate stop: close the listeners and every connection."""
@@ -319,6 +323,40 @@ class HTTPServer:
 
     def _accept_budget(self, listener):
         """How many connections queued on `listener` to accept now (0: none is queued any
+        more): while taking over from a retiring worker (`take_over`), the whole queue at
+        once, up to the count it was given, whatever the other workers hold (its clients are
+        reconnecting, and a deferral would only make them wait); otherwise as
+        `_balanced_budget` says. A take-over ends a deferral under way (`_end_deferrals`)."""
+        taken = self._taken_over()
+        if taken:
+            return taken
+        deferring = getcurrent()
+        self._deferring.add(deferring)
+        try:
+            return self._balanced_budget(listener)
+        except _TakeOverNow:
+            return self._taken_over() or 1
+        finally:
+            self._deferring.discard(deferring)
+
+    def _taken_over(self):
+        """What is left to take over (`take_over`), at most a burst; 0 when nothing is."""
+        if self._take_over_left:
+            if monotonic() < self._take_over_until:
+                return min(self._take_over_left, _ACCEPT_BURST)
+            self._take_over_left = 0
+        return 0
+
+    def _end_deferrals(self):
+        """Runs in the hub, after `take_over`: every acceptor still deferring a connection
+        takes it now (it leaves `_deferring` as soon as its deferral ends, so nothing is
+        thrown into an acceptor doing anything else)."""
+        for acceptor in list(self._deferring):
+            if acceptor in self._deferring:
+                acceptor.throw(_TakeOverNow)
+
+    def _balanced_budget(self, listener):
+        """How many connections queued on `listener` to accept now (0: none is queued any
         more). A worker without connections: one, at once.
 
         With the shared table (`state.load`), a worker that has more open connections than
@@ -335,19 +373,11 @@ class HTTPServer:
         of new connections waits for one deferral rather than one each. With other workers,
         it takes one (the other was only late, say not scheduled on a busy machine), or a
         burst when that happens again within `_BALANCE_STUCK` s (it is stuck in a long
-        request).
-
-        While taking over from a retiring worker (`take_over`), the whole queue at once, up
-        to the count it was given, whatever the table says: its clients are reconnecting,
-        and a deferral would only make them wait."""
+        request)."""
         state = self.state
         connections = state.connections
         if not connections:
             return 1
-        if self._take_over_left:
-            if monotonic() < self._take_over_until:
-                return min(self._take_over_left, _ACCEPT_BURST)
-            self._take_over_left = 0
         started = monotonic()
         load = state.load
         least = None
@@ -421,6 +451,10 @@ class HTTPServer:
 
 
 _idle_since = attrgetter("idle_since")
+
+
+class _TakeOverNow(Exception):
+    """Thrown into an acceptor deferring a connection when the server starts a take-over."""
 
 
 def _run_for(conn, seconds):
