@@ -14,7 +14,8 @@ import traceback
 from time import monotonic, time
 
 from gevent import GreenletExit, Timeout, getcurrent, sleep
-from gevent.hub import get_hub
+from gevent.hub import Waiter, get_hub
+from gevent.socket import socket as _PlainSocket
 
 from .accesslog import json_line, text_line
 from .body import EMPTY_INPUT, Input, RequestBody
@@ -263,15 +264,59 @@ class Connection:
 
     def _fill(self, timeout):
         """Receive once (waiting up to `timeout` s) and feed the parser; return the byte
-        count, 0 at EOF. Raises TimeoutError or OSError."""
+        count, 0 at EOF. Raises TimeoutError or OSError.
+
+        The socket's timeout is set to `timeout` too: it bounds each wait of the sends that
+        follow (wire.send_all). On a plain socket the receive itself is ours: gevent's
+        recv_into makes a gevent.Timeout (an exception object, a timer) for every wait,
+        which for a keep-alive connection is every request, and that was a tenth of the CPU
+        a small request costs; `_recv_waiting` waits on the socket's own read watcher and a
+        bare timer instead."""
         if timeout != self.timeout:
             self.sock.settimeout(timeout)
             self.timeout = timeout
         buf = self.service.recv_buffer
-        n = self.sock.recv_into(buf)
+        sock = self.sock
+        if type(sock) is _PlainSocket:
+            try:
+                n = sock._sock.recv_into(buf)
+            except BlockingIOError:
+                n = self._recv_waiting(timeout, buf)
+        else:
+            n = sock.recv_into(buf)
         if n:
             self.parser.feed(buf, n)
         return n
+
+    def _recv_waiting(self, timeout, buf):
+        """Wait until the plain socket is readable (at most `timeout` s, None: no limit),
+        then receive into `buf`. Raises TimeoutError, OSError, or what another greenlet
+        throws in meanwhile (the watchers are stopped whatever happens)."""
+        sock = self.sock
+        hub = get_hub()
+        timer = hub.loop.timer(timeout) if timeout is not None else None
+        try:
+            while True:
+                waiter = Waiter(hub)
+                watcher = sock._read_event
+                watcher.start(waiter.switch, waiter)
+                if timer is not None:
+                    timer.start(waiter.throw, TimeoutError, "timed out")
+                try:
+                    waiter.get()
+                finally:
+                    watcher.stop()
+                    if timer is not None:
+                        timer.stop()
+                try:
+                    return sock._sock.recv_into(buf)
+                except BlockingIOError:  # readable, then not: another wait, a fresh timer
+                    if timer is not None:
+                        timer.close()
+                        timer = hub.loop.timer(timeout)
+        finally:
+            if timer is not None:
+                timer.close()
 
     def _fill_quietly(self, timeout):
         try:
