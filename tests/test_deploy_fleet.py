@@ -139,3 +139,16 @@ def test_over_budget_published_hosts_follow_on_batch_failure(fleet, policy):
         assert fleet.states("web1")[new_release(fleet, "web1")] == "good"
     for name in ("web2", "web3"):
         assert fleet.states(name)[new_release(fleet, name)] == "failed"
+
+
+def test_every_host_runs_its_stages_over_its_own_connection(fleet):
+    """The loopback hosts share one filesystem, so a command sent to the wrong host would
+    still do its work: each host's hook records the sshd it ran under (SSH_CONNECTION ends
+    with the server's port), which must be that host's."""
+    hooks = config(fleet, "  hooks: ['printf \"%s\" \"$SSH_CONNECTION\" > served-by']\n")
+    fleet.commit("who")
+    fleet.fab("-f", hooks, "-H", ALL, "deploy")
+    for name in HOSTS:
+        release = fleet.root(name) / "releases" / new_release(fleet, name)
+        assert (release / "served-by").read_text().split()[3] == str(fleet.hosts[name].port), \
+            name
