@@ -66,12 +66,16 @@ def timed_deploy(site: Site, hosts: str, version: str) -> float:
 
 
 def test_hosts_publish_in_parallel(fleet):
-    """A repeat deploy to three hosts takes at most 2x one to one host (best of two)."""
-    one = min(timed_deploy(fleet, "web1", f"one-{i}") for i in range(2))
-    three = min(timed_deploy(fleet, ALL, f"all-{i}") for i in range(2))
+    """A repeat deploy to three hosts takes at most 2x one to one host (best of three,
+    alternated: the machine is shared)."""
+    one, three = [], []
+    for i in range(3):
+        one.append(timed_deploy(fleet, "web1", f"one-{i}"))
+        three.append(timed_deploy(fleet, ALL, f"all-{i}"))
+    one, three = min(one), min(three)
     print(f"\nrepeat deploy: 1 host {one:.1f}s, {len(HOSTS)} hosts {three:.1f}s "
           f"({three / one:.2f}x)")
-    assert versions(fleet) == {name: "version all-1" for name in HOSTS}
+    assert versions(fleet) == {name: "version all-2" for name in HOSTS}
     # one after the other they would take 3x; the target, 1.5x one host for ten hosts, is
     # measured by bench/deploy_fleet.py (a loaded CI machine shares two cores)
     assert three <= 2 * one, (one, three)
