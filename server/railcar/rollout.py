@@ -116,7 +116,7 @@ class Rollout:
                 self.abort()
                 return
             if index < len(old):
-                hand_over(old[index], worker)
+                hand_over(pool, old[index], worker)
                 self.retired.append(old[index])
         wait_exited(self.retired, pool.retire_timeout())
         pool.last_error = None
@@ -186,22 +186,26 @@ def replace(pool, worker, reason: Replacement) -> None:
         if not ok:
             pool.boot_failed(error)
             return
-        hand_over(worker, fresh)
+        hand_over(pool, worker, fresh, ask=not reason.unresponsive)
         pool.record.replacements[reason.limit.value] += 1
         pool.record.last_replacement = {"pid": worker.pid, "new_pid": fresh.pid,
                                         "reason": str(reason), "at": time.time()}
     wait_exited([worker], pool.retire_timeout())
 
 
-def hand_over(old, fresh) -> None:
+def hand_over(pool, old, fresh, ask: bool = True) -> None:
     """Retire `old`, its clients going to `fresh` (READY): `fresh` is told first to accept
     as many reconnections as `old` has connections at once (`take_over`, see
     railcar.http.server.HTTPServer.take_over) rather than defer them to idler workers, of
     which there are none under load: each of those clients would wait up to the accept
-    deferral (50 ms) of a busy worker."""
-    stats = old.call("stats", timeout=TAKE_OVER_CALL) or {}
+    deferral (50 ms) of a busy worker. The count is asked of `old` now, or (not `ask`: it
+    does not answer) taken from its last sample."""
+    stats = old.call("stats", timeout=TAKE_OVER_CALL) if ask else None
+    if stats is None:
+        sample = pool.upkeep.samples.get(old)
+        stats = sample.stats if sample is not None else None
     fresh.call("take_over", timeout=TAKE_OVER_CALL,
-               args={"connections": stats.get("connections")})
+               args={"connections": (stats or {}).get("connections")})
     old.retire()
 
 

@@ -71,6 +71,7 @@ def test_a_worker_past_max_request_time_is_replaced_as_it_asks():
 def test_a_worker_that_stops_answering_is_replaced_after_its_stacks_are_asked_for():
     h = Harness(workers=1, max_request_time=30).start()
     [worker] = h.ready()
+    worker.stats["connections"] = 9
     h.tick()
     worker.answers = False
     h.clock.advance(29)
@@ -78,7 +79,9 @@ def test_a_worker_that_stops_answering_is_replaced_after_its_stacks_are_asked_fo
     assert worker.state == states.READY
     h.clock.advance(2)
     h.tick()
-    replaced(h, worker)
+    new_pid = replaced(h, worker)
+    # The new worker takes over as many as the last stats it answered said.
+    assert ("call", new_pid, "take_over", {"connections": 9}) in h.factory.timeline
     assert worker.signals[0] == signal.SIGUSR2
     assert "has not answered for 31 s" in h.pool.record.last_replacement["reason"]
 
