@@ -365,15 +365,18 @@ class HTTPServer:
         of a client's simultaneous connections, which then queue behind each other (the
         p99) while the other worker idles. It looks again every `_BALANCE_POLL` s whether
         the connection was taken (0). A worker with the fewest connections takes one at
-        once; one level with the least loaded, one after letting its own loop run what is
-        ready (an idler worker gets there first).
+        once; one level with the least loaded, one after a single pass of what its own loop
+        has ready (a less busy worker gets there first), if it is still queued then. Not
+        until its loop is idle: with many busy connections every worker's loop may stay busy
+        for the whole deferral, and a worker taking a burst then would take what should go
+        to the others.
 
         Every deferral is bounded by `_ACCEPT_DEFER`. Alone (no table, or no other worker
-        accepting), a worker whose loop stayed busy that long takes a burst, so that a burst
-        of new connections waits for one deferral rather than one each. With other workers,
-        it takes one (the other was only late, say not scheduled on a busy machine), or a
-        burst when that happens again within `_BALANCE_STUCK` s (it is stuck in a long
-        request)."""
+        accepting), a worker waits that long at most for its loop to be idle, then takes a
+        burst, so that a burst of new connections waits for one deferral rather than one
+        each. Deferring to a less loaded worker, it takes one after that long (the other
+        was only late, say not scheduled on a busy machine), or a burst when that happens
+        again within `_BALANCE_STUCK` s (it is stuck in a long request)."""
         state = self.state
         connections = state.connections
         if not connections:
@@ -391,13 +394,15 @@ class HTTPServer:
                 gevent.sleep(_BALANCE_POLL)
                 if state.retiring or not _select([listener], (), (), 0)[0]:
                     return 0
-            if least is not None and len(connections) < least:
-                return 1
-        with gevent.Timeout(max(_ACCEPT_DEFER - (monotonic() - started), _BALANCE_POLL),
-                            False):
+            if least is not None:
+                if len(connections) < least:
+                    return 1
+                gevent.sleep(0)
+                return 0 if state.retiring or not _select([listener], (), (), 0)[0] else 1
+        with gevent.Timeout(_ACCEPT_DEFER, False):
             gevent.idle()
             return 1
-        return _ACCEPT_BURST if least is None else self._deferral_timed_out()
+        return _ACCEPT_BURST
 
     def _deferral_timed_out(self):
         """A deferral to other workers timed out: the budget (see `_accept_budget`)."""
