@@ -34,11 +34,11 @@ def base_nice():
 
 
 @pytest.mark.parametrize("args, added", [
-    ((), 10),                                             # the default
+    ((), 0),                                              # the default: off
+    (("--boot-nice", "10"), 10),
     (("--boot-nice", "5"), 5),
-    (("--boot-nice", "0"), 0),
-    (("--spawn-method", "direct"), 10),
-    (("--spawn-method", "direct", "--boot-nice", "0"), 0),
+    (("--spawn-method", "direct"), 0),
+    (("--spawn-method", "direct", "--boot-nice", "10"), 10),
 ])
 def test_the_app_is_imported_niced_and_served_at_normal_priority(railcar, tmp_path, base_nice,
                                                                   args, added):

@@ -58,7 +58,7 @@ class AppConfig:
     canary: dict[str, Any] = field(default_factory=dict)   # see CANARY_NAMES
     hooks_module: str | None = None     # the app's lifecycle hooks (railcar.hooks)
     gc_freeze: bool = True              # the preloader freezes the GC before forking
-    boot_nice: int = 10                 # added to a booting process's nice value (priority.py)
+    boot_nice: int = 0                  # added to a booting process's nice value (priority.py)
 
     @property
     def health_timeout(self) -> float:

@@ -150,11 +150,13 @@ SETTINGS: tuple[Setting, ...] = (
             "leaves the preloaded objects' pages shared (copy-on-write); "
             "--no-gc-freeze turns it off.",
             flag="--gc-freeze", key="gc_freeze", is_flag=True),
-    Setting("boot_nice", nice_increment, 10,
+    Setting("boot_nice", nice_increment, 0,
             "Added to the nice value of a preloader (a worker with --spawn-method direct) while "
             "it imports the app, so a restart's boot leaves the CPU to the workers serving; "
             "back to normal before it forks or serves. Only where the priority can be "
-            "restored (root, or RLIMIT_NICE, e.g. systemd LimitNICE=+0); 0 turns it off.",
+            "restored (root, or RLIMIT_NICE, e.g. systemd LimitNICE=+0); 0 (the default) "
+            "turns it off. On CPUs the workers keep saturated a niced boot gets only a small "
+            "share and may not be ready within --boot-timeout.",
             flag="--boot-nice", key="boot_nice", metavar="N"),
     Setting("boot_timeout", seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
