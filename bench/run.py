@@ -419,20 +419,27 @@ def report_app(app: str, summaries: list[Summary], args: argparse.Namespace) -> 
                      f"{spread_text:>19} {fmt_ms(s.median('p50_ms')):>9} "
                      f"{fmt_ms(s.median('p99_ms')):>9} {fmt_mb(s.median('pss', 'round')):>7}  "
                      f"{errors_text(s)}{of_ceiling}")
-    by_name = {s.server: s for s in summaries}
-    railcar = by_name.get("railcar")
-    if railcar:
-        for s in summaries:
-            if s.server != "railcar":
-                lines.append(
-                    f"  railcar / {s.server}: req/s "
-                    f"{ratio(railcar.median('requests_per_sec'), s.median('requests_per_sec'))}"
-                    f" (higher is better), p99 "
-                    f"{ratio(railcar.median('p99_ms'), s.median('p99_ms'))}, PSS "
-                    f"{ratio(railcar.median('pss', 'round'), s.median('pss', 'round'))}"
-                    " (lower is better)")
+    for railcar, s in against_peers(summaries):
+        lines.append(
+            f"  railcar / {s.server}: req/s "
+            f"{ratio(railcar.median('requests_per_sec'), s.median('requests_per_sec'))}"
+            f" (higher is better), p99 "
+            f"{ratio(railcar.median('p99_ms'), s.median('p99_ms'))}, PSS "
+            f"{ratio(railcar.median('pss', 'round'), s.median('pss', 'round'))}"
+            " (lower is better)")
     lines.append(one_line(app, summaries))
     return lines
+
+
+def against_peers(summaries: list[Summary], needed: str | None = None):
+    """(railcar's summary, a peer's summary) for each peer, when railcar ran; with `needed`,
+    only where both have a median of that figure."""
+    railcar = next((s for s in summaries if s.server == "railcar"), None)
+    if railcar is None or (needed and railcar.median(needed) is None):
+        return
+    for s in summaries:
+        if s.server != "railcar" and not (needed and s.median(needed) is None):
+            yield railcar, s
 
 
 def report_restart(summaries: list[Summary], args: argparse.Namespace) -> list[str]:
@@ -462,14 +469,10 @@ def report_restart(summaries: list[Summary], args: argparse.Namespace) -> list[s
                      f"{fmt_ms(s.median('max_ms')):>13} {fmt_delta(increase):>11} "
                      f"{spread_text:>19} {'-' if over is None else f'{over:g}':>6} "
                      f"{'-' if took is None else f'{took:.1f} s':>8}  {errors_text(s)}{verdict}")
-    by_name = {s.server: s for s in summaries}
-    railcar = by_name.get("railcar")
-    if railcar and railcar.median("max_ms") is not None:
-        for s in summaries:
-            if s.server != "railcar" and s.median("max_ms") is not None:
-                lines.append(f"  railcar / {s.server}: worst during the restart "
-                             f"{ratio(railcar.median('max_ms'), s.median('max_ms'))}"
-                             " (lower is better)")
+    for railcar, s in against_peers(summaries, "max_ms"):
+        lines.append(f"  railcar / {s.server}: worst during the restart "
+                     f"{ratio(railcar.median('max_ms'), s.median('max_ms'))}"
+                     " (lower is better)")
     parts = []
     for s in summaries:
         if s.unsupported:

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from conftest import wait_for
+from conftest import wait_for, write_app
 from railcar import balance
 from railcar.balance import LoadTable
 
@@ -100,9 +100,7 @@ def _open_keepalive(port: int, count: int) -> list[socket.socket]:
 
 @pytest.mark.parametrize("spawn_method", ["smart", "direct"])
 def test_connections_split_evenly_between_workers(railcar, tmp_path, spawn_method):
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "wsgi.py").write_text(APP)
+    app = write_app(tmp_path / "app", APP)
     server = railcar().start(str(app), "--workers", "2", "--spawn-method", spawn_method,
                              workers_ready=2)
     total = 40

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from accounts import accounts, needs_root, shared_dir  # noqa: F401 (fixtures)
-from conftest import railcar_command
+from conftest import railcar_command, write_app
 
 APP = '''
 import os
@@ -42,9 +42,7 @@ def base_nice():
 ])
 def test_the_app_is_imported_niced_and_served_at_normal_priority(railcar, tmp_path, base_nice,
                                                                   args, added):
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "wsgi.py").write_text(APP)
+    app = write_app(tmp_path / "app", APP)
     server = railcar().start(str(app), "--workers", "2", *args)
     imported, serving = map(int, server.get("/").text.split())
     assert imported == min(base_nice + added, 19)
@@ -57,9 +55,7 @@ def test_the_app_is_imported_niced_and_served_at_normal_priority(railcar, tmp_pa
 
 
 def test_a_bad_boot_nice_is_refused_naming_the_setting(tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "wsgi.py").write_text(APP)
+    app = write_app(tmp_path / "app", APP)
     done = subprocess.run([*railcar_command(), "start", str(app), "--boot-nice", "20"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "boot-nice" in done.stderr and "0 to 19" in done.stderr

@@ -19,6 +19,7 @@ import sys
 import pytest
 import requests
 
+from conftest import write_app
 from railcar.patching import declares_plugin, plugins_declared
 
 PLUGIN = "[gevent.plugins.monkey.did_patch_all]\nmarker = plugin_marker:hook\n"
@@ -148,10 +149,7 @@ def mapped_files(pid: int) -> set[str]:
 
 @pytest.fixture
 def app_dir(tmp_path):
-    directory = tmp_path / "app"
-    directory.mkdir()
-    (directory / "wsgi.py").write_text(APP)
-    return directory
+    return write_app(tmp_path / "app", APP)
 
 
 def test_a_serving_master_and_its_workers_leave_out_what_they_do_not_use(railcar, app_dir,
