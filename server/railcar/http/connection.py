@@ -29,13 +29,18 @@ from .websocket import UpgradedSocket, handshake_error, wants_websocket
 from .wire import ClientDisconnected, error_response, send_all
 from .wsgi import Response
 
-# A connection yields to the others after every 4 requests it serves, and it yields by
-# waiting for its socket through the hub's poll (see _serve), not with sleep(0). Hello bench,
-# 64 connections, 2 workers, same run conditions: never 47k req/s with p99 36 ms; sleep(0)
-# after every request 35k with p99 7.9 ms; after every 8 requests 40k with p99 15 ms.
-# Flask c50, 2 workers, wrk -t2, alternated rounds: sleep(0) every 8 requests 22.4k req/s
-# p99 30 ms, through the poll every 4 requests 22.3k req/s p99 ~11 ms; hello c50 at least
-# as fast as before with p99 4 ms instead of 5-21 ms.
+# How a connection takes turns with the others of its worker. After a response, its next read
+# waits for the socket through the hub's poll rather than trying recv first: the client
+# (not pipelining) has usually not sent its next request yet, and the recv that would say so
+# (EAGAIN, an exception) cost more than the poll costs when the request is already there.
+# wrk -t2 -c50, 2 workers, alternated rounds: hello 16.83 us of worker CPU per request
+# instead of 17.47, p99 8.7 ms instead of 11.4. Waiting through the poll is also how it
+# yields: it joins the same poll as the connections waiting on their sockets, in its turn.
+# Pipelined requests (already parsed, no read needed) and TLS connections are served at
+# once, with a sleep(0) after every 4 so that one fast client cannot hold the worker.
+# (Earlier, with a recv attempted first: hello bench, 64 connections, never yielding 47k
+# req/s with p99 36 ms; sleep(0) after every request 35k with p99 7.9 ms; Flask c50,
+# sleep(0) every 8 requests p99 30 ms, through the poll every 4 requests p99 ~11 ms.)
 _YIELD_EVERY_MASK = 3
 _RETIRE_IDLE = 1.0  # how long an idle connection may still start a request once we retire
 _LINGER_TIME = 2.0  # after an error, how long we read and discard what the client still sends
@@ -66,7 +71,7 @@ class Connection:
                  "proxied",
                  "greenlet", "idle", "served", "timeout", "response", "body", "linger",
                  "busy_since", "environ", "idle_since", "evicting", "tls", "long_lived",
-                 "upgraded", "ended_at", "poll_next")
+                 "upgraded", "ended_at", "poll_next", "timer", "timer_after")
 
     def __init__(self, service, state, sock, remote_addr, remote_port, base, tls=False):
         limits = service.limits
@@ -99,6 +104,8 @@ class Connection:
         self.upgraded = None  # the UpgradedSocket offered to the app for a WebSocket request
         self.ended_at = 0.0  # monotonic() when the retiring server ended it (end_long_lived)
         self.poll_next = False  # the next read waits for the hub's poll first (see _serve)
+        self.timer = None  # the timer bounding a wait for the socket (see _recv_waiting)
+        self.timer_after = None  # ... and its timeout
 
     def run(self):
         """Serve until the client or the server ends the connection. Never raises."""
@@ -118,6 +125,8 @@ class Connection:
                 if self.linger:
                     self._linger()
             finally:  # even when killed or timed out while lingering
+                if self.timer is not None:
+                    self.timer.close()
                 self.sock.close()
                 self.state.closed(self)
 
@@ -193,19 +202,15 @@ class Connection:
                     self.linger = True  # the client may still be sending
                 return
             self.served += 1
-            if not self.served & _YIELD_EVERY_MASK:
-                # Let the other connections run. A fast client's next request is often in
-                # the socket already, so recv does not block and this greenlet would serve
-                # it at once, again and again, while the worker's other connections wait.
-                # sleep(0) is not enough: gevent runs its callbacks (sleep(0) is one) before
-                # it polls, for up to the switch interval and often longer, so connections
-                # taking turns by sleep(0) starve the ones that wait on their sockets: they
-                # run only once per poll. Waiting for the socket's read event instead puts
-                # this connection in the same poll as them, in its turn.
-                if self.parser.ready or type(self.sock) is not _PlainSocket:
-                    sleep(0)  # a pipelined request needs no read; TLS reads wait in gevent
-                else:
-                    self.poll_next = True
+            if type(self.sock) is _PlainSocket and not self.parser.ready:
+                self.poll_next = True
+            elif not self.served & _YIELD_EVERY_MASK:
+                # A pipelined request needs no read, and a TLS read does not wait while
+                # gevent's SSL layer holds data: yield now and then. sleep(0) alone would not
+                # do between reads: gevent runs its callbacks (sleep(0) is one) before it
+                # polls, for up to the switch interval and often longer, so connections
+                # taking turns by sleep(0) starve the ones that wait on their sockets.
+                sleep(0)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -311,29 +316,32 @@ class Connection:
         throws in meanwhile (the watchers are stopped whatever happens)."""
         sock = self.sock
         hub = get_hub()
-        timer = hub.loop.timer(timeout) if timeout is not None else None
-        try:
-            while True:
-                waiter = Waiter(hub)
-                watcher = sock._read_event
-                watcher.start(waiter.switch, waiter)
+        timer = None
+        if timeout is not None:
+            # One timer per connection, restarted for each wait (`again`): a new timer for
+            # every wait cost twice as much, and a keep-alive connection waits per request.
+            timer = self.timer
+            if timer is None or self.timer_after != timeout:
                 if timer is not None:
-                    timer.start(waiter.throw, TimeoutError, "timed out")
-                try:
-                    waiter.get()
-                finally:
-                    watcher.stop()
-                    if timer is not None:
-                        timer.stop()
-                try:
-                    return sock._sock.recv_into(buf)
-                except BlockingIOError:  # readable, then not: another wait, a fresh timer
-                    if timer is not None:
-                        timer.close()
-                        timer = hub.loop.timer(timeout)
-        finally:
+                    timer.close()
+                timer = self.timer = hub.loop.timer(timeout, timeout)
+                self.timer_after = timeout
+        while True:
+            waiter = Waiter(hub)
+            watcher = sock._read_event
+            watcher.start(waiter.switch, waiter)
             if timer is not None:
-                timer.close()
+                timer.again(waiter.throw, TimeoutError, "timed out")
+            try:
+                waiter.get()
+            finally:
+                watcher.stop()
+                if timer is not None:
+                    timer.stop()
+            try:
+                return sock._sock.recv_into(buf)
+            except BlockingIOError:  # readable, then not: wait again, for a whole `timeout`
+                pass
 
     def _fill_quietly(self, timeout):
         try:
