@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -41,6 +42,25 @@ def test_request_ids_kept_when_safe_else_replaced():
         new = request_id(replaced)
         assert re.fullmatch(r"[0-9a-f]{32}", new) and new != replaced
     assert len({request_id(None) for _ in range(1000)}) == 1000
+
+
+def test_new_request_ids_are_unique_and_differ_between_parent_and_forked_child():
+    """New ids come from random bytes drawn in advance: a forked child (a worker) must not
+    hand out the ids its parent has drawn but not used yet."""
+    ids = {request_id(None) for _ in range(1000)}  # several draws
+    assert len(ids) == 1000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then exit at once
+        os.close(read)
+        os.write(write, json.dumps([request_id(None) for _ in range(3)]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    parent = [request_id(None) for _ in range(3)]
+    assert not set(child) & set(parent) and not set(child) & ids
 
 
 def test_json_line_of_a_request_and_of_one_refused_unparsed():
