@@ -76,6 +76,10 @@ def _railcar(launch: Launch) -> list[str]:
             "--log-file", str(launch.tmp / "railcar.log"), *as_root]
 
 
+def _railcar_epoll(launch: Launch) -> list[str]:
+    return [*_railcar(launch), "--event-loop", "epoll"]
+
+
 def _gunicorn(worker_class: str, *extra: str) -> Callable[[Launch], list[str]]:
     def argv(launch: Launch) -> list[str]:
         return [launch.executable, "-k", worker_class, "-w", str(launch.workers),
@@ -109,6 +113,9 @@ def _waitress(launch: Launch) -> list[str]:
 KINDS = {kind.name: kind for kind in [
     ServerKind("railcar", "railcar", _railcar, "pip install -e '.[server]'",
                "master + N gevent workers", restart="railcar restart"),
+    ServerKind("railcar-epoll", "railcar", _railcar_epoll, "pip install -e '.[server]'",
+               "railcar with --event-loop epoll (gevent's default backend), to compare "
+               "with the default", restart="railcar restart"),
     ServerKind("gunicorn-gevent", "gunicorn", _gunicorn("gevent"), "pip install gunicorn",
                "-k gevent, worker_connections 1000", restart="SIGHUP"),
     ServerKind("gunicorn-sync", "gunicorn", _gunicorn("sync"), "pip install gunicorn",

@@ -68,6 +68,7 @@ class RailcarServer:
         self.proc: subprocess.Popen | None = None
         self.pids_seen: set[int] = set()
         self.root_opt_in = True     # as root, add --allow-root (see root_opt_in)
+        self.prefix: list[str] = []     # a wrapper the master runs under (e.g. a seccomp filter)
 
     @property
     def url(self) -> str:
@@ -75,9 +76,9 @@ class RailcarServer:
 
     def start(self, *args: str, wait: bool = True, workers_ready: int | None = None):
         opt_in = root_opt_in(args) if self.root_opt_in else []
-        cmd = railcar_command() + ["start", *args, *opt_in, "--port", str(self.port),
-                                   "--admin-socket", self.admin_socket,
-                                   "--log-file", str(self.log_file)]
+        cmd = self.prefix + railcar_command() + [
+            "start", *args, *opt_in, "--port", str(self.port),
+            "--admin-socket", self.admin_socket, "--log-file", str(self.log_file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if wait:
             wait_for(lambda: self.ready_workers() >= (workers_ready or 1), 60,

@@ -59,6 +59,7 @@ class AppConfig:
     hooks_module: str | None = None     # the app's lifecycle hooks (railcar.hooks)
     gc_freeze: bool = True              # the preloader freezes the GC before forking
     boot_nice: int = 0                  # added to a booting process's nice value (priority.py)
+    event_loop: str = "auto"            # the workers' event-loop backend (eventloop.py)
 
     @property
     def health_timeout(self) -> float:
@@ -215,6 +216,7 @@ def _make_app(values: dict[str, Any], where: str, base_dir: str,
         hooks_module=values.get("hooks_module"),
         gc_freeze=values["gc_freeze"],
         boot_nice=values["boot_nice"],
+        event_loop=values["event_loop"],
     )
     if starting:
         app.check_tls()

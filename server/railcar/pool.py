@@ -140,6 +140,7 @@ class AppPool:
             pid=process.pid, kind=process.kind, release=process.release.path,
             python=process.release.python, state=process.state,
             started_at=process.started_at, ready_at=process.ready_at,
+            event_loop=process.event_loop,
             replacing=process in self.upkeep.replacing,
             current=process is self.spawner.preloader,
             counters=frozen({k: v for k, v in stats.items() if type(v) is int}),

@@ -3,7 +3,9 @@
 Runs in the preloader, started by the master exactly like a worker (the app's interpreter, cwd
 the resolved release, the same RAILCAR_WORKER spec, listeners and channel inherited, the same
 user/group). Contract with the master:
-- It monkey-patches with gevent and imports the app once, like a worker (railcar.worker), and
+- It chooses its event loop's backend (spec "event_loop", railcar.eventloop: the workers it
+  forks inherit it, or it fails its boot as a worker would) and monkey-patches with gevent
+  and imports the app once, like a worker (railcar.worker), and
   then sends {"event": "ready"}; a failed import is reported as a worker's is
   ({"event": "boot_error", "error": traceback} and exit status 1). With spec "gc_freeze"
   (the default) it runs gc.collect() and gc.freeze() after the import, before it forks: the
@@ -39,7 +41,7 @@ import traceback  # noqa: E402
 import gevent  # noqa: E402
 import gevent.os  # noqa: E402
 
-from railcar import proctitle  # noqa: E402
+from railcar import eventloop, proctitle  # noqa: E402
 from railcar.channel import Channel, ChannelClosed  # noqa: E402
 
 FORK_FDS = 2    # the worker's channel, its output pipe
@@ -53,6 +55,9 @@ class Preloader:
         self.signal_handlers = []
 
     def run(self) -> None:
+        problem = eventloop.problem()   # before the import: the workers share its loop
+        if problem:
+            serving.boot_failed(self.channel, problem)
         self.app = serving.import_app(self.spec, self.channel)
         if self.spec.get("gc_freeze", True):
             gc.collect()
@@ -66,7 +71,7 @@ class Preloader:
         # exits) would send a SIGCHLD nobody hears, and its exit would go unreported.
         gevent.get_hub().loop.install_sigchld()
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
-                           "release": self.spec["release"]})
+                           "release": self.spec["release"], "event_loop": eventloop.backend()})
         for message in self.channel.messages():
             if message.get("call") == "fork":
                 result = self.fork(message)

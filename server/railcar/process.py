@@ -62,6 +62,7 @@ class WorkerProcess:
         self.state = states.BOOTING
         self.started_at = time.time()
         self.ready_at: float | None = None
+        self.event_loop: str | None = None    # its event-loop backend, told when ready
         self.boot_error: str | None = None
         self.health_error: str | None = None  # why its health check failed
         self.health_since: float | None = None   # monotonic: its health check began
@@ -192,6 +193,10 @@ class WorkerProcess:
         event = replies.check_event(message, self.kind)
         if event["event"] == "ready" and self.state == states.BOOTING:
             self.ready_at = time.time()
+            self.event_loop = event["event_loop"]
+            if self.kind == "worker":     # a preloader's is in the spawner's "ready in" line
+                self.log.info("%s: worker %s ready (event loop %s)", self.app_name, self.pid,
+                              self.event_loop or "unknown")
             self._change_state(states.READY)
         elif event["event"] == "boot_error":
             self.boot_error = event["error"]
@@ -349,7 +354,8 @@ class WorkerProcess:
 
     def describe(self) -> dict:
         return {"pid": self.pid, "release": self.release.path, "python": self.release.python,
-                "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at}
+                "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at,
+                "event_loop": self.event_loop}
 
 
 class OSProcessFactory:

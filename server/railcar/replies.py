@@ -18,6 +18,7 @@ MAX_TEXT = 64 * 1024             # a boot error, a replace reason
 MAX_BACKTRACES = 3 * 1024 * 1024    # a worker sends at most 2 Mi characters
 MAX_REQUESTS = 10_000            # rows of `status --requests` from one worker
 MAX_FIELD = 2048                 # method, path, client of one request in flight
+MAX_NAME = 32                    # a worker's event-loop backend
 MAX_BUCKETS = 64
 COUNTERS = ("requests", "in_flight", "long_lived", "connections", "overloaded", "timed_out",
             "evicted")
@@ -145,11 +146,16 @@ def check_reply(call: str, result) -> dict:
 
 # --- events ---------------------------------------------------------------------------------
 def check_event(message: dict, kind: str) -> dict:
-    """An event from a worker or (kind "preloader") a preloader: {"event": "ready"},
+    """An event from a worker or (kind "preloader") a preloader: {"event": "ready",
+    "event_loop": its backend or None},
     {"event": "boot_error", "error"}, {"event": "health_check"}, {"event": "health_error",
     "error"}, a preloader's {"event": "exited", "pid", "returncode"}. Raises BadMessage."""
     event = message.get("event")
-    if event in ("ready", "health_check"):
+    if event == "ready":
+        loop = message.get("event_loop")    # absent from a worker of an older railcar
+        return {"event": event,
+                "event_loop": _text(loop, "event_loop", MAX_NAME) if loop is not None else None}
+    if event == "health_check":
         return {"event": event}
     if event in ("boot_error", "health_error"):
         return {"event": event, "error": _text(message.get("error"), "error", keep_end=True)}

@@ -35,6 +35,7 @@ class Process(Protocol):
     state: str
     started_at: float
     ready_at: float | None
+    event_loop: str | None      # its event-loop backend, told when ready (railcar.eventloop)
     retired: bool               # asked to stop (its exit is not a crash)
     returncode: int | None
     health_error: str | None

@@ -46,11 +46,13 @@ class WorkerView:
     uss: int | None = None
     cpu: float | None = None
     sampled: bool = False               # rss/uss/cpu come from the master's last tick
+    event_loop: str | None = None       # its event-loop backend (railcar.eventloop)
 
     def describe(self) -> dict:
         """The fields of a `status --json` worker row that come from the process itself."""
         return {"pid": self.pid, "release": self.release, "python": self.python,
-                "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at}
+                "state": self.state, "started_at": self.started_at, "ready_at": self.ready_at,
+                "event_loop": self.event_loop}
 
 
 @dataclass(frozen=True)

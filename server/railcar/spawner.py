@@ -54,7 +54,7 @@ class Spawner:
                 "access_log_format": self.app.access_log_format,
                 "graceful_timeout": self.graceful_timeout, "health": self.app.health,
                 "hooks_module": self.app.hooks_module, "gc_freeze": self.app.gc_freeze,
-                "boot_nice": self.app.boot_nice,
+                "boot_nice": self.app.boot_nice, "event_loop": self.app.event_loop,
                 "tls": self.app.tls, "balance_fd": self.balance_fd}
 
     def resolve(self) -> releases.Release:
@@ -130,8 +130,9 @@ class Spawner:
         self.preloaders.append(preloader)
         if not preloader.wait_ready(self.app.boot_timeout):
             return preloader, False
-        self.log.info("%s: preloader %s ready in %.2f s (release %s)", self.app.name,
-                      preloader.pid, time.monotonic() - began, release.path)
+        self.log.info("%s: preloader %s ready in %.2f s (release %s, event loop %s)",
+                      self.app.name, preloader.pid, time.monotonic() - began, release.path,
+                      preloader.event_loop or "unknown")
         self.preloader = preloader
         return preloader, True
 

@@ -5,8 +5,13 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   that imported the app already; both run the same Worker.
 - The environment variable RAILCAR_WORKER holds a JSON spec: app, module, release,
   listen_fds, control_fd, limits, access_log, access_log_format, graceful_timeout, health,
-  hooks_module, gc_freeze, boot_nice, tls ({"certfile", "keyfile"} or null), balance_fd
-  (the app's table of open-connection counts, railcar.balance, or null).
+  hooks_module, gc_freeze, boot_nice, event_loop, tls ({"certfile", "keyfile"} or null),
+  balance_fd (the app's table of open-connection counts, railcar.balance, or null).
+- The event loop is chosen from spec "event_loop" (railcar.eventloop) before gevent's hub
+  exists, and sleeps made precise (railcar.precise_sleep) right after monkey-patching; a
+  worker that cannot have the backend it was told to use fails its boot
+  ({"event": "boot_error"}) before it imports the app. "ready" names the backend
+  ("event_loop").
 - gevent monkey-patches the process before the app is imported. With spec "boot_nice" a
   direct worker does both at a lower CPU priority and restores it once its health check
   passed, before it serves (railcar.priority; a preloader did the same before forking).
@@ -37,9 +42,12 @@ from railcar import priority  # noqa: I001  (the boot's CPU priority, before its
 
 priority.lower_from_spec()  # a direct worker; in a preloader it did so already
 
+from railcar import eventloop  # noqa: E402
 from railcar.patching import patch_all  # noqa: E402
 
+eventloop.choose_from_spec()    # before anything creates gevent's hub
 patch_all()
+eventloop.after_patch()
 
 import faulthandler  # noqa: E402
 import importlib  # noqa: E402  (the app and everything below must see patched modules)
@@ -169,7 +177,7 @@ class Worker:
         gevent.signal_handler(signal.SIGQUIT, self.exit_now)
         faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.channel.send({"event": "ready", "pid": os.getpid(), "python": sys.executable,
-                           "release": self.spec["release"]})
+                           "release": self.spec["release"], "event_loop": eventloop.backend()})
 
     def load_table(self):
         """This worker's slot in the app's shared open-connection counts (spec
@@ -277,6 +285,9 @@ class Worker:
         """Serve until retired or stopped; imports the app first unless given one (by the
         preloader that forked us)."""
         preloaded = app is not None
+        problem = eventloop.problem()   # checked by the preloader already if preloaded
+        if problem:
+            boot_failed(self.channel, problem)
         if preloaded:   # the preloader imported the hooks module: only its functions are taken
             self.hooks = Hooks(self.spec.get("hooks_module"))
         else:

@@ -42,6 +42,7 @@ class FakeProcess:
         self.state = states.BOOTING
         self.started_at = time.time()
         self.ready_at: float | None = None
+        self.event_loop: str | None = None
         self.retired = False
         self.returncode: int | None = None
         self.boot_error: str | None = None
