@@ -16,7 +16,7 @@ which later costs one spurious wake-up.
 
 Only sleeps of up to MAX_TRACKED seconds are tracked (a millisecond is nothing on a longer
 one). Other timers (socket timeouts, Event.wait(timeout)...) keep libev's resolution. A
-sleep in a thread with a hub of its own is gevent's. The timerfd is this process's: a forked
+sleep in a thread with a hub of its own is gevent's: the timerfd is the main thread's hub's. The timerfd is this process's: a forked
 child drops the inherited one (os.register_at_fork) and makes its own at its first sleep.
 If no timerfd can be made (a seccomp filter), sleeps are gevent's, as without this module.
 Uses ctypes for timerfd_create/timerfd_settime on Pythons before 3.13 (the os functions).
@@ -87,7 +87,7 @@ def sleep(seconds=0, ref=True):
     hub = get_hub()
     clock = _clock
     if clock is None or clock.hub is not hub:
-        if clock is not None:       # another thread's hub: gevent's sleep there
+        if clock is not None or not hub.main_hub:   # a thread's own hub: gevent's sleep
             return _gevent_sleep(seconds, ref)
         clock = _start(hub)
         if clock is None:
