@@ -59,18 +59,52 @@ def check_python(python: str, run_as=None) -> None:
     The check runs the app's own interpreter (its virtualenv is the app's: a `.pth` file there
     runs code), so under a root master it runs as the app's account, `run_as` (a
     config.Account), like the workers, and from `/` rather than the master's directory.
+
+    A check that passed is remembered with the files it found (the interpreter and each
+    module's origin: inode, size, mtime): while none of them changed, the same interpreter
+    for the same account passes again without being run. A rolling restart thus does not
+    start one more interpreter beside the workers still serving (its start-up CPU is taken
+    from them); a new virtualenv, an upgraded or removed package is checked again.
     """
     if not os.access(python, os.X_OK):
         raise ReleaseError(f"interpreter {python} does not exist or is not executable")
+    key = (python, getattr(run_as, "user", None))
+    known = _passed.get(key)
+    if known is not None and _signature(known[0]) == known[1]:
+        return
     code = ("import importlib.util, sys\n"
-            f"missing = [m for m in {WORKER_IMPORTS!r} if importlib.util.find_spec(m) is None]\n"
-            "print(' '.join(missing)); sys.exit(1 if missing else 0)\n")
+            f"specs = [(m, importlib.util.find_spec(m)) for m in {WORKER_IMPORTS!r}]\n"
+            "print(' '.join(m for m, s in specs if s is None))\n"
+            "print(sys.executable)\n"
+            "for m, s in specs:\n"
+            "    print(s.origin if s is not None and s.origin else '')\n"
+            "sys.exit(1 if any(s is None for m, s in specs) else 0)\n")
     result = _run_as_app([python, "-c", code], {}, "/", run_as, 30, capture_stderr=True)
+    lines = result.stdout.splitlines()
     if result.returncode != 0:
-        missing = result.stdout.strip() or result.stderr.strip()
+        missing = (lines[0].strip() if lines else "") or result.stderr.strip()
         raise ReleaseError(
             f"interpreter {python} cannot import {missing}: install railcar into that "
             f"environment ({python} -m pip install railcar)")
+    files = tuple(line for line in lines[1:] if line)
+    if len(files) == len(WORKER_IMPORTS) + 1:
+        _passed[key] = (files, _signature(files))
+
+
+# (interpreter, account) -> (the files a passed check found, their _signature then)
+_passed: dict[tuple, tuple] = {}
+
+
+def _signature(files: tuple) -> tuple | None:
+    """What tells a file was replaced: inode, size, mtime of each (None: one is gone)."""
+    found = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 def _run_as_app(argv: list[str], env: dict[str, str], cwd: str, run_as, timeout: float,
