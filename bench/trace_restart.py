@@ -3,20 +3,24 @@ the same clock.
 
     python bench/trace_restart.py [--rounds 3] [--seconds 8] [--restart-at 2] [--workers 2]
                                   [--connections 50] [--perf] [--keep DIR]
+                                  [--variant NAME[@RAILCAR]=ARGS ...]
 
 railcar serves bench/apps/hellopid (examples/hello plus an `X-Worker: PID` header) with
 `--workers`. Rounds alternate: a control load (no restart), then a load with `railcar
-restart` `--restart-at` seconds into it, and so on. The load is bench/trace_load.c, compiled
-here with `cc`: `--connections` keep-alive connections to 127.0.0.1, closed loop like wrk,
-recording each request's send time (CLOCK_MONOTONIC, the clock of time.monotonic()) and
-latency and the worker that answered it.
+restart` `--restart-at` seconds into it. With `--variant`, each round is run again with
+another railcar program and/or other `railcar start` arguments, alternating. The load is
+bench/trace_load.c, compiled here with `cc`: `--connections` keep-alive connections to
+127.0.0.1, closed loop like wrk, recording each request's send time (CLOCK_MONOTONIC, the
+clock of time.monotonic()), latency and the worker that answered it.
 
 During a restart load this process also records, on the same clock: the master's and each
-preloader's children appearing and vanishing (/proc/PID/task/PID/children, every ms), each
+preloader's children appearing and vanishing (/proc/PID/task/PID/children, every 2 ms), each
 line of the master's log as it is written, and `railcar restart`'s start and end. With
-`--perf`, `perf sched record -k CLOCK_MONOTONIC` runs over each restart load, and the report
-sums, per process and 10 ms slot, the CPU time `perf sched timehist` saw (needs root or
-perf_event_paranoid <= 0).
+`--perf`, `perf sched record -k CLOCK_MONOTONIC` runs from 1 s before the restart to 1 s
+after it (root, or perf_event_paranoid <= 0), and the report adds the CPU ms per 10 ms slot
+of the busiest processes, the workers' waits for a CPU longer than `--delay-ms` with what
+ran on that CPU meanwhile, and how long the workers waited for a CPU during the restart in
+all, split by what held that CPU: the restart's own processes, the workers, the load, others.
 
 Reported per round: worst request, requests over the paired control's worst; for a restart
 round, the timeline of events and the slowest requests with the worker that served them (old
@@ -49,7 +53,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 APP_DIR = BENCH_DIR / "apps" / "hellopid"
 SOURCE = BENCH_DIR / "trace_load.c"
 MAX_RECORDS = 5_000_000
-POLL = 0.001
+POLL = 0.002   # the watcher's period: finer costs the measured CPUs more
 
 
 def build(tmp: Path) -> Path:
@@ -148,21 +152,27 @@ class Watcher:
         self.thread.join()
 
 
-TIMEHIST = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.*?\[\d+(?:/\d+)?\])\s+"
-                      r"([\d.]+)\s+([\d.]+)\s+([\d.]+)")
+TIMEHIST = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.*?\[(\d+)(?:/(\d+))?\])\s+"
+                      r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)")
 
 
-def perf_runs(data: Path) -> list[tuple[float, int, str, float, float]]:
-    """(end of the run in s, cpu, task, its scheduling delay ms, its run time ms) of every
-    run `perf sched timehist` shows (recorded with -k CLOCK_MONOTONIC: time.monotonic())."""
-    out = subprocess.run(["perf", "sched", "timehist", "-i", str(data)],
+def perf_runs(data: Path) -> list[tuple[float, int, str, float, float, int]]:
+    """(end of the run in s, cpu, task, how long it waited for a CPU before it in ms, its run
+    time ms, its pid) of every run `perf sched timehist` shows (recorded with -k
+    CLOCK_MONOTONIC: time.monotonic()). The wait for a CPU is the scheduling delay after a
+    wake-up, or, for a task preempted while runnable (state R), the whole time off the CPU."""
+    out = subprocess.run(["perf", "sched", "timehist", "--state", "-i", str(data)],
                          capture_output=True, text=True).stdout
-    runs = []
+    runs, last_state = [], {}
     for line in out.splitlines():
         match = TIMEHIST.match(line)
         if match:
-            end, cpu, task, _wait, delay, run = match.groups()
-            runs.append((float(end), int(cpu), task.strip(), float(delay), float(run)))
+            end, cpu, task, tid, pid, wait, delay, run, state = match.groups()
+            tid = int(tid)
+            waited = float(wait) if last_state.get(tid) == "R" else float(delay)
+            last_state[tid] = state
+            runs.append((float(end), int(cpu), task.strip(), waited, float(run),
+                         int(pid or tid)))
     return runs
 
 
@@ -170,7 +180,7 @@ def perf_cpu(runs, t0: float, slot: float = 0.01) -> dict[str, dict[int, float]]
     """{task: {slot index from t0: ms on a CPU}}."""
     usage: dict[str, dict[int, float]] = collections.defaultdict(
         lambda: collections.defaultdict(float))
-    for end, _cpu, task, _delay, run_ms in runs:
+    for end, _cpu, task, _delay, run_ms, _pid in runs:
         start = end - run_ms / 1000
         for index in range(int((start - t0) // slot), int((end - t0) // slot) + 1):
             piece = min(end, t0 + (index + 1) * slot) - max(start, t0 + index * slot)
@@ -239,9 +249,9 @@ def report_delays(runs, t_restart, t_done, delay_ms):
     `delay_ms`, and what ran on the CPUs meanwhile."""
     print(f"  workers' waits for a CPU over {delay_ms:g} ms (perf sched), and who ran then:")
     by_ms = collections.defaultdict(list)    # runs by the ms they ended in (none is > 100 ms)
-    for end, _cpu, task, _delay, run_ms in runs:
-        by_ms[int(end * 1000)].append((end, end - run_ms / 1000, task))
-    for end, cpu, task, delay, run_ms in runs:
+    for end, _cpu, task, _delay, run_ms, pid in runs:
+        by_ms[int(end * 1000)].append((end, end - run_ms / 1000, task, pid))
+    for end, cpu, task, delay, run_ms, pid in runs:
         if delay <= delay_ms or "worker" not in task:
             continue
         if end < t_restart - 0.3 or end > t_done + 1:
@@ -250,7 +260,7 @@ def report_delays(runs, t_restart, t_done, delay_ms):
         start = end - run_ms / 1000
         busy = collections.Counter()
         for bucket in range(int(ready * 1000), int(start * 1000) + 101):
-            for e2, s2, t2 in by_ms.get(bucket, ()):
+            for e2, s2, t2, _p2 in by_ms.get(bucket, ()):
                 overlap = min(e2, start) - max(s2, ready)
                 if overlap > 0:
                     busy[t2] += overlap * 1000
@@ -259,11 +269,53 @@ def report_delays(runs, t_restart, t_done, delay_ms):
               f" on cpu {cpu}: {top}")
 
 
-def one_round(args, tmp: Path, binary: Path, name: str, extra: list[str], round_no: int,
-              controls: list, diffs: list) -> None:
-    """Start railcar (`extra` arguments to `railcar start`), warm it, run a control load and
-    a restart load, report, stop it."""
-    executable = servers.find_program("railcar", Path(sys.executable).parent)
+def report_blame(runs, t_restart, t_done, master, cli, old, events) -> dict:
+    """From the restart's start to 0.2 s after its end: how long this server's workers (`old`
+    and the new ones) waited for a CPU in all, and what ran on that CPU meanwhile, by kind:
+    the restart's own processes (`railcar restart` = `cli`, the master, the processes it
+    started: preloader, checks), the workers, the load generator, anything else."""
+    started = {int(text.split()[1]) for _t, text in events
+               if text.startswith("process ") and f"(parent {master})" in text}
+    serving = set(old) | {int(text.split()[1]) for _t, text in events
+                          if text.startswith("process ") and "appears" in text
+                          and int(text.split("parent ")[1].rstrip(")")) in started}
+    window = (t_restart, t_done + 0.2)
+    by_cpu = collections.defaultdict(list)
+    for end, cpu, task, _w, run_ms, pid in runs:
+        if end >= window[0] - 0.2 and end - run_ms / 1000 <= window[1]:
+            by_cpu[cpu].append((end - run_ms / 1000, end, task, pid))
+
+    def kind(task, pid):
+        if pid in (cli, master) or pid in started:
+            return "restart"
+        if pid in serving:
+            return "workers"
+        if task.startswith("trace_load"):
+            return "load"
+        return "other"
+
+    totals = collections.Counter()
+    for end, cpu, task, waited, run_ms, pid in runs:
+        if pid not in serving or waited <= 0:
+            continue
+        ready, start = end - run_ms / 1000 - waited / 1000, end - run_ms / 1000
+        if start < window[0] or ready > window[1]:
+            continue
+        totals["waited"] += waited
+        for s2, e2, t2, p2 in by_cpu[cpu]:
+            overlap = min(e2, start) - max(s2, ready)
+            if overlap > 0 and p2 != pid:
+                totals[kind(t2, p2)] += overlap * 1000
+    print("  this server's workers waited for a CPU " + f"{totals['waited']:.1f} ms in all; "
+          "on that CPU meanwhile: " + ", ".join(f"{k} {totals[k]:.1f} ms" for k in
+                                                 ("restart", "workers", "load", "other")))
+    return dict(totals)
+
+
+def one_round(args, tmp: Path, binary: Path, name: str, executable: str, extra: list[str],
+              round_no: int, controls: list, diffs: list, blame: list) -> None:
+    """Start railcar (`executable`, `extra` arguments to `railcar start`), warm it, run a
+    control load and a restart load, report, stop it."""
     base = servers.KINDS["railcar"]
     kind = dataclasses.replace(base, argv=lambda launch: base.argv(launch) + extra)
     tag = f"{name}-{round_no}"
@@ -296,8 +348,17 @@ def one_round(args, tmp: Path, binary: Path, name: str, extra: list[str], round_
             else:
                 time.sleep(args.restart_at)
             t_restart = time.monotonic()
-            outcome = running.restart(timeout=args.seconds - args.restart_at)
+            cli = subprocess.Popen([executable, "restart", "--admin-socket",
+                                    str(running.tmp / "admin.sock")], text=True,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+            try:
+                output = cli.communicate(timeout=args.seconds - args.restart_at)[0]
+            except subprocess.TimeoutExpired:
+                cli.kill()
+                output = cli.communicate()[0] + " (did not return in time)"
             t_done = time.monotonic()
+            restart_ok = cli.returncode == 0
             if perf is not None:
                 time.sleep(1)
                 perf.send_signal(signal.SIGINT)
@@ -309,8 +370,8 @@ def one_round(args, tmp: Path, binary: Path, name: str, extra: list[str], round_
         failed = sum(1 for r in requests if r.flags & 4)
         print(f"round {round_no + 1} restart: {len(requests)} requests, worst "
               f"{worst * 1000:.1f} ms ({(worst - control_worst) * 1000:+.1f}), "
-              f"failed {failed}, restart {'ok' if outcome.ok else 'FAILED'} in "
-              f"{outcome.seconds:.2f} s ({summary})")
+              f"failed {failed}, restart {'ok' if restart_ok else 'FAILED: ' + output} in "
+              f"{t_done - t_restart:.2f} s ({summary})")
         runs = perf_runs(perf_data) if perf is not None else []
         with open(tmp / f"restart-{tag}.json", "w") as f:
             json.dump({"t_restart": t_restart, "t_done": t_done, "old": sorted(old),
@@ -319,6 +380,8 @@ def one_round(args, tmp: Path, binary: Path, name: str, extra: list[str], round_
                        old, perf_cpu(runs, t_restart) if runs else None, args.slowest)
         if runs:
             report_delays(runs, t_restart, t_done, args.delay_ms)
+            blame.append(report_blame(runs, t_restart, t_done, running.process.pid, cli.pid,
+                                      old, watcher.events))
 
 
 def main() -> None:
@@ -332,9 +395,11 @@ def main() -> None:
     parser.add_argument("--slowest", type=int, default=25)
     parser.add_argument("--delay-ms", type=float, default=4.0,
                         help="--perf: list the workers' waits for a CPU longer than this")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                        help="also run railcar with these `railcar start` arguments, its "
-                        "rounds alternating with the default's (repeatable)")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME[@RAILCAR]=ARGS",
+                        help="also run railcar (the program RAILCAR, e.g. another checkout's "
+                        "venv/bin/railcar) with these `railcar start` arguments, its rounds "
+                        "alternating with the default's (repeatable)")
     parser.add_argument("--keep", help="keep the traces in this directory")
     args = parser.parse_args()
     if not 0 < args.seconds <= 60 or not 0 < args.restart_at < args.seconds:
@@ -342,25 +407,34 @@ def main() -> None:
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="trace-restart-"))
     tmp.mkdir(parents=True, exist_ok=True)
     binary = build(tmp)
-    variants = [("railcar", [])] + [
-        (text.partition("=")[0], shlex.split(text.partition("=")[2])) for text in args.variant]
-    results = {name: ([], []) for name, _ in variants}
+    mine = servers.find_program("railcar", Path(sys.executable).parent)
+    variants = [("railcar", mine, [])]
+    for text in args.variant:
+        name, _, extra = text.partition("=")
+        name, _, program = name.partition("@")
+        variants.append((name, program or mine, shlex.split(extra)))
+    results = {name: ([], [], []) for name, _, _ in variants}
     try:
         for round_no in range(args.rounds):
-            for name, extra in variants:
-                print(f"== round {round_no + 1} {name} {' '.join(extra)}")
-                controls, diffs = results[name]
-                one_round(args, tmp, binary, name, extra, round_no, controls, diffs)
+            for name, program, extra in variants:
+                print(f"== round {round_no + 1} {name}: {program} {' '.join(extra)}")
+                one_round(args, tmp, binary, name, program, extra, round_no, *results[name])
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    for name, (controls, diffs) in results.items():
+    for name, (controls, diffs, blame) in results.items():
         if diffs:
             over = [d for d in diffs]
             print(f"{name}: control worst median {statistics.median(controls) * 1000:.1f} ms "
                   f"({min(controls) * 1000:.1f}..{max(controls) * 1000:.1f}); restart minus "
                   f"control median {statistics.median(over) * 1000:+.1f} ms "
                   f"({min(over) * 1000:+.1f}..{max(over) * 1000:+.1f})")
+        if blame:
+            for key in ("waited", "restart", "workers", "load", "other"):
+                values = [b.get(key, 0.0) for b in blame]
+                print(f"  workers' waits for a CPU during the restart, {key}: median "
+                      f"{statistics.median(values):.1f} ms ({min(values):.1f}.."
+                      f"{max(values):.1f})")
 
 if __name__ == "__main__":
     main()
