@@ -280,10 +280,10 @@ def report_blame(runs, t_restart, t_done, master, cli, old, events) -> dict:
                           if text.startswith("process ") and "appears" in text
                           and int(text.split("parent ")[1].rstrip(")")) in started}
     window = (t_restart, t_done + 0.2)
-    by_cpu = collections.defaultdict(list)
+    by_ms = collections.defaultdict(list)    # (cpu, the ms a run ended in): runs
     for end, cpu, task, _w, run_ms, pid in runs:
         if end >= window[0] - 0.2 and end - run_ms / 1000 <= window[1]:
-            by_cpu[cpu].append((end - run_ms / 1000, end, task, pid))
+            by_ms[cpu, int(end * 1000)].append((end - run_ms / 1000, end, task, pid))
 
     def kind(task, pid):
         if pid in (cli, master) or pid in started:
@@ -302,10 +302,11 @@ def report_blame(runs, t_restart, t_done, master, cli, old, events) -> dict:
         if start < window[0] or ready > window[1]:
             continue
         totals["waited"] += waited
-        for s2, e2, t2, p2 in by_cpu[cpu]:
-            overlap = min(e2, start) - max(s2, ready)
-            if overlap > 0 and p2 != pid:
-                totals[kind(t2, p2)] += overlap * 1000
+        for bucket in range(int(ready * 1000), int(start * 1000) + 101):
+            for s2, e2, t2, p2 in by_ms.get((cpu, bucket), ()):
+                overlap = min(e2, start) - max(s2, ready)
+                if overlap > 0 and p2 != pid:
+                    totals[kind(t2, p2)] += overlap * 1000
     print("  this server's workers waited for a CPU " + f"{totals['waited']:.1f} ms in all; "
           "on that CPU meanwhile: " + ", ".join(f"{k} {totals[k]:.1f} ms" for k in
                                                  ("restart", "workers", "load", "other")))
@@ -375,6 +376,7 @@ def one_round(args, tmp: Path, binary: Path, name: str, executable: str, extra: 
         runs = perf_runs(perf_data) if perf is not None else []
         with open(tmp / f"restart-{tag}.json", "w") as f:
             json.dump({"t_restart": t_restart, "t_done": t_done, "old": sorted(old),
+                       "master": running.process.pid, "cli": cli.pid,
                        "control_worst": control_worst, "events": watcher.events}, f)
         report_restart(requests, watcher.events, t_restart, t_done, control_worst,
                        old, perf_cpu(runs, t_restart) if runs else None, args.slowest)
