@@ -64,6 +64,9 @@ class _Clock:
             os.read(self.fd, 8)
         except BlockingIOError:     # re-armed meanwhile: nothing to read
             pass
+        # Deadlines up to now are done with: those of sleeps libev ran this round, and those
+        # due since (callbacks ran meanwhile), which it runs next round without waiting (it
+        # updates its clock before it computes the wait).
         deadlines = self.deadlines
         now = monotonic()
         while deadlines and deadlines[0] <= now:
