@@ -166,6 +166,38 @@ def test_replaced_and_restarted_workers_keep_their_event_loop(railcar, tmp_path)
     server.stop()
 
 
+QUIET_APP = '''
+import os, sys
+def application(environ, start_response):
+    timerfds = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            timerfds += "timerfd" in os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass
+    body = f"{timerfds} {'ctypes' in sys.modules}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_a_worker_whose_app_never_sleeps_has_no_timerfd_nor_ctypes(railcar, tmp_path):
+    """railcar's own polls (accept balancing, the request-time watchdog: here both run)
+    use gevent's sleep: precise sleeps cost nothing, in memory either, to an app that does
+    not sleep."""
+    app = write_app(tmp_path / "app", QUIET_APP)
+    server = railcar().start(str(app), "--workers", "2", "--max-request-time", "2",
+                             workers_ready=2)
+    clients = [server.connect() for _ in range(8)]     # several per worker: balancing
+    try:
+        for _ in range(10):
+            assert server.get("/").text == "0 False"
+    finally:
+        for client in clients:
+            client.close()
+    server.stop()
+
+
 def test_a_bad_event_loop_is_refused_naming_the_setting(tmp_path):
     app = write_app(tmp_path / "app", APP)
     done = subprocess.run([*railcar_command(), "start", str(app), "--event-loop", "kqueue"],

@@ -3,20 +3,22 @@
 Runs in a worker or preloader whose app has `event_loop = auto` (railcar.eventloop installs
 it after monkey-patching). libev's epoll backend waits in whole milliseconds, rounded up,
 so a timer fires up to ~1 ms late: an app's 20 ms `time.sleep` (monkey-patched) returned
-after 20.5-21 ms. `install()` replaces gevent's sleep (`gevent.sleep`, `gevent.hub.sleep`,
-`time.sleep`, `gevent.time.sleep`) with `sleep`, which does what gevent's does and also
-puts the sleep's deadline on a heap and arms a timerfd (CLOCK_MONOTONIC, absolute) for the
-earliest pending deadline. The timerfd sits in the loop's epoll set, so epoll_wait returns
-at that deadline (nanosecond timer, the kernel's default 50 us slack) and libev, now past
-the timer's expiry, runs it. When the timerfd fires, its callback drops the deadlines gone
-by and arms it for the next. The deadline is taken after the loop's clock is updated, so
-it is never before libev's own expiry of the timer (an early wake-up would only cost a
-round of the loop). A sleep that ends early (its greenlet killed) leaves its deadline,
-which later costs one spurious wake-up.
+after 20.5-21 ms. `install()` replaces the sleeps an app calls (`gevent.sleep`,
+`gevent.time.sleep`, the monkey-patched `time.sleep`) with `sleep`, which does what gevent's
+does and also puts the sleep's deadline on a heap and arms a timerfd (CLOCK_MONOTONIC,
+absolute) for the earliest pending deadline. The timerfd sits in the loop's epoll set, so
+epoll_wait returns at that deadline (a nanosecond timer, with the kernel's default 50 us
+slack) and libev, now past the timer's expiry, runs it. When the timerfd fires, its
+callback drops the deadlines gone by and arms it for the next. The deadline is taken after
+the loop's clock is updated, so it is never before libev's own expiry of the timer. A sleep
+that ends early (its greenlet killed) leaves its deadline: one spurious wake-up later.
 
 Only sleeps of up to MAX_TRACKED seconds are tracked (a millisecond is nothing on a longer
-one). Other timers (socket timeouts, Event.wait(timeout)...) keep libev's resolution. A
-sleep in a thread with a hub of its own is gevent's: the timerfd is the main thread's hub's. The timerfd is this process's: a forked
+one). `gevent.hub.sleep` stays gevent's: gevent's own modules and railcar's polls (accept
+balancing, the request-time watchdog) use it, so the worker of an app that never sleeps
+never makes a timerfd nor loads ctypes. Other timers (socket timeouts,
+Event.wait(timeout)...) keep libev's resolution. A sleep in a thread with a hub of its own
+is gevent's: the timerfd belongs to the main thread's hub. It is this process's: a forked
 child drops the inherited one (os.register_at_fork) and makes its own at its first sleep.
 If no timerfd can be made (a seccomp filter), sleeps are gevent's, as without this module.
 Uses ctypes for timerfd_create/timerfd_settime on Pythons before 3.13 (the os functions).
@@ -130,7 +132,7 @@ def install() -> None:
     import gevent.time
 
     global _registered
-    gevent.sleep = gevent.hub.sleep = gevent.time.sleep = sleep
+    gevent.sleep = gevent.time.sleep = sleep
     if time.sleep is _gevent_sleep:     # monkey-patched
         time.sleep = sleep
     if not _registered:

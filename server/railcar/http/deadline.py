@@ -35,6 +35,7 @@ from time import monotonic
 
 import gevent
 from gevent import getcurrent
+from gevent.hub import sleep  # gevent's own: the watchdog's pauses are not the app's sleeps
 
 __all__ = ["Deadline", "RequestTimeout"]
 
@@ -94,7 +95,7 @@ class Deadline:
         late_before = False
         expected = monotonic() + interval
         while True:
-            gevent.sleep(interval)
+            sleep(interval)
             now = monotonic()
             late = now - expected > interval / 2 and not late_before
             late_before, expected = late, now + interval

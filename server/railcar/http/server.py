@@ -23,7 +23,7 @@ from time import monotonic
 
 import gevent
 from gevent import getcurrent
-from gevent.hub import get_hub
+from gevent.hub import get_hub, sleep  # gevent's own: these polls are not the app's sleeps
 from gevent.monkey import get_original
 from gevent.socket import socket as gsocket
 
@@ -391,13 +391,13 @@ class HTTPServer:
                     break
                 if monotonic() - started >= _ACCEPT_DEFER:
                     return self._deferral_timed_out()
-                gevent.sleep(_BALANCE_POLL)
+                sleep(_BALANCE_POLL)
                 if state.retiring or not _select([listener], (), (), 0)[0]:
                     return 0
             if least is not None:
                 if len(connections) < least:
                     return 1
-                gevent.sleep(0)
+                sleep(0)
                 return 0 if state.retiring or not _select([listener], (), (), 0)[0] else 1
         with gevent.Timeout(_ACCEPT_DEFER, False):
             gevent.idle()
@@ -419,7 +419,7 @@ class HTTPServer:
             return False
         sys.stderr.write(f"railcar: accept() on {listener!r} failed: {exc}\n")
         if exc.errno in _ACCEPT_RETRY:
-            gevent.sleep(0.5)  # out of descriptors or memory: back off, keep serving
+            sleep(0.5)  # out of descriptors or memory: back off, keep serving
             return True
         return False
 
