@@ -421,7 +421,10 @@ def test_nothing_of_the_app_runs_as_root(railcar, accounts, shared_dir, shared_v
     assert [uid for uid, _ in seen if uid != account.pw_uid] == [], seen
     checks = [args for _, args in seen if args == "-c import"]
     starts = [args for _, args in seen if args in ("-m railcar.worker", "-m railcar.preloader")]
-    assert len(checks) >= 4, seen           # start, restart, respawn, replacement
+    # The interpreter check runs at start, as the account; a passed check is remembered
+    # while the interpreter's files are unchanged (release.check_python), so the restart,
+    # respawn and replacement need not run it again.
+    assert len(checks) >= 1, seen
     assert len(starts) >= (2 if spawn_method == "smart" else 6), seen
 
 
