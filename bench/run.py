@@ -535,6 +535,7 @@ def has_flask(bin_dir: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    servers.exit_on_sigterm()
     args.wrk = servers.find_program("wrk", args.bin_dir)
     if not args.wrk:
         print("wrk not found: apt-get install wrk", file=sys.stderr)

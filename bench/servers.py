@@ -144,6 +144,15 @@ def find_program(program: str, bin_dir: Path) -> str | None:
     return shutil.which(program)
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`timeout`, `kill`) end this program as an exception would, so every
+    `with RunningServer(...)` block still stops its server. Each server runs in a session of
+    its own: without this, a benchmark ended by SIGTERM left its servers running."""
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def live_children(pid: int, recursive: bool = False) -> set[int]:
     """The pids of PID's live children (RECURSIVE: and theirs); exited ones that their parent
     has not reaped yet (zombies) are left out. Empty if PID is gone."""

@@ -404,6 +404,7 @@ def main() -> None:
                         "alternating with the default's (repeatable)")
     parser.add_argument("--keep", help="keep the traces in this directory")
     args = parser.parse_args()
+    servers.exit_on_sigterm()
     if not 0 < args.seconds <= 60 or not 0 < args.restart_at < args.seconds:
         parser.error("--seconds must be in (0, 60] and --restart-at inside it")
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="trace-restart-"))
