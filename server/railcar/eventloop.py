@@ -2,8 +2,7 @@
 
 Runs in each preloader and worker, first thing: `choose_from_spec()` before gevent's hub
 exists (railcar.worker calls it before monkey-patching), `after_patch()` right after
-monkey-patching, `problem()` and `backend()` once the hub runs. The master keeps gevent's
-default.
+monkey-patching, `backend()` once the hub runs. The master keeps gevent's default.
 
 Why it matters: gevent's libev loop on Linux waits with epoll, whose epoll_wait takes its
 timeout in whole milliseconds (libev rounds the wait up), so a timer (gevent.sleep, a
@@ -11,13 +10,11 @@ monkey-patched time.sleep, a socket timeout) fires up to ~1 ms late: a 20 ms sle
 after 20.5-21 ms. The app's `event_loop` setting (spec "event_loop"):
 - "auto" (the default): epoll, with sleeps that end on time (railcar.precise_sleep: a
   timerfd in the epoll set armed for the earliest sleep's deadline);
-- "epoll": gevent's default, unchanged;
-- "io_uring": libev's io_uring backend (every timer on time: libev arms a timerfd itself).
-  Not chosen by "auto": with gevent 26.9's libev, a worker aborts (SIGABRT, "io_uring_enter
-  did not consume all sqes") when an fd is closed while a watcher on it still waits, which
-  ordinary serving does (seen in a rolling restart over TLS). A process that cannot set
-  io_uring up fails its boot like an import error, with the cause (`problem()`), so a
-  restart onto such a host aborts and the old workers keep serving.
+- "epoll": gevent's default, unchanged.
+libev's io_uring backend (every timer on time) is not offered: with gevent 26.9's libev a
+worker aborts (SIGABRT, "io_uring_enter did not consume all sqes") when an fd is closed while
+a watcher on it still waits, which ordinary serving does (seen in a rolling restart over TLS
+under load). GEVENT_BACKEND=linux_iouring still selects it, as gevent documents.
 An explicit GEVENT_BACKEND or GEVENT_LOOP in the process's environment (the app's `env`,
 its env file, or the master's environment) wins: then gevent reads them as it always does
 and the setting is not applied.
@@ -31,14 +28,10 @@ from __future__ import annotations
 import json
 import os
 
-SETTING_VALUES = ("auto", "io_uring", "epoll")
-# gevent.config.libev_backend for each value. For io_uring, libev falls back to epoll by
-# itself where it cannot set io_uring up; `problem()` then refuses to serve.
-LIBEV_BACKENDS = {"auto": "epoll", "io_uring": "linux_iouring,epoll", "epoll": "epoll"}
+SETTING_VALUES = ("auto", "epoll")
+LIBEV_BACKENDS = {"auto": "epoll", "epoll": "epoll"}     # gevent.config.libev_backend
 GEVENT_VARIABLES = ("GEVENT_BACKEND", "GEVENT_LOOP")
-NAMES = {"linux_iouring": "io_uring"}     # libev's names as the setting says them
-IO_URING_SETUP = 425    # the syscall's number, the same on every Linux architecture
-IO_URING_PARAMS_SIZE = 120
+NAMES = {"linux_iouring": "io_uring"}     # libev's names as railcar says them
 
 _setting: str | None = None     # the value applied; None: gevent's environment decides
 
@@ -81,7 +74,7 @@ def after_patch() -> None:
 
 
 def backend() -> str:
-    """The backend of this process's hub, as the setting names it ("io_uring", "epoll"),
+    """The backend of this process's hub ("epoll"; "io_uring" for libev's linux_iouring),
     else as gevent does ("poll", "select", ...; "libuv" for a libuv loop)."""
     import gevent
 
@@ -90,40 +83,3 @@ def backend() -> str:
     if not isinstance(name, str):
         name = "libuv" if "libuv" in type(loop).__module__ else str(name)
     return NAMES.get(name, name)
-
-
-def problem() -> str | None:
-    """Why this process must not serve: `event_loop = io_uring` was asked for and the hub
-    runs on something else (with the cause); None otherwise."""
-    if _setting != "io_uring" or backend() == "io_uring":
-        return None
-    return (f"event_loop = io_uring: this process cannot use io_uring "
-            f"({io_uring_refusal()}), its event loop fell back to {backend()}; "
-            f"set event_loop to auto (epoll, with sleeps on time) or epoll\n")
-
-
-def io_uring_refusal() -> str:
-    """Why io_uring_setup(2) fails here, said for an operator: the error, and the kernel's
-    io_uring_disabled switch when it is on. Only called on that failure: it loads ctypes."""
-    import ctypes
-    import errno
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    params = ctypes.create_string_buffer(IO_URING_PARAMS_SIZE)
-    fd = libc.syscall(ctypes.c_long(IO_URING_SETUP), ctypes.c_uint(1), params)
-    if fd >= 0:
-        os.close(fd)
-        cause = "io_uring_setup works, but libev could not set its ring up: it needs Linux 5.6.1 or later"
-    else:
-        code = ctypes.get_errno()
-        cause = f"io_uring_setup: {os.strerror(code)} ({errno.errorcode.get(code, code)})"
-        if code == errno.ENOSYS:
-            cause += ": a kernel older than 5.1, or a seccomp filter"
-    try:
-        with open("/proc/sys/kernel/io_uring_disabled") as switch:
-            disabled = switch.read().strip()
-    except OSError:
-        disabled = "0"
-    if disabled not in ("", "0"):
-        cause += f"; /proc/sys/kernel/io_uring_disabled is {disabled}"
-    return cause

@@ -4,8 +4,8 @@ Runs in the preloader, started by the master exactly like a worker (the app's in
 the resolved release, the same RAILCAR_WORKER spec, listeners and channel inherited, the same
 user/group). Contract with the master:
 - It chooses its event loop's backend (spec "event_loop", railcar.eventloop: the workers it
-  forks inherit it, or it fails its boot as a worker would) and monkey-patches with gevent
-  and imports the app once, like a worker (railcar.worker), and
+  forks inherit it) and monkey-patches with gevent and imports the app once, like a worker
+  (railcar.worker), and
   then sends {"event": "ready"}; a failed import is reported as a worker's is
   ({"event": "boot_error", "error": traceback} and exit status 1). With spec "gc_freeze"
   (the default) it runs gc.collect() and gc.freeze() after the import, before it forks: the
@@ -55,9 +55,6 @@ class Preloader:
         self.signal_handlers = []
 
     def run(self) -> None:
-        problem = eventloop.problem()   # before the import: the workers share its loop
-        if problem:
-            serving.boot_failed(self.channel, problem)
         self.app = serving.import_app(self.spec, self.channel)
         if self.spec.get("gc_freeze", True):
             gc.collect()

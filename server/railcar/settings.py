@@ -158,15 +158,13 @@ SETTINGS: tuple[Setting, ...] = (
             "turns it off. On CPUs the workers keep saturated a niced boot gets only a small "
             "share and may not be ready within --boot-timeout.",
             flag="--boot-nice", key="boot_nice", metavar="N"),
-    Setting("event_loop", either("auto", "io_uring", "epoll"), "auto",
+    Setting("event_loop", either("auto", "epoll"), "auto",
             "Event loop of the app's workers and preloader. auto: gevent's epoll, with "
             "sleeps (time.sleep, gevent.sleep) that end on time, woken by a timerfd (epoll "
             "waits in whole milliseconds: a 20 ms sleep returned up to 1 ms late); epoll: "
-            "gevent's default, unchanged; io_uring: libev's io_uring backend, experimental "
-            "(see README: workers can abort), and a worker that cannot set it up fails its "
-            "boot, naming the cause. GEVENT_BACKEND or GEVENT_LOOP in the app's environment "
-            "win over it.",
-            flag="--event-loop", key="event_loop", metavar="auto|io_uring|epoll"),
+            "gevent's default, unchanged. GEVENT_BACKEND or GEVENT_LOOP in the app's "
+            "environment win over it.",
+            flag="--event-loop", key="event_loop", metavar="auto|epoll"),
     Setting("boot_timeout", seconds, 60.0, "Seconds a new worker has to become ready.",
             flag="--boot-timeout", key="boot_timeout"),
     # Health check: a new worker calls it in-process before it takes any connection.

@@ -8,10 +8,8 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   hooks_module, gc_freeze, boot_nice, event_loop, tls ({"certfile", "keyfile"} or null),
   balance_fd (the app's table of open-connection counts, railcar.balance, or null).
 - The event loop is chosen from spec "event_loop" (railcar.eventloop) before gevent's hub
-  exists, and sleeps made precise (railcar.precise_sleep) right after monkey-patching; a
-  worker that cannot have the backend it was told to use fails its boot
-  ({"event": "boot_error"}) before it imports the app. "ready" names the backend
-  ("event_loop").
+  exists, and sleeps made precise (railcar.precise_sleep) right after monkey-patching.
+  "ready" names the backend ("event_loop").
 - gevent monkey-patches the process before the app is imported. With spec "boot_nice" a
   direct worker does both at a lower CPU priority and restores it once its health check
   passed, before it serves (railcar.priority; a preloader did the same before forking).
@@ -285,9 +283,6 @@ class Worker:
         """Serve until retired or stopped; imports the app first unless given one (by the
         preloader that forked us)."""
         preloaded = app is not None
-        problem = eventloop.problem()   # checked by the preloader already if preloaded
-        if problem:
-            boot_failed(self.channel, problem)
         if preloaded:   # the preloader imported the hooks module: only its functions are taken
             self.hooks = Hooks(self.spec.get("hooks_module"))
         else:
