@@ -244,7 +244,9 @@ def test_a_publisher_killed_like_by_a_reboot_leaves_no_release_publishing(site):
     restart: nothing is left `publishing` for ever. `fab releases` and `fab status` say the
     publish was interrupted, and the next deploy marks that release by what is true (good:
     current and served healthy; failed otherwise) before it publishes its own."""
-    site.commit("interrupted")
+    # Its workers take 3 s to import, so the publisher is still waiting for them when it is
+    # killed (a restart of a quick app can be over before the kill arrives).
+    site.commit("interrupted", extra="import time\ntime.sleep(3)")
     proc = site.popen_fab("-H", "host1", "deploy")
     try:
         seen = read_until(proc, "[host1] restart ")
