@@ -22,19 +22,25 @@ HERE = Path(__file__).resolve().parent
 # What the app sees: its loop's backend (libev's word), who its time.sleep is, and how
 # many timerfds it has open. It sleeps at import too, in the preloader with smart spawning:
 # a forked worker must not keep the preloader's timerfd.
-APP = '''
-import os, time
+# The apps' count of the timerfds their worker has open.
+TIMERFDS = '''
+import os
+def timerfds():
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += "timerfd" in os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass
+    return count
+'''
+APP = TIMERFDS + '''
+import time
 import gevent
 time.sleep(0.001)
 def application(environ, start_response):
     time.sleep(0.001)
-    timerfds = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            timerfds += "timerfd" in os.readlink("/proc/self/fd/" + name)
-        except OSError:
-            pass
-    body = f"{gevent.get_hub().loop.backend} {time.sleep.__module__} {timerfds}".encode()
+    body = f"{gevent.get_hub().loop.backend} {time.sleep.__module__} {timerfds()}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''
@@ -146,16 +152,10 @@ def test_replaced_and_restarted_workers_keep_their_event_loop(railcar, tmp_path)
     server.stop()
 
 
-QUIET_APP = '''
-import os, sys
+QUIET_APP = TIMERFDS + '''
+import sys
 def application(environ, start_response):
-    timerfds = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            timerfds += "timerfd" in os.readlink("/proc/self/fd/" + name)
-        except OSError:
-            pass
-    body = f"{timerfds} {'ctypes' in sys.modules}".encode()
+    body = f"{timerfds()} {'ctypes' in sys.modules}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''

@@ -3,9 +3,8 @@
 Runs in the preloader, started by the master exactly like a worker (the app's interpreter, cwd
 the resolved release, the same RAILCAR_WORKER spec, listeners and channel inherited, the same
 user/group). Contract with the master:
-- It chooses its event loop's backend (spec "event_loop", railcar.eventloop: the workers it
-  forks inherit it) and monkey-patches with gevent and imports the app once, like a worker
-  (railcar.worker), and
+- It monkey-patches with gevent (its loop, which the workers it forks inherit, set up as a
+  worker's: railcar.eventloop) and imports the app once, like a worker (railcar.worker), and
   then sends {"event": "ready"}; a failed import is reported as a worker's is
   ({"event": "boot_error", "error": traceback} and exit status 1). With spec "gc_freeze"
   (the default) it runs gc.collect() and gc.freeze() after the import, before it forks: the

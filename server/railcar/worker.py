@@ -7,9 +7,9 @@ Runs in the worker. Contract with the master (see railcar.channel for the framin
   listen_fds, control_fd, limits, access_log, access_log_format, graceful_timeout, health,
   hooks_module, gc_freeze, boot_nice, event_loop, tls ({"certfile", "keyfile"} or null),
   balance_fd (the app's table of open-connection counts, railcar.balance, or null).
-- The event loop is chosen from spec "event_loop" (railcar.eventloop) before gevent's hub
-  exists, and sleeps made precise (railcar.precise_sleep) right after monkey-patching.
-  "ready" names the backend ("event_loop").
+- With spec "event_loop" "auto" sleeps are made precise (railcar.eventloop,
+  railcar.precise_sleep) right after monkey-patching. "ready" names the loop's backend
+  ("event_loop").
 - gevent monkey-patches the process before the app is imported. With spec "boot_nice" a
   direct worker does both at a lower CPU priority and restores it once its health check
   passed, before it serves (railcar.priority; a preloader did the same before forking).
@@ -43,7 +43,6 @@ priority.lower_from_spec()  # a direct worker; in a preloader it did so already
 from railcar import eventloop  # noqa: E402
 from railcar.patching import patch_all  # noqa: E402
 
-eventloop.choose_from_spec()    # before anything creates gevent's hub
 patch_all()
 eventloop.after_patch()
 
